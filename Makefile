@@ -1,0 +1,34 @@
+# Two commands: `make run` and `make test`. Both create .venv and install from
+# pyproject.toml under constraints.txt (which pins torch to its CPU build).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUILD := build
+
+.PHONY: run test install train bench-export clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/bsconv-export info
+	$(VENV)/bin/bsconv-export evaluate
+	$(VENV)/bin/bsconv-export export --out $(BUILD)/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6 --force
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+train: $(STAMP)
+	$(VENV)/bin/bsconv-export train --out models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt
+
+bench-export: $(STAMP)
+	$(PY) tests/bench_export.py
+
+clean:
+	rm -rf $(BUILD) $(VENV)

@@ -1,0 +1,266 @@
+"""bsconv-export: from a trained BSConv MobileNet to checked, benchmarked mobile artifacts.
+
+The CLI is thin: it parses options, calls ``models`` and ``exporter``, and prints.
+Data goes to stdout (``--json`` prints one object); progress and errors go to
+stderr. Exit codes: 0 success, 1 a stage failed, 2 bad usage or bad input.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Column, Table
+
+from models.errors import UserInputError
+
+app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ARCH_HELP = "Architecture name (see 'bsconv-export models'). Omit it, and --checkpoint, for the shipped trained model."
+CKPT_HELP = "Checkpoint file: .pt/.pth state_dict (raw, {'model_state_dict': ...}, {'state_dict': ...}) or .safetensors."
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Known errors become one line on stderr and exit code 2; anything else keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserInputError as e:
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def quiet_third_party_logs() -> None:
+    # coremltools and onnxruntime's tools log version notices and Linux-only runtime
+    # warnings at import; they say nothing about this run.
+    for name in ("coremltools", "ort_format_model", "ort_format_model.utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}T"
+
+
+@app.command("models")
+@user_errors
+def models_cmd(
+    pattern: str = typer.Argument("*", help="Shell-style filter, e.g. '*v3_small*bsconvs*'."),
+    profile: bool = typer.Option(False, "--profile", help="Also count parameters and MACs at each model's input size (slower)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """List the model zoo: names, input size, and whether the reference package has them."""
+    from models import create_model, get_entry, list_models
+    from models.profile import profile_model
+    rows = []
+    for name in list_models(pattern):
+        e = get_entry(name)
+        row = {"name": e.name, "family": e.family, "input_size": e.default_size,
+               "num_classes": e.default_num_classes, "in_reference": e.in_reference,
+               "description": e.description}
+        if profile:
+            p = profile_model(create_model(name))
+            row.update(params=p.params, macs=p.macs)
+        rows.append(row)
+    if as_json:
+        emit_json({"models": rows})
+        return
+    table = Table("input", "classes", "in bsconv 0.4.0")
+    table.columns.insert(0, Column("name", no_wrap=True))
+    if profile:
+        table.add_column("params", justify="right")
+        table.add_column("MACs", justify="right")
+    table.add_column("description")
+    for r in rows:
+        cells = [r["name"], str(r["input_size"]), str(r["num_classes"]), "yes" if r["in_reference"] else "added"]
+        if profile:
+            cells += [human(r["params"]), human(r["macs"])]
+        table.add_row(*cells, r["description"])
+    out.print(table)
+
+
+@app.command("info")
+@user_errors
+def info_cmd(
+    arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Profile at this input size (default: the model's own)."),
+    layers: bool = typer.Option(False, "--layers", help="Also print every layer's parameters and MACs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Parameters and MACs of a model, in total and per layer."""
+    from models.checkpoint import resolve_model
+    from models.profile import profile_model
+    loaded = resolve_model(arch, checkpoint)
+    prof = profile_model(loaded.model, input_size)
+    if as_json:
+        emit_json({**prof.to_dict(), "input_spec": loaded.input_spec.to_dict(),
+                   "checkpoint": str(loaded.path) if loaded.sha256 else None,
+                   "checkpoint_sha256": loaded.sha256 or None})
+        return
+    out.print(f"[bold]{prof.arch}[/bold]  input {prof.input_size}x{prof.input_size}  "
+              f"params {prof.params:,} ({human(prof.params)})  MACs {prof.macs:,} ({human(prof.macs)})")
+    spec = loaded.input_spec
+    out.print(f"classes {spec.num_classes}  normalization {spec.normalization}  "
+              f"value range {list(spec.value_range)}  labels {', '.join(spec.class_labels()[:10])}"
+              f"{' ...' if spec.num_classes > 10 else ''}", highlight=False)
+    if loaded.sha256:
+        out.print(f"checkpoint {loaded.path}  sha256 {loaded.sha256[:16]}…", highlight=False)
+    if layers:
+        table = Table("layer", "type", "params", "MACs", "output")
+        for layer in prof.layers:
+            table.add_row(layer.name, layer.type, f"{layer.params:,}", f"{layer.macs:,}", str(layer.output_shape))
+        out.print(table)
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 and 'label' [N]; default: the shipped held-out digits."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Top-1 accuracy of the PyTorch model on labelled data."""
+    from models.checkpoint import resolve_model
+    from models.data import load_holdout, load_npz_inputs
+    from models.train import accuracy
+    loaded = resolve_model(arch, checkpoint)
+    if data is None:
+        x, y = load_holdout(loaded.input_spec.size)
+        source = "shipped held-out digits"
+    else:
+        x, y = load_npz_inputs(data, loaded.input_spec.shape)
+        source = str(data)
+        if y is None:
+            raise UserInputError(f"{data} has no 'label' array; accuracy needs labels")
+    acc = accuracy(loaded.model, x, y)
+    if as_json:
+        emit_json({"arch": loaded.arch, "data": source, "samples": len(x), "top1": acc})
+    else:
+        out.print(f"{loaded.arch} on {source}: top-1 {acc:.2%} ({int(round(acc * len(x)))}/{len(x)})")
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    arch: str = typer.Option("cifar_mobilenetv2_w1d4_bsconvs_p1d6", "--arch", help="Architecture to train (a CIFAR-flavour, 32x32 model fits the digits)."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Passes over the 1,437 training digits."),
+    seed: int = typer.Option(0, "--seed", help="Seed for weights, shuffling and augmentation."),
+    lr: float = typer.Option(0.05, "--lr", min=0.0, help="Peak learning rate of the one-cycle schedule."),
+    output: Path = typer.Option(Path("models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt"), "--out", "-o", help="Where to write the checkpoint (.pt or .safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
+) -> None:
+    """Train a BSConv MobileNet on scikit-learn's bundled digits (no download), seeded and reproducible."""
+    from models import get_entry
+    from models.checkpoint import save_checkpoint
+    from models.train import TrainConfig, train_digits
+    get_entry(arch)
+    cfg = TrainConfig(arch=arch, epochs=epochs, seed=seed, lr=lr)
+
+    def progress(epoch: int, row: dict) -> None:
+        err.print(f"epoch {epoch:3d}/{epochs}  loss {row['loss']:.4f}  held-out top-1 {row['holdout_accuracy']:.2%}",
+                  highlight=False)
+
+    model, result = train_digits(cfg, progress=progress)
+    save_checkpoint(model, output, extra={"train": {"config": result.to_dict()["config"],
+                                                    "holdout_accuracy": result.holdout_accuracy}})
+    if as_json:
+        emit_json({**result.to_dict(), "checkpoint": str(output)})
+    else:
+        out.print(f"saved {output}: held-out top-1 {result.holdout_accuracy:.2%}, "
+                  f"trained in {result.train_seconds:.0f} s")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
+    formats: str = typer.Option("onnx,ort,coreml", "--formats", help="Comma-separated: onnx, ort, coreml."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX/ORT take any batch size (not with coreml)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the newest the installed onnxruntime runs)."),
+    coreml_precision: str = typer.Option("fp32", "--coreml-precision", help="fp32 or fp16 compute precision for CoreML."),
+    coreml_input: str = typer.Option("tensor", "--coreml-input", help="tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
+    no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim; ORT converts the plain ONNX."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Export a trained checkpoint to a bundle: ONNX, simplified ONNX, ORT mobile format, CoreML, manifest.json."""
+    from exporter.bundle import export_bundle, parse_formats
+    from exporter.context import ExportOptions
+    from models.checkpoint import resolve_model
+    quiet_third_party_logs()
+    opts = ExportOptions(formats=parse_formats(formats), input_size=input_size, batch=batch,
+                         dynamic_batch=dynamic_batch, opset=opset, coreml_precision=coreml_precision,
+                         coreml_input=coreml_input, simplify=not no_simplify, force=force)
+    loaded = resolve_model(arch, checkpoint)
+    if loaded.metadata.get("untrained"):
+        err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
+
+    def progress(stage: str, record) -> None:
+        if record is None:
+            err.print(f"[dim]… {stage}[/dim]")
+        else:
+            colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[record.status.value]
+            err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}] in {record.seconds:.1f} s"
+                      + (f" — {record.error}" if record.error else ""), highlight=False)
+
+    result = export_bundle(loaded, out_dir, opts, progress=progress)
+    if as_json:
+        emit_json(result.manifest)
+    else:
+        print_bundle_table(result.manifest, out_dir)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def print_bundle_table(manifest: dict, bundle: Path) -> None:
+    m = manifest["model"]
+    out.print(f"[bold]{m['arch']}[/bold] → {bundle}  ({m['params']:,} params, {m['macs']:,} MACs, "
+              f"input {manifest['export']['input_shape']})", highlight=False)
+    table = Table("format", "file", "size", "nodes", "status", "note")
+    for a in manifest["artifacts"]:
+        size = f"{a['bytes'] / 1e6:.2f} MB" if a["bytes"] else "-"
+        note = a["error"] or ""
+        if a["format"] == "onnx-simplified" and a["status"] == "ok":
+            note = f"nodes {a['details']['nodes_before']} → {a['nodes']}"
+        elif a["format"] == "ort" and a["status"] == "ok":
+            note = "mobile EPs: " + ", ".join(f"{k} {v}" for k, v in a["details"]["mobile_usability"].items())
+        elif a["format"] == "coreml" and a["status"] == "ok":
+            note = f"{a['deployment_target']}, {a['details']['precision']}, {a['details']['input_kind']} input"
+        colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[a["status"]]
+        table.add_row(a["format"], a["path"] or "-", size, str(a["nodes"] or "-"),
+                      f"[{colour}]{a['status']}[/{colour}]", note)
+    out.print(table)
+    out.print(f"reproduce: {manifest['command']}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

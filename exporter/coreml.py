@@ -1,0 +1,129 @@
+"""CoreML stage: ``coremltools.convert`` to an ML Program ``.mlpackage``.
+
+Source: a ``torch.jit.trace`` of the prepared model (coremltools' most mature
+PyTorch path; ``torch.export`` support there is newer and still partial).
+
+Input: a plain float tensor named ``input`` by default, the same contract as
+the ONNX files (RGB in [0, 1], normalisation inside the model), so one check
+covers both. ``--coreml-input image`` makes it an ``ImageType`` (8-bit RGB
+pixels, scale 1/255 and per-channel bias folded in) for Vision pipelines.
+Output: a classifier — ``classLabel`` (top label) and ``logits`` (label → logit).
+Linux can convert and validate the spec but not predict (Apple's runtime is
+macOS-only); running it belongs to the check stage.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+
+import torch
+
+from . import __version__
+from .context import INPUT_NAME, OUTPUT_NAME, ExportContext
+from .records import ArtifactRecord, Status
+
+COREML_NAME = "model.mlpackage"
+DEPLOYMENT_TARGET = "iOS16"   # ML Programs need iOS 15; 16 adds fp16 I/O and newer ops
+LABEL_OUTPUT = "classLabel"
+
+
+def import_coremltools():
+    """Import coremltools quietly (on Linux it logs that its native runtime is missing)."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import coremltools as ct
+    return ct
+
+
+def _input_type(ct, ctx: ExportContext):
+    shape = tuple(ctx.example.shape)
+    if ctx.options.coreml_input == "tensor":
+        return ct.TensorType(name=INPUT_NAME, shape=shape)
+    spec = ctx.spec
+    if spec.normalization == "mean_std":
+        scale = 1.0 / (255.0 * spec.std[0])
+        bias = [-m / s for m, s in zip(spec.mean, spec.std)]
+    else:  # data_bn / none: the model expects value_range; map 0..255 onto it
+        lo, hi = spec.value_range
+        scale, bias = (hi - lo) / 255.0, [lo] * spec.channels
+    return ct.ImageType(name=INPUT_NAME, shape=shape, scale=scale, bias=bias,
+                        color_layout=ct.colorlayout.RGB if spec.color_order == "RGB" else ct.colorlayout.BGR)
+
+
+def convert_coreml(ctx: ExportContext):
+    """The converted ``MLModel`` (not yet saved)."""
+    ct = import_coremltools()
+    if ctx.options.dynamic_batch:
+        raise ValueError("CoreML export takes a fixed batch; drop --dynamic-batch or the coreml format")
+    traced = torch.jit.trace(ctx.model, ctx.example)
+    precision = ct.precision.FLOAT16 if ctx.options.coreml_precision == "fp16" else ct.precision.FLOAT32
+    labels = ctx.spec.class_labels()
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlmodel = ct.convert(
+            traced, inputs=[_input_type(ct, ctx)],
+            classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL_OUTPUT),
+            convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            compute_precision=precision)
+    spec = mlmodel.get_spec()
+    probs_name = spec.description.predictedProbabilitiesName
+    if probs_name != OUTPUT_NAME:
+        ct.utils.rename_feature(spec, probs_name, OUTPUT_NAME)
+        mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir)
+    mlmodel.author = "bsconv-export"
+    mlmodel.license = "same as the checkpoint's"
+    mlmodel.version = __version__
+    mlmodel.short_description = (f"{ctx.arch} ({ctx.spec.num_classes} classes), input {ctx.spec.size}x{ctx.spec.size} "
+                                 f"RGB in [{ctx.spec.value_range[0]}, {ctx.spec.value_range[1]}]")
+    mlmodel.user_defined_metadata.update({"arch": ctx.arch, "checkpoint_sha256": ctx.checkpoint_sha256 or "untrained",
+                                          "normalization": ctx.spec.normalization,
+                                          "precision": ctx.options.coreml_precision})
+    return mlmodel
+
+
+def validate_spec(mlmodel, ctx: ExportContext) -> dict:
+    """Check names, shapes and types of the spec; raise ValueError on a mismatch."""
+    desc = mlmodel.get_spec().description
+    inputs = {i.name: i for i in desc.input}
+    outputs = {o.name: o for o in desc.output}
+    if list(inputs) != [INPUT_NAME]:
+        raise ValueError(f"CoreML inputs are {list(inputs)}, expected ['{INPUT_NAME}']")
+    if set(outputs) != {LABEL_OUTPUT, OUTPUT_NAME}:
+        raise ValueError(f"CoreML outputs are {sorted(outputs)}, expected {sorted([LABEL_OUTPUT, OUTPUT_NAME])}")
+    inp = inputs[INPUT_NAME].type
+    if ctx.options.coreml_input == "tensor":
+        shape = list(inp.multiArrayType.shape)
+        kind = "tensor"
+    else:
+        shape = [ctx.example.shape[0], ctx.spec.channels, inp.imageType.height, inp.imageType.width]
+        kind = "image"
+    if shape != list(ctx.example.shape):
+        raise ValueError(f"CoreML input shape {shape} differs from the export shape {list(ctx.example.shape)}")
+    if outputs[OUTPUT_NAME].type.WhichOneof("Type") != "dictionaryType":
+        raise ValueError("CoreML 'logits' output is not a label → value dictionary")
+    return {"input_kind": kind, "input_shape": shape, "outputs": sorted(outputs),
+            "spec_version": mlmodel.get_spec().specificationVersion}
+
+
+def export_coreml(ctx: ExportContext) -> ArtifactRecord:
+    t0 = time.perf_counter()
+    mlmodel = convert_coreml(ctx)
+    details = validate_spec(mlmodel, ctx)
+    details["precision"] = ctx.options.coreml_precision
+    mlmodel.save(str(ctx.workdir / COREML_NAME))
+    ops = mil_op_histogram(mlmodel)
+    return ArtifactRecord(format="coreml", status=Status.OK, path=COREML_NAME,
+                          seconds=time.perf_counter() - t0, nodes=sum(ops.values()),
+                          deployment_target=DEPLOYMENT_TARGET, details={**details, "op_types": ops})
+
+
+def mil_op_histogram(mlmodel) -> dict[str, int]:
+    ops: dict[str, int] = {}
+    spec = mlmodel.get_spec()
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            for op in block.operations:
+                ops[op.type] = ops.get(op.type, 0) + 1
+    return dict(sorted(ops.items()))

@@ -1,0 +1,70 @@
+"""Records that stages return and the manifest collects."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class Status(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class ArtifactRecord:
+    """One artifact (or attempted artifact) of a bundle. ``path`` is relative to the bundle."""
+
+    format: str
+    status: Status
+    path: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    seconds: float = 0.0
+    nodes: int | None = None
+    opset: int | None = None
+    deployment_target: str | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+
+def path_bytes(path: Path) -> int:
+    """Size of a file, or of every file under a directory (an .mlpackage)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file; for a directory, of its files' relative paths and contents in sorted order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(os.fsencode(f.relative_to(path).as_posix()) + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def finished(record: ArtifactRecord, root: Path) -> ArtifactRecord:
+    """Fill size and hash of an OK record's artifact."""
+    if record.ok and record.path:
+        p = root / record.path
+        record.bytes = path_bytes(p)
+        record.sha256 = path_sha256(p)
+    return record

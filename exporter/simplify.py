@@ -1,0 +1,52 @@
+"""Simplify stage: onnxsim on the plain ONNX, with its own numeric check.
+
+A failure (an exception, or onnxsim's check reporting a mismatch) marks the
+simplified artifact failed with the reason; the plain ONNX stays in the bundle
+and later stages say which ONNX they used.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+
+import onnx
+
+from .context import ExportContext
+from .onnx_export import op_histogram
+from .records import ArtifactRecord, Status
+
+SIM_NAME = "model.sim.onnx"
+
+
+def simplify_onnx(ctx: ExportContext) -> ArtifactRecord:
+    import onnxsim
+
+    t0 = time.perf_counter()
+    plain = ctx.records.get("onnx")
+    if plain is None or not plain.ok:
+        return ArtifactRecord(format="onnx-simplified", status=Status.SKIPPED,
+                              error="the plain ONNX export did not succeed")
+    src = ctx.workdir / plain.path
+    model = onnx.load(src)
+    before_nodes, before_bytes = len(model.graph.node), src.stat().st_size
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxsim prints its check progress
+            simplified, check_ok = onnxsim.simplify(model, check_n=3)
+    except Exception as e:  # noqa: BLE001 - onnxsim raises many kinds; record, never hide
+        return ArtifactRecord(format="onnx-simplified", status=Status.FAILED,
+                              seconds=time.perf_counter() - t0,
+                              error=f"onnxsim failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+    if not check_ok:
+        return ArtifactRecord(format="onnx-simplified", status=Status.FAILED,
+                              seconds=time.perf_counter() - t0,
+                              error="onnxsim's own check found the simplified model's outputs differ")
+    # onnxsim keeps metadata_props; the checker guards against a malformed result.
+    onnx.checker.check_model(simplified, full_check=True)
+    onnx.save(simplified, ctx.workdir / SIM_NAME)
+    return ArtifactRecord(
+        format="onnx-simplified", status=Status.OK, path=SIM_NAME, seconds=time.perf_counter() - t0,
+        nodes=len(simplified.graph.node), opset=ctx.opset,
+        details={"nodes_before": before_nodes, "bytes_before": before_bytes,
+                 "bytes_after": (ctx.workdir / SIM_NAME).stat().st_size,
+                 "op_types": op_histogram(simplified)})

@@ -1,0 +1,197 @@
+"""Loading and saving checkpoints, safely.
+
+Accepted inputs (all read with ``torch.load(weights_only=True)`` or safetensors,
+so a pickle that would run code is refused):
+
+* a raw state_dict;
+* ``{"model_state_dict": ...}`` (the reference training script) or ``{"state_dict": ...}``;
+* keys prefixed with ``module.`` (DataParallel / DDP);
+* ``.safetensors`` files (metadata ``bsconv_export`` may hold the header below);
+* this project's format: ``{"format": "bsconv-export", "arch", "num_classes",
+  "input_spec", "state_dict"}``, which makes ``arch`` optional.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, UserInputError
+from .registry import InputSpec, create_model, get_entry
+
+FORMAT = "bsconv-export"
+DEFAULT_ARCH = "cifar_mobilenetv2_w1d4_bsconvs_p1d6"
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / f"digits_{DEFAULT_ARCH}.pt"
+FORMAT_VERSION = 1
+_WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
+_SHOW = 5
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: nn.Module
+    arch: str
+    path: Path
+    sha256: str
+    input_spec: InputSpec
+    metadata: dict[str, Any]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (state_dict-or-wrapper, project header) read from ``path``."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        header = json.loads(meta["bsconv_export"]) if "bsconv_export" in meta else {}
+        return tensors, header
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = _first_line(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            raise CheckpointError(
+                f"{path}: refused, the pickle would run code ({msg[:120]}); re-save it as a plain "
+                "state_dict (torch.save(model.state_dict(), ...)) or as .safetensors") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, truncated or not a torch.save file ({_first_line(e)[:160]})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    header = {k: obj[k] for k in ("format", "format_version", "arch", "num_classes", "input_spec")
+              if k in obj} if obj.get("format") == FORMAT else {}
+    return obj, header
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def extract_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    for key in _WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: no tensors found; expected a state_dict or "
+                              f"a dict with one of {', '.join(_WRAPPER_KEYS)}")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _infer_num_classes(sd: dict[str, torch.Tensor]) -> int | None:
+    w = sd.get("classifier.conv.weight")
+    return int(w.shape[0]) if w is not None else None
+
+
+def _fit(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:_SHOW])}{', ...' if len(missing) > _SHOW else ''})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:_SHOW])}{', ...' if len(unexpected) > _SHOW else ''})")
+        raise CheckpointError(f"{path} does not fit {arch}: {'; '.join(parts)}; is --arch right?")
+    wrong = [(k, tuple(own[k].shape), tuple(sd[k].shape)) for k in own if own[k].shape != sd[k].shape]
+    if wrong:
+        k, exp, got = wrong[0]
+        raise CheckpointError(f"{path} does not fit {arch}: {len(wrong)} shape mismatches, first "
+                              f"{k}: expected {list(exp)}, found {list(got)}; is --arch or the width right?")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint into a fresh model in eval mode; ``arch`` may come from the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass the file")
+    obj, header = _read(path)
+    sd = extract_state_dict(obj, path)
+    arch_name = arch or header.get("arch")
+    if not arch_name:
+        raise UserInputError(f"{path} does not record its architecture; pass --arch NAME")
+    if arch and header.get("arch") and arch.lower() != header["arch"]:
+        raise CheckpointError(f"{path} was saved for {header['arch']}, not {arch}; drop --arch or fix it")
+    get_entry(arch_name)
+    num_classes = header.get("num_classes") or _infer_num_classes(sd)
+    spec_dict = header.get("input_spec") or {}
+    labels = tuple(spec_dict.get("labels") or ())
+    model = create_model(arch_name, num_classes=num_classes, labels=labels)
+    _fit(model, sd, path, model.arch)
+    if spec_dict:
+        model.input_spec = InputSpec.from_dict(spec_dict)
+    model.eval()
+    return LoadedCheckpoint(model=model, arch=model.arch, path=path, sha256=file_sha256(path),
+                            input_spec=model.input_spec,
+                            metadata={k: v for k, v in header.items() if k != "input_spec"})
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write the project's format (``.pt``) or ``.safetensors``, atomically."""
+    path = Path(path)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": model.arch,
+              "num_classes": model.input_spec.num_classes, "input_spec": model.input_spec.to_dict()}
+    header.update(extra or {})
+    sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(sd, tmp, metadata={"bsconv_export": json.dumps(header)})
+        else:
+            torch.save({**header, "state_dict": sd}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def resolve_model(arch: str | None = None, checkpoint: str | os.PathLike | None = None) -> LoadedCheckpoint:
+    """What the CLI means by a model: a checkpoint, else the shipped model when no arch is named.
+
+    An ``arch`` with no checkpoint gives freshly initialised weights (``sha256`` is
+    then empty): enough to export and benchmark a shape, not to ship.
+    """
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, arch)
+    if arch is None:
+        return load_checkpoint(DEFAULT_CHECKPOINT)
+    torch.manual_seed(0)
+    model = create_model(arch)
+    return LoadedCheckpoint(model=model, arch=model.arch, path=Path(""), sha256="",
+                            input_spec=model.input_spec, metadata={"untrained": True})

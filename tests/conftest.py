@@ -1,0 +1,14 @@
+import pytest
+import torch
+
+from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+
+@pytest.fixture(scope="session")
+def shipped():
+    return load_checkpoint(DEFAULT_CHECKPOINT)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_help_lists_commands():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for cmd in ("models", "info", "train", "export", "evaluate"):
+        assert cmd in r.output
+
+
+def test_models_json():
+    r = invoke("models", "*v3_small_w1_*", "--json")
+    assert r.exit_code == 0
+    names = [m["name"] for m in json.loads(r.stdout)["models"]]
+    assert names == ["cifar_mobilenetv3_small_w1", "cifar_mobilenetv3_small_w1_bsconvs_p1d6",
+                     "cifar_mobilenetv3_small_w1_bsconvu", "mobilenetv3_small_w1",
+                     "mobilenetv3_small_w1_bsconvs_p1d6", "mobilenetv3_small_w1_bsconvu"]
+
+
+def test_info_json_on_shipped_model_and_on_an_arch():
+    r = invoke("info", "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert d["arch"] == "cifar_mobilenetv2_w1d4_bsconvs_p1d6" and d["params"] > 0 and d["macs"] > 0
+    assert d["checkpoint_sha256"] and d["layers"]
+    r = invoke("info", "mobilenetv2_w1_bsconvs_p1d6", "--input-size", "224", "--json")
+    d = json.loads(r.stdout)
+    assert d["params"] == 3505966 and 300e6 < d["macs"] < 320e6
+
+
+def test_evaluate_reports_accuracy():
+    r = invoke("evaluate", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["top1"] >= 0.95
+
+
+def test_export_cli_writes_a_bundle_and_prints_the_table(tmp_path):
+    r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx,ort")
+    assert r.exit_code == 0, r.output
+    assert "onnx-simplified" in r.stdout and "reproduce: bsconv-export export" in r.stdout
+    r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx", "--json")
+    assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "--formats", "onnx,tflite"], "unknown format tflite"),
+    (["export", "--input-size", "4"], "smaller than"),
+    (["export", "--opset", "99"], "--opset 99 is out of range"),
+    (["export", "mobilenetv9_w1"], "unknown architecture"),
+    (["export", "--checkpoint", "missing.pt"], "does not exist"),
+    (["export", "--dynamic-batch"], "CoreML takes a fixed batch"),
+    (["export", "--coreml-precision", "int4"], "--coreml-precision must be one of"),
+    (["info", "mobilenetv2_w1_bsconvz"], "did you mean"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "o"
+    if args[0] == "export":
+        args = args + ["--out", str(out)]
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_and_arch_mismatch(tmp_path):
+    r = invoke("export", "--out", str(tmp_path / "no" / "such" / "dir"))
+    assert r.exit_code == 2 and "does not exist; create it first" in r.stderr
+    from models.checkpoint import DEFAULT_CHECKPOINT
+    r = invoke("export", "cifar_mobilenetv1_w1", "--checkpoint", str(DEFAULT_CHECKPOINT), "--out", str(tmp_path / "x"))
+    assert r.exit_code == 2 and "was saved for" in r.stderr
+    raw = tmp_path / "raw.pt"
+    torch.save(torch.load(DEFAULT_CHECKPOINT, weights_only=True)["state_dict"], raw)
+    r = invoke("export", "cifar_mobilenetv1_w1", "--checkpoint", str(raw), "--out", str(tmp_path / "y"))
+    assert r.exit_code == 2 and "does not fit cifar_mobilenetv1_w1" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_failed_stage_gives_exit_1(tmp_path, monkeypatch):
+    import onnxsim
+    monkeypatch.setattr(onnxsim, "simplify", lambda *a, **k: (a[0], False))
+    r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx")
+    assert r.exit_code == 1 and "failed" in r.stdout
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["passed"] is False

@@ -1,0 +1,161 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from exporter import bundle as bundle_mod
+from exporter.bundle import STAGES, Stage, export_bundle, read_manifest
+from exporter.context import ExportOptions
+from models.checkpoint import resolve_model
+
+SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Slice", "ConstantOfShape", "Cast"}
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    return sess.run(None, {"input": x})[0]
+
+
+def _torch(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
+    m = read_manifest(root)
+    assert m["schema_version"] == 1 and m["passed"] is True
+    assert m["model"]["arch"] == loaded.arch and m["model"]["num_classes"] == loaded.input_spec.num_classes
+    assert m["model"]["params"] == sum(p.numel() for p in loaded.model.parameters()) and m["model"]["macs"] > 0
+    assert len(m["model"]["labels"]) == loaded.input_spec.num_classes
+    assert m["command"].startswith("bsconv-export export") and "torch" in m["tools"]
+    by_fmt = {a["format"]: a for a in m["artifacts"]}
+    expected = {"onnx", "onnx-simplified"} | set(formats)
+    assert set(by_fmt) == expected
+    from exporter.records import path_sha256
+    for a in m["artifacts"]:
+        assert a["status"] == "ok", a
+        assert (root / a["path"]).exists() and a["bytes"] > 0
+        assert a["sha256"] == path_sha256(root / a["path"])
+    sim = onnx.load(root / by_fmt["onnx-simplified"]["path"])
+    ops = {n.op_type for n in sim.graph.node}
+    assert not ops & ({"BatchNormalization", "Identity"} | SHAPE_OPS), ops
+    meta = {p.key: p.value for p in sim.metadata_props}
+    assert meta["arch"] == loaded.arch and json.loads(meta["labels"]) == m["model"]["labels"]
+    assert meta["checkpoint_sha256"] == (loaded.sha256 or "untrained")
+    size = loaded.input_spec.size if m["export"]["input_shape"][2] == loaded.input_spec.size else m["export"]["input_shape"][2]
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    ref = _torch(loaded.model, x)
+    scale = max(1.0, float(np.abs(ref).max()))
+    for fmt in ("onnx", "onnx-simplified", "ort"):
+        if fmt in by_fmt:
+            np.testing.assert_allclose(_run(root / by_fmt[fmt]["path"], x), ref, atol=1e-4 * scale, rtol=0)
+    if "coreml" in by_fmt:
+        c = by_fmt["coreml"]
+        assert c["deployment_target"] == "iOS16" and c["details"]["outputs"] == ["classLabel", "logits"]
+        assert (root / c["path"] / "Manifest.json").exists()
+    if "ort" in by_fmt:
+        assert (root / "model.required_operators.config").exists() and (root / "mobile_usability.txt").exists()
+        assert set(by_fmt["ort"]["details"]["mobile_usability"]) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+    return m
+
+
+@pytest.fixture(scope="module")
+def shipped_bundle(tmp_path_factory, shipped):
+    out = tmp_path_factory.mktemp("b") / "shipped"
+    result = export_bundle(shipped, out)
+    assert result.ok, [r.error for r in result.records]
+    return out
+
+
+def test_shipped_model_exports_to_every_format(shipped_bundle, shipped):
+    m = validate_bundle(shipped_bundle, shipped)
+    assert m["model"]["trained"] is True and m["model"]["labels"] == [str(i) for i in range(10)]
+    assert {p.name for p in shipped_bundle.parent.iterdir()} == {"shipped"}  # no building leftovers
+
+
+def test_ort_format_runs_the_held_out_digits_like_torch(shipped_bundle, shipped):
+    from models.data import load_holdout
+    x, y = load_holdout()
+    got = _run(shipped_bundle / "model.ort", x[:1])
+    np.testing.assert_allclose(got, _torch(shipped.model, x[:1]), atol=1e-4)
+
+
+SPREAD = ["mobilenetv1_w1d4_bsconvu", "cifar_mobilenetv1_w1d2_bsconvs_p1d6", "mobilenetv2_w1d4",
+          "cifar_mobilenetv2_w1d2_bsconvs_p1d6", "mobilenetv3_small_w7d20_bsconvs_p1d6",
+          "cifar_mobilenetv3_large_w1d2_bsconvu", "mobilenetv3_large_w7d20"]
+
+
+@pytest.mark.parametrize("arch", SPREAD)
+def test_zoo_spread_exports_to_every_format(tmp_path, arch):
+    loaded = resolve_model(arch)
+    with torch.no_grad():  # non-trivial BN statistics, so folding is exercised
+        for name, buf in loaded.model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.uniform_(-0.1, 0.1)
+    result = export_bundle(loaded, tmp_path / "b")
+    assert result.ok, [r.error for r in result.records]
+    validate_bundle(tmp_path / "b", loaded)
+
+
+def test_exports_are_byte_identical(tmp_path, shipped):
+    opts = ExportOptions(formats=("onnx",))
+    export_bundle(shipped, tmp_path / "a", opts)
+    export_bundle(shipped, tmp_path / "b", opts)
+    for name in ("model.onnx", "model.sim.onnx"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_dynamic_batch_and_custom_size(tmp_path, shipped):
+    export_bundle(shipped, tmp_path / "d", ExportOptions(formats=("onnx", "ort"), dynamic_batch=True, input_size=48))
+    x = np.random.default_rng(1).random((3, 3, 48, 48), dtype=np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "d" / "model.onnx", x), _torch(shipped.model, x), atol=1e-4)
+    np.testing.assert_allclose(_run(tmp_path / "d" / "model.ort", x), _torch(shipped.model, x), atol=1e-4)
+
+
+def test_coreml_fp16_and_image_input(tmp_path, shipped):
+    r = export_bundle(shipped, tmp_path / "c", ExportOptions(formats=("coreml",), coreml_precision="fp16",
+                                                              coreml_input="image"))
+    assert r.ok, [x.error for x in r.records]
+    c = r.manifest["artifacts"][0]
+    assert c["details"]["precision"] == "fp16" and c["details"]["input_kind"] == "image"
+    assert "cast" in c["details"]["op_types"]
+
+
+def test_a_failing_stage_is_recorded_and_the_others_still_run(tmp_path, shipped, monkeypatch):
+    import onnxsim
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated onnxsim crash")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    r = export_bundle(shipped, tmp_path / "f", ExportOptions(formats=("onnx", "ort")))
+    by = {x.format: x for x in r.records}
+    assert not r.ok and r.manifest["passed"] is False
+    assert by["onnx-simplified"].status.value == "failed" and "simulated onnxsim crash" in by["onnx-simplified"].error
+    assert by["onnx"].ok and by["ort"].ok and by["ort"].details["source"] == "onnx"
+
+
+def test_interrupt_leaves_nothing_behind(tmp_path, shipped, monkeypatch):
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    stages = tuple(Stage(s.name, interrupted, s.wanted) if s.name == "ort" else s for s in STAGES)
+    monkeypatch.setattr(bundle_mod, "STAGES", stages)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(shipped, tmp_path / "out", ExportOptions(formats=("onnx", "ort")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, shipped):
+    out = tmp_path / "b"
+    export_bundle(shipped, out, ExportOptions(formats=("onnx", "coreml")))
+    from models import UserInputError
+    with pytest.raises(UserInputError, match="already exists; pass --force"):
+        export_bundle(shipped, out, ExportOptions(formats=("onnx",)))
+    export_bundle(shipped, out, ExportOptions(formats=("onnx",), force=True))
+    assert not (out / "model.mlpackage").exists() and (out / "model.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -1,0 +1,31 @@
+import torch
+
+from models import create_model
+from models.profile import profile_model
+from models.train import TrainConfig, train_digits
+
+
+def test_macs_match_a_hand_count_for_bsconvu_v1():
+    m = create_model("cifar_mobilenetv1_w1d4_bsconvu")
+    prof = profile_model(m)
+    init = next(layer for layer in prof.layers if layer.name == "backbone.init_conv.conv")
+    assert init.macs == 32 * 32 * 8 * 3 * 9 and init.params == 8 * 3 * 9
+    pw = next(layer for layer in prof.layers if layer.name == "backbone.stage1.unit1.0.pw")
+    dw = next(layer for layer in prof.layers if layer.name == "backbone.stage1.unit1.0.dw")
+    assert pw.macs == 32 * 32 * 16 * 8 and dw.macs == 32 * 32 * 16 * 9
+    assert prof.params == sum(p.numel() for p in m.parameters())
+    assert prof.macs == sum(layer.macs for layer in prof.layers)
+
+
+def test_profile_scales_with_input_size():
+    m = create_model("mobilenetv2_w1d2_bsconvs_p1d6")
+    assert profile_model(m, 448).macs > 3.9 * profile_model(m, 224).macs
+
+
+def test_training_is_seeded_and_reproducible():
+    cfg = TrainConfig(arch="cifar_mobilenetv1_w1d4_bsconvu", epochs=1, batch_size=128)
+    a, ra = train_digits(cfg)
+    b, rb = train_digits(cfg)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert ra.history == rb.history and 0.0 <= ra.holdout_accuracy <= 1.0
