@@ -57,7 +57,9 @@ def convert_coreml(ctx: ExportContext):
     ct = import_coremltools()
     if ctx.options.dynamic_batch:
         raise ValueError("CoreML export takes a fixed batch; drop --dynamic-batch or the coreml format")
-    traced = torch.jit.trace(ctx.model, ctx.example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # see the module docstring for why tracing
+        traced = torch.jit.trace(ctx.model, ctx.example)
     precision = ct.precision.FLOAT16 if ctx.options.coreml_precision == "fp16" else ct.precision.FLOAT32
     labels = ctx.spec.class_labels()
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():

@@ -17,7 +17,7 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         header = json.loads(meta["bsconv_export"]) if "bsconv_export" in meta else {}
         return tensors, header
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices on foreign files
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = _first_line(e)
         if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
@@ -77,7 +79,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 f"{path}: refused, the pickle would run code ({msg[:120]}); re-save it as a plain "
                 "state_dict (torch.save(model.state_dict(), ...)) or as .safetensors") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - torch.load fails on junk with many types (KeyError, EOFError...)
         raise CheckpointError(
             f"{path}: not a readable checkpoint, truncated or not a torch.save file ({_first_line(e)[:160]})"
         ) from None
@@ -174,6 +176,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
             save_file(sd, tmp, metadata={"bsconv_export": json.dumps(header)})
         else:
             torch.save({**header, "state_dict": sd}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -24,8 +24,7 @@ def test_models_json():
     r = invoke("models", "*v3_small_w1_*", "--json")
     assert r.exit_code == 0
     names = [m["name"] for m in json.loads(r.stdout)["models"]]
-    assert names == ["cifar_mobilenetv3_small_w1", "cifar_mobilenetv3_small_w1_bsconvs_p1d6",
-                     "cifar_mobilenetv3_small_w1_bsconvu", "mobilenetv3_small_w1",
+    assert names == ["cifar_mobilenetv3_small_w1_bsconvs_p1d6", "cifar_mobilenetv3_small_w1_bsconvu",
                      "mobilenetv3_small_w1_bsconvs_p1d6", "mobilenetv3_small_w1_bsconvu"]
 
 
