@@ -19,6 +19,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/bsconv-export info
 	$(VENV)/bin/bsconv-export evaluate
+	mkdir -p $(BUILD)
 	$(VENV)/bin/bsconv-export export --out $(BUILD)/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6 --force
 
 test: $(STAMP)

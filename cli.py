@@ -241,14 +241,16 @@ def print_bundle_table(manifest: dict, bundle: Path) -> None:
     m = manifest["model"]
     out.print(f"[bold]{m['arch']}[/bold] → {bundle}  ({m['params']:,} params, {m['macs']:,} MACs, "
               f"input {manifest['export']['input_shape']})", highlight=False)
-    table = Table("format", "file", "size", "nodes", "status", "note")
+    table = Table(Column("format", no_wrap=True), Column("file", no_wrap=True), Column("size", no_wrap=True),
+                  "nodes", "status", "note")
     for a in manifest["artifacts"]:
         size = f"{a['bytes'] / 1e6:.2f} MB" if a["bytes"] else "-"
         note = a["error"] or ""
         if a["format"] == "onnx-simplified" and a["status"] == "ok":
             note = f"nodes {a['details']['nodes_before']} → {a['nodes']}"
         elif a["format"] == "ort" and a["status"] == "ok":
-            note = "mobile EPs: " + ", ".join(f"{k} {v}" for k, v in a["details"]["mobile_usability"].items())
+            short = {"NNAPI": "NNAPI", "CoreML NeuralNetwork": "CoreML-NN", "CoreML MLProgram": "CoreML-MLP"}
+            note = " ".join(f"{short.get(k, k)}:{v}" for k, v in a["details"]["mobile_usability"].items())
         elif a["format"] == "coreml" and a["status"] == "ok":
             note = f"{a['deployment_target']}, {a['details']['precision']}, {a['details']['input_kind']} input"
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[a["status"]]

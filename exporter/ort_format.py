@@ -35,9 +35,16 @@ def convert_to_ort(src: Path, out_dir: Path) -> tuple[Path, Path]:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "model.onnx"
         shutil.copyfile(src, staged)
-        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints progress
-            convert_onnx_models_to_ort(staged, output_dir=Path(tmp) / "out",
-                                       optimization_styles=[OptimizationStyle.Runtime])
+        # The converter prints progress and logs at INFO on a logger it configures at import.
+        log = logging.getLogger("ort_format_model.utils")
+        level = log.level
+        log.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_onnx_models_to_ort(staged, output_dir=Path(tmp) / "out",
+                                           optimization_styles=[OptimizationStyle.Runtime])
+        finally:
+            log.setLevel(level)
         produced = list((Path(tmp) / "out").glob("*.ort"))
         configs = list((Path(tmp) / "out").glob("*.config"))
         if len(produced) != 1 or len(configs) != 1:
