@@ -1,0 +1,275 @@
+"""CoreML without a Mac: a NumPy interpreter of the ML Program in an ``.mlpackage``.
+
+The program is read with coremltools' own reader (``milproto.load``) and run op
+by op. fp16 programs are honoured: a ``cast`` to fp16, and every op whose
+output type is fp16, rounds its result to float16 (the arithmetic inside an op
+runs in float32, as on Apple's GPU and Neural Engine, which accumulate wider
+than they store). An op outside :data:`OPS` raises :class:`UnsupportedOp`, which
+a check reports as *skipped*, never as passed.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import Runner, RunnerUnavailable, UnsupportedOp
+
+
+def _pads(pad_type: str, pad, x_hw, k_hw, strides, dilations) -> list[tuple[int, int]]:
+    out = []
+    for i in range(2):
+        eff = (k_hw[i] - 1) * dilations[i] + 1
+        if pad_type == "valid":
+            out.append((0, 0))
+        elif pad_type in ("same", "same_lower"):
+            o = -(-x_hw[i] // strides[i])
+            total = max((o - 1) * strides[i] + eff - x_hw[i], 0)
+            small, big = total // 2, total - total // 2
+            out.append((big, small) if pad_type == "same_lower" else (small, big))
+        elif pad_type == "custom":
+            out.append((int(pad[2 * i]), int(pad[2 * i + 1])))
+        else:
+            raise UnsupportedOp(f"pad_type {pad_type}")
+    return out
+
+
+def _windows(x: np.ndarray, k_hw, strides, dilations, pads, value=0.0) -> np.ndarray:
+    """[N, C, H, W] → strided view [N, C, Ho, Wo, kh, kw]."""
+    x = np.pad(x, ((0, 0), (0, 0), pads[0], pads[1]), constant_values=value)
+    eff = [(k_hw[i] - 1) * dilations[i] + 1 for i in range(2)]
+    w = np.lib.stride_tricks.sliding_window_view(x, eff, axis=(2, 3))
+    return w[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+
+
+def conv(x, weight, bias=None, strides=(1, 1), pad_type="valid", pad=(0, 0, 0, 0), dilations=(1, 1), groups=1):
+    x = x.astype(np.float32)
+    weight = weight.astype(np.float32)
+    o, cg, kh, kw = weight.shape
+    strides, dilations = [int(s) for s in strides], [int(d) for d in dilations]
+    pads = _pads(pad_type, pad, x.shape[2:], (kh, kw), strides, dilations)
+    n, c = x.shape[:2]
+    g = int(groups)
+    win = _windows(x, (kh, kw), strides, dilations, pads)
+    ho, wo = win.shape[2:4]
+    if g == 1:
+        y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))  # [N, Ho, Wo, O]
+        y = y.transpose(0, 3, 1, 2)
+    elif g == c and cg == 1:
+        m = o // c
+        w = weight.reshape(c, m, kh, kw)
+        y = np.einsum("nchwij,cmij->ncmhw", win, w, optimize=True).reshape(n, o, ho, wo)
+    else:
+        win = win.reshape(n, g, c // g, ho, wo, kh, kw)
+        w = weight.reshape(g, o // g, cg, kh, kw)
+        y = np.einsum("ngchwij,gocij->ngohw", win, w, optimize=True).reshape(n, o, ho, wo)
+    if bias is not None:
+        y = y + bias.astype(np.float32).reshape(1, -1, 1, 1)
+    return y
+
+
+def _pool(x, kernel_sizes, strides, pad_type, pad, reduce, pad_value, exclude_padding=False, ceil_mode=False):
+    if ceil_mode:
+        raise UnsupportedOp("pooling with ceil_mode")
+    k = [int(v) for v in kernel_sizes]
+    s = [int(v) for v in strides]
+    pads = _pads(pad_type, pad, x.shape[2:], k, s, (1, 1))
+    win = _windows(x.astype(np.float32), k, s, (1, 1), pads, value=pad_value)
+    if reduce == "max":
+        return win.max(axis=(4, 5))
+    total = win.sum(axis=(4, 5))
+    if exclude_padding and any(p != (0, 0) for p in pads):
+        ones = _windows(np.ones((1, 1) + x.shape[2:], np.float32), k, s, (1, 1), pads)
+        return total / ones.sum(axis=(4, 5))
+    return total / (k[0] * k[1])
+
+
+def _axes(axes, ndim):
+    return None if axes is None else tuple(int(a) % ndim for a in np.atleast_1d(axes))
+
+
+def _batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + epsilon)
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y
+
+
+def _reshape(x, shape):
+    shape = [int(s) for s in shape]
+    if shape and shape[0] == 1 and x.shape[0] != 1:  # run a batch through a batch-1 program
+        shape[0] = x.shape[0]
+    return x.reshape(shape)
+
+
+_DTYPES = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "bool": np.bool_, "fp64": np.float64}
+
+
+def _sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+OPS: dict[str, Callable[..., Any]] = {
+    "conv": conv,
+    "add": lambda x, y: np.add(x, y),
+    "sub": lambda x, y: np.subtract(x, y),
+    "mul": lambda x, y: np.multiply(x, y),
+    "real_div": lambda x, y: np.divide(x, y),
+    "maximum": lambda x, y: np.maximum(x, y),
+    "minimum": lambda x, y: np.minimum(x, y),
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "clip": lambda x, alpha, beta: np.clip(x, alpha, beta),
+    "sigmoid": _sig,
+    "sigmoid_hard": lambda x, alpha=0.2, beta=0.5: np.clip(alpha * x + beta, 0, 1),
+    "silu": lambda x: x * _sig(x),
+    "batch_norm": _batch_norm,
+    "reduce_mean": lambda x, axes=None, keep_dims=False: np.mean(x, axis=_axes(axes, x.ndim), keepdims=bool(keep_dims)),
+    "avg_pool": lambda x, kernel_sizes, strides, pad_type, pad=(0, 0, 0, 0), exclude_padding_from_average=False, ceil_mode=False:
+        _pool(x, kernel_sizes, strides, pad_type, pad, "avg", 0.0, exclude_padding_from_average, ceil_mode),
+    "max_pool": lambda x, kernel_sizes, strides, pad_type, pad=(0, 0, 0, 0), ceil_mode=False:
+        _pool(x, kernel_sizes, strides, pad_type, pad, "max", -np.inf, False, ceil_mode),
+    "matmul": lambda x, y, transpose_x=False, transpose_y=False:
+        np.matmul(np.swapaxes(x, -1, -2) if transpose_x else x, np.swapaxes(y, -1, -2) if transpose_y else y),
+    "linear": lambda x, weight, bias=None: x @ weight.T + (0 if bias is None else bias),
+    "reshape": _reshape,
+    "squeeze": lambda x, axes=None: np.squeeze(x, axis=_axes(axes, x.ndim)),
+    "expand_dims": lambda x, axes: np.expand_dims(x, axis=tuple(int(a) for a in np.atleast_1d(axes))),
+    "concat": lambda values, axis, interleave=False: np.concatenate(values, axis=int(axis)),
+    "transpose": lambda x, perm: np.transpose(x, [int(p) for p in perm]),
+    "identity": lambda x: x,
+    "cast": lambda x, dtype: x.astype(_DTYPES[str(dtype)]),
+}
+
+
+class MilProgram:
+    """An ML Program's main function, ready to interpret."""
+
+    def __init__(self, path: str | Path):
+        from exporter.coreml import import_coremltools
+        ct = import_coremltools()
+        from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+        path = Path(path)
+        if not (path / "Manifest.json").is_file():
+            raise FileNotFoundError(f"{path} is not an .mlpackage")
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
+            spec = mlmodel.get_spec()
+            program = load_mil(spec, specification_version=spec.specificationVersion,
+                               file_weights_dir=mlmodel.weights_dir)
+        self.spec = spec
+        self.function = program.functions["main"]
+        self.input_names = list(self.function.inputs)
+        self.input_shapes = {k: tuple(v.shape) for k, v in self.function.inputs.items()}
+        self.ops = list(self.function.operations)
+        self.op_types = sorted({op.op_type for op in self.ops})
+        self.classes: list[str] | None = None
+        for op in self.ops:
+            if op.op_type == "classify":
+                self.classes = [str(c) for c in op.inputs["classes"].val]
+        if spec.description.input[0].type.WhichOneof("Type") == "imageType":
+            raise UnsupportedOp("image inputs (export with --coreml-input tensor to check CoreML on Linux)")
+
+    def unsupported_ops(self) -> list[str]:
+        return [t for t in self.op_types if t not in OPS and t not in ("const", "classify")]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits [N, classes] for input x [N, C, H, W] (float32)."""
+        missing = self.unsupported_ops()
+        if missing:
+            raise UnsupportedOp(f"op {', '.join(missing)} not supported")
+        env: dict[str, Any] = {self.input_names[0]: x}
+
+        def value(var):
+            if isinstance(var, (list, tuple)):
+                return [value(v) for v in var]
+            if var.name in env:
+                return env[var.name]
+            if var.val is not None:
+                return var.val
+            raise KeyError(f"MIL value {var.name} used before it is defined")
+
+        for op in self.ops:
+            if op.op_type == "const":
+                continue
+            if op.op_type == "classify":
+                return np.asarray(value(op.inputs["probabilities"]), dtype=np.float32)
+            args = {k: value(v) for k, v in op.inputs.items()}
+            result = OPS[op.op_type](**args)
+            out_var = op.outputs[0]
+            if out_var.dtype is not None and "fp16" in str(out_var.dtype):
+                result = np.asarray(result).astype(np.float16)
+            elif isinstance(result, np.ndarray) and result.dtype == np.float64:
+                result = result.astype(np.float32)
+            env[out_var.name] = result
+        outputs = self.function.outputs
+        return np.asarray(env[outputs[-1].name], dtype=np.float32)
+
+
+class MilReferenceRunner(Runner):
+    """CoreML ``.mlpackage`` run by the NumPy MIL interpreter (any OS)."""
+
+    name = "coreml-mil-reference"
+
+    def __init__(self, path: str | Path, output_name: str = "logits"):
+        self.path = Path(path)
+        self.output_name = output_name
+        self.program: MilProgram | None = None
+
+    def load(self) -> "MilReferenceRunner":
+        self.program = MilProgram(self.path)
+        return self
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.program is None:
+            self.load()
+        (x,) = inputs.values()
+        return {self.output_name: self.program.run(np.asarray(x, dtype=np.float32))}
+
+
+class CoreMLRunner(Runner):
+    """CoreML ``.mlpackage`` run by Apple's runtime (``MLModel.predict``): macOS only."""
+
+    name = "coreml-apple"
+
+    def __init__(self, path: str | Path, output_name: str = "logits"):
+        self.path = Path(path)
+        self.output_name = output_name
+        self.model = None
+        self.classes: list[str] = []
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        import platform
+        if platform.system() != "Darwin":
+            return f"Apple's CoreML runtime runs on macOS only (this is {platform.system()})"
+        return None
+
+    def load(self) -> "CoreMLRunner":
+        reason = self.unavailable()
+        if reason:
+            raise RunnerUnavailable(reason)
+        from exporter.coreml import import_coremltools
+        ct = import_coremltools()
+        self.model = ct.models.MLModel(str(self.path))
+        self.classes = MilProgram(self.path).classes or []
+        self.fixed_batch = int(self.model.get_spec().description.input[0].type.multiArrayType.shape[0])
+        return self
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.model is None:
+            self.load()
+        (name, x), = inputs.items()
+        rows = []
+        for i in range(0, len(x), self.fixed_batch):
+            out = self.model.predict({name: x[i:i + self.fixed_batch]})[self.output_name]
+            rows.append([out[c] for c in self.classes])
+        return {self.output_name: np.asarray(rows, dtype=np.float32)}
