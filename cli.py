@@ -207,9 +207,14 @@ def export_cmd(
     coreml_input: str = typer.Option("tensor", "--coreml-input", help="tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim; ORT converts the plain ONNX."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check against PyTorch (see 'check')."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
-    """Export a trained checkpoint to a bundle: ONNX, simplified ONNX, ORT mobile format, CoreML, manifest.json."""
+    """Export a trained checkpoint to a bundle: ONNX, simplified ONNX, ORT mobile format, CoreML, manifest.json.
+
+    Every artifact is then checked against the PyTorch original (unless --no-check);
+    a stage failure or a tolerance miss exits 1.
+    """
     from exporter.bundle import export_bundle, parse_formats
     from exporter.context import ExportOptions
     from models.checkpoint import resolve_model
@@ -229,12 +234,75 @@ def export_cmd(
             err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}] in {record.seconds:.1f} s"
                       + (f" — {record.error}" if record.error else ""), highlight=False)
 
-    result = export_bundle(loaded, out_dir, opts, progress=progress)
+    from exporter.check import CheckOptions
+    result = export_bundle(loaded, out_dir, opts, progress=progress,
+                           check=None if no_check else CheckOptions(), check_progress=check_progress)
     if as_json:
         emit_json(result.manifest)
     else:
         print_bundle_table(result.manifest, out_dir)
+        if "check" in result.manifest:
+            print_check_table(result.manifest["check"])
     raise typer.Exit(0 if result.ok else 1)
+
+
+def check_progress(rec) -> None:
+    colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[rec.status.value]
+    err.print(f"  check {rec.artifact} on {rec.runner}: [{colour}]{rec.status.value}[/{colour}]"
+              + (f" — {escape(rec.reason)}" if rec.reason else ""), highlight=False)
+
+
+@app.command("check")
+@user_errors
+def check_cmd(
+    bundle: Path = typer.Argument(..., help="A bundle directory made by 'export'."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original checkpoint, if the manifest's path is not valid here."),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 (and optional 'label' [N]); default: the shipped held-out digits for a digits model, else random inputs."),
+    samples: int = typer.Option(32, "--samples", min=1, help="Random inputs to draw when there is no real data."),
+    atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="Element-wise absolute tolerance for every artifact (default: 1e-4 for fp32; fp16 is held to cosine and top-1 agreement)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="Relative tolerance, times each sample's largest reference logit, for every artifact (default 1e-3 for fp32)."),
+    localize: bool = typer.Option(False, "--localize", help="Report the first diverging layer of each ONNX artifact even when it passes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the check report as JSON."),
+) -> None:
+    """Prove every artifact of a bundle equivalent to the PyTorch original; exit 1 on any miss.
+
+    The result is also written into the bundle's manifest.json (check, passed).
+    """
+    from exporter.bundle import attach_check, read_manifest, write_manifest
+    from exporter.check import CheckOptions, load_original, run_check
+    quiet_third_party_logs()
+    manifest = read_manifest(bundle)
+    model = load_original(manifest, checkpoint)
+    report = run_check(bundle, manifest, model, CheckOptions(data=str(data) if data else None, samples=samples,
+                                                             atol=atol, rtol=rtol, localize=localize),
+                       progress=check_progress)
+    attach_check(manifest, report)
+    write_manifest(bundle, manifest)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        print_check_table(report.to_dict())
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def print_check_table(check: dict) -> None:
+    out.print(f"check on {check['samples']} inputs ({check['inputs']}): "
+              f"{'[green]passed[/green]' if check['passed'] else '[red]FAILED[/red]'}", highlight=False)
+    table = Table(Column("artifact", no_wrap=True), Column("runner", no_wrap=True), "status", "max abs",
+                  "max rel", "cos min", "top-1 agr", "top-5", "acc (torch)", "note")
+    for r in check["results"]:
+        m = r["metrics"]
+        colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
+        acc = f"{r['accuracy']:.2%} ({r['reference_accuracy']:.2%})" if r["accuracy"] is not None else "-"
+        note = r["reason"] or r["tolerance"]
+        fd = r.get("first_divergence")
+        if fd and fd.get("found"):
+            note += f"; first divergence at {fd['torch_module']} (ONNX {fd['onnx_node']}, error {fd['max_abs_error']:.3g})"
+        table.add_row(r["artifact"], r["runner"], f"[{colour}]{r['status']}[/{colour}]",
+                      f"{m['max_abs']:.2g}" if m else "-", f"{m['max_rel']:.2g}" if m else "-",
+                      f"{m['cosine_min']:.6f}" if m else "-", f"{m['top1_agreement']:.2%}" if m else "-",
+                      f"{m['top5_overlap']:.2%}" if m else "-", acc, escape(note))
+    out.print(table)
 
 
 def print_bundle_table(manifest: dict, bundle: Path) -> None:

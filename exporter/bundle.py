@@ -26,6 +26,7 @@ from models.profile import profile_model
 
 from . import __version__
 from .context import COREML_INPUTS, COREML_PRECISIONS, FORMAT_NAMES, ExportContext, ExportOptions
+from .check import CheckOptions, run_check
 from .coreml import export_coreml
 from .onnx_export import export_onnx, resolve_opset
 from .ort_format import export_ort
@@ -61,7 +62,7 @@ class BundleResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.records)
+        return bool(self.manifest["passed"])
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -143,8 +144,10 @@ def _run_stage(stage: Stage, ctx: ExportContext) -> ArtifactRecord:
 
 
 def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: ExportOptions = ExportOptions(),
-                  progress: Callable[[str, ArtifactRecord | None], None] | None = None) -> BundleResult:
-    """Export ``loaded`` to a bundle at ``out``; see the module docstring for guarantees."""
+                  progress: Callable[[str, ArtifactRecord | None], None] | None = None,
+                  check: CheckOptions | None = None,
+                  check_progress: Callable | None = None) -> BundleResult:
+    """Export ``loaded`` to a bundle at ``out``; with ``check``, prove it equivalent before it lands."""
     out = Path(out)
     size = validate_options(opts, loaded, out)
     opset = resolve_opset(opts.opset)
@@ -170,6 +173,11 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
                     progress(stage.name, ctx.records[stage.name])
         records = list(ctx.records.values())
         manifest = build_manifest(ctx, loaded, records, reproduce_command(loaded, opts, out, size))
+        if check is not None:
+            if progress:
+                progress("check", None)
+            report = run_check(tmp, manifest, loaded.model, check, check_progress)
+            attach_check(manifest, report)
         write_manifest(tmp, manifest)
         _move_into_place(tmp, out)
     except BaseException:
@@ -197,8 +205,19 @@ def build_manifest(ctx: ExportContext, loaded: LoadedCheckpoint, records: list[A
     }
 
 
+def attach_check(manifest: dict, report) -> None:
+    """Record a check report in the manifest; ``passed`` needs every stage and every check."""
+    manifest["check"] = report.to_dict()
+    manifest["passed"] = all(a["status"] == "ok" for a in manifest["artifacts"]) and report.passed
+
+
 def write_manifest(bundle: Path, manifest: dict) -> None:
-    (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    """Write (or replace) ``manifest.json`` atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=bundle)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, bundle / MANIFEST)
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict:

@@ -91,3 +91,29 @@ def test_failed_stage_gives_exit_1(tmp_path, monkeypatch):
     r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx")
     assert r.exit_code == 1 and "failed" in r.stdout
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["passed"] is False
+
+
+def test_check_cli_passes_a_good_bundle_and_fails_a_broken_one(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx", "--no-check")
+    assert r.exit_code == 0 and "check" not in json.loads((tmp_path / "b" / "manifest.json").read_text())
+    r = invoke("check", str(tmp_path / "b"), "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["passed"] is True and {x["artifact"] for x in report["results"]} == {"onnx", "onnx-simplified"}
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["check"]["passed"] is True
+    path = tmp_path / "b" / "model.sim.onnx"
+    model = onnx.load(path)
+    init = model.graph.initializer[0]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.1, init.name))
+    onnx.save(model, path)
+    r = invoke("check", str(tmp_path / "b"))
+    assert r.exit_code == 1 and "FAILED" in r.stdout and "onnx-simplified" in r.stdout
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["passed"] is False
+
+
+def test_check_cli_bad_input(tmp_path):
+    r = invoke("check", str(tmp_path))
+    assert r.exit_code == 2 and "is not a bundle" in r.stderr

@@ -1,7 +1,7 @@
 """CoreML without a Mac: a NumPy interpreter of the ML Program in an ``.mlpackage``.
 
 The program is read with coremltools' own reader (``milproto.load``) and run op
-by op. fp16 programs are honoured: a ``cast`` to fp16, and every op whose
+by op. fp16 programs are honoured: an fp16 input, a ``cast`` to fp16, and every op whose
 output type is fp16, rounds its result to float16 (the arithmetic inside an op
 runs in float32, as on Apple's GPU and Neural Engine, which accumulate wider
 than they store). An op outside :data:`OPS` raises :class:`UnsupportedOp`, which
@@ -126,6 +126,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "minimum": lambda x, y: np.minimum(x, y),
     "relu": lambda x: np.maximum(x, 0),
     "relu6": lambda x: np.clip(x, 0, 6),
+    "thresholded_relu": lambda x, alpha=1.0: np.where(x > alpha, x, 0).astype(x.dtype),
     "clip": lambda x, alpha, beta: np.clip(x, alpha, beta),
     "sigmoid": _sig,
     "sigmoid_hard": lambda x, alpha=0.2, beta=0.5: np.clip(alpha * x + beta, 0, 1),
@@ -186,6 +187,9 @@ class MilProgram:
         missing = self.unsupported_ops()
         if missing:
             raise UnsupportedOp(f"op {', '.join(missing)} not supported")
+        in_var = self.function.inputs[self.input_names[0]]
+        if "fp16" in str(in_var.dtype):  # an fp16 program input (iOS16+ fp16 models)
+            x = x.astype(np.float16)
         env: dict[str, Any] = {self.input_names[0]: x}
 
         def value(var):

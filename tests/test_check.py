@@ -1,0 +1,270 @@
+"""The equivalence check: it passes correct exports and catches the ways exports really break."""
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from exporter.bundle import attach_check, export_bundle, read_manifest
+from exporter.check import CheckOptions, Tolerance, check_bundle, check_inputs, compare, run_check, verdict
+from exporter.context import ExportOptions
+from exporter.records import Status
+from exporter.runners import infer_batched
+from exporter.runners.mil import CoreMLRunner, MilProgram, MilReferenceRunner
+from exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunner
+from exporter.runners.torch_runner import TorchRunner
+from models import create_model, list_models
+from models.checkpoint import resolve_model
+from models.registry import InputSpec
+
+
+@pytest.fixture(scope="module")
+def good_bundle(tmp_path_factory, shipped):
+    out = tmp_path_factory.mktemp("chk") / "good"
+    r = export_bundle(shipped, out, ExportOptions(), check=CheckOptions())
+    assert r.ok, r.manifest.get("check")
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tmp_path, good_bundle):
+    dst = tmp_path / "b"
+    shutil.copytree(good_bundle, dst)
+    return dst
+
+
+def test_correct_export_passes_with_numbers_for_every_artifact(good_bundle, shipped):
+    m = read_manifest(good_bundle)
+    assert m["passed"] is True and m["check"]["passed"] is True
+    assert m["check"]["inputs"].startswith("shipped held-out digits") and m["check"]["samples"] == 366
+    by = {(r["artifact"], r["runner"]): r for r in m["check"]["results"]}
+    for key in [("onnx", "onnxruntime-cpu"), ("onnx-simplified", "onnxruntime-cpu"),
+                ("ort", "ort-format-cpu"), ("coreml", "coreml-mil-reference")]:
+        r = by[key]
+        assert r["status"] == "ok", r
+        assert r["metrics"]["max_abs"] < 1e-4 and r["metrics"]["cosine_min"] > 0.99999
+        assert r["accuracy"] == r["reference_accuracy"] >= 0.95
+    apple = by[("coreml", "coreml-apple")]
+    if CoreMLRunner.unavailable():
+        assert apple["status"] == "skipped" and "macOS" in apple["reason"]
+
+
+def _check(bundle, shipped, **kw):
+    manifest = read_manifest(bundle)
+    return run_check(bundle, manifest, shipped.model, CheckOptions(**kw))
+
+
+def _failed(report):
+    return {r.artifact for r in report.records if r.status is Status.FAILED}
+
+
+def _edit_onnx(path, edit):
+    model = onnx.load(path)
+    edit(model.graph)
+    onnx.save(model, path)
+
+
+def test_perturbed_conv_weight_fails_and_is_localized(bundle_copy, shipped):
+    target = "/backbone/stage3/unit1/conv2/conv/Conv"
+
+    def perturb(graph):
+        node = next(n for n in graph.node if n.name == target)
+        init = next(i for i in graph.initializer if i.name == node.input[1])
+        w = numpy_helper.to_array(init).copy()
+        w += np.where(np.random.default_rng(0).random(w.shape) < 0.5, -1e-2, 1e-2).astype(w.dtype)
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+
+    _edit_onnx(bundle_copy / "model.onnx", perturb)
+    report = _check(bundle_copy, shipped)
+    assert not report.passed and _failed(report) == {"onnx"}
+    rec = next(r for r in report.records if r.artifact == "onnx")
+    assert "outside" in rec.reason
+    fd = rec.first_divergence
+    assert fd["found"] and fd["torch_module"] == "backbone.stage3.unit1.conv2"
+    assert fd["onnx_node"].startswith("/backbone/stage3/unit1/conv2/")
+
+
+def _insert_before_first_consumer(graph, make_nodes):
+    """Feed the graph input through new nodes; rewire its consumers."""
+    new_nodes, new_out = make_nodes("input")
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name == "input":
+                n.input[i] = new_out
+    for k, node in enumerate(new_nodes):
+        graph.node.insert(k, node)
+
+
+def test_rgb_swapped_to_bgr_fails(bundle_copy, shipped):
+    def swap(graph):
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "bgr_idx"))
+        _insert_before_first_consumer(graph, lambda x: (
+            [helper.make_node("Gather", [x, "bgr_idx"], ["bgr"], axis=1, name="swap")], "bgr"))
+
+    _edit_onnx(bundle_copy / "model.sim.onnx", swap)
+    report = _check(bundle_copy, shipped)
+    assert _failed(report) == {"onnx-simplified"}
+
+
+def test_dropped_normalization_fails(bundle_copy, shipped):
+    def drop(graph):
+        mul = next(n for n in graph.node if n.op_type == "Mul" and "data_bn" in n.name)
+        add = next(n for n in graph.node if n.op_type == "Add" and "data_bn" in n.name)
+        for n in graph.node:
+            for i, name in enumerate(n.input):
+                if name == add.output[0]:
+                    n.input[i] = "input"
+        graph.node.remove(mul)
+        graph.node.remove(add)
+
+    _edit_onnx(bundle_copy / "model.onnx", drop)
+    report = _check(bundle_copy, shipped)
+    assert _failed(report) == {"onnx"}
+    assert next(r for r in report.records if r.artifact == "onnx").first_divergence["found"]
+
+
+def test_changed_padding_fails(bundle_copy, shipped):
+    def repad(graph):
+        conv = next(n for n in graph.node if n.op_type == "Conv" and "stage2/unit1/conv2" in n.name)
+        pads = next(a for a in conv.attribute if a.name == "pads")
+        assert list(pads.ints) == [1, 1, 1, 1]
+        pads.ints[:] = [2, 2, 0, 0]  # same output size, shifted window
+
+    _edit_onnx(bundle_copy / "model.sim.onnx", repad)
+    report = _check(bundle_copy, shipped)
+    assert _failed(report) == {"onnx-simplified"}
+
+
+def test_coreml_fp16_passes_its_own_criteria_but_not_an_fp32_tolerance(tmp_path, shipped):
+    out = tmp_path / "fp16"
+    r = export_bundle(shipped, out, ExportOptions(formats=("coreml",), coreml_precision="fp16"), check=CheckOptions())
+    assert r.ok, r.manifest["check"]
+    rec = next(x for x in r.manifest["check"]["results"] if x["runner"] == "coreml-mil-reference")
+    assert rec["precision"] == "fp16" and rec["metrics"]["max_abs"] > 1e-4  # fp16 really ran
+    report = _check(out, shipped, atol=1e-4, rtol=1e-4)
+    assert _failed(report) == {"coreml"}
+    attach_check(r.manifest, report)
+    assert r.manifest["passed"] is False
+
+
+def test_nan_and_inf_fail_whatever_the_tolerance():
+    ref = np.ones((2, 3), np.float32)
+    out = ref.copy()
+    out[0, 1] = np.nan
+    m = compare(out, ref)
+    assert m["nonfinite"] == 1
+    assert "NaN/Inf" in verdict(out, ref, m, Tolerance(min_cosine=0.0))
+
+
+def test_unsupported_mil_op_is_skipped_not_passed(good_bundle, shipped, monkeypatch):
+    from exporter.runners import mil
+    monkeypatch.delitem(mil.OPS, "conv")
+    report = _check(good_bundle, shipped)
+    rec = next(r for r in report.records if r.runner == "coreml-mil-reference")
+    assert rec.status is Status.SKIPPED and rec.reason == "op conv not supported"
+
+
+def test_runners_share_one_contract(good_bundle, shipped):
+    x = check_inputs(shipped.input_spec).x[:5]
+    ref = TorchRunner(shipped.model).infer({"input": x})["logits"]
+    for runner in (OnnxRunner(good_bundle / "model.onnx"), OrtFormatRunner(good_bundle / "model.ort"),
+                   MilReferenceRunner(good_bundle / "model.mlpackage")):
+        with runner as r:
+            out = infer_batched(r, x)
+        assert set(out) == {"logits"} and out["logits"].shape == (5, 10)
+        np.testing.assert_allclose(out["logits"], ref, atol=1e-4)
+
+
+def test_unavailable_providers_and_runtimes_say_why():
+    import onnxruntime as ort
+    from exporter.runners import RunnerUnavailable
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(RunnerUnavailable, match="CUDAExecutionProvider is not available"):
+            OnnxRunner("unused.onnx", "cuda").load()
+    if CoreMLRunner.unavailable():
+        with pytest.raises(RunnerUnavailable, match="macOS only"):
+            CoreMLRunner("unused.mlpackage").load()
+
+
+# --- the MIL interpreter against coremltools conversions of small models -----------------
+
+def _convert(module, shape, precision="fp32"):
+    from exporter.coreml import import_coremltools
+    ct = import_coremltools()
+    traced = torch.jit.trace(module.eval(), torch.rand(shape))
+    prec = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+    return ct.convert(traced, inputs=[ct.TensorType(name="input", shape=shape)], convert_to="mlprogram",
+                      minimum_deployment_target=ct.target.iOS16, compute_precision=prec)
+
+
+MIL_CASES = {
+    "conv": (nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()), (2, 3, 17, 17)),
+    "conv_dilated_nobias": (nn.Conv2d(4, 6, 3, padding=2, dilation=2, bias=False), (1, 4, 12, 12)),
+    "depthwise": (nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.ReLU6()), (1, 8, 16, 16)),
+    "grouped": (nn.Conv2d(8, 12, 3, groups=4), (1, 8, 10, 10)),
+    "pooling": (nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1)), (1, 4, 16, 16)),
+    "linear": (nn.Sequential(nn.Flatten(), nn.Linear(48, 10), nn.Sigmoid()), (2, 3, 4, 4)),
+    "hardswish": (nn.Sequential(nn.Conv2d(3, 4, 1), nn.Hardswish(), nn.Hardsigmoid()), (1, 3, 8, 8)),
+    "batchnorm": (nn.Sequential(nn.BatchNorm2d(3).eval()), (1, 3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIL_CASES))
+def test_mil_interpreter_matches_torch(tmp_path, case):
+    module, shape = MIL_CASES[case]
+    if case == "batchnorm":
+        with torch.no_grad():
+            module[0].running_mean.uniform_(-1, 1)
+            module[0].running_var.uniform_(0.5, 2)
+    path = tmp_path / f"{case}.mlpackage"
+    _convert(module, shape).save(str(path))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    got = MilProgram(path).run(x)
+    np.testing.assert_allclose(got.reshape(ref.shape), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_mil_interpreter_honours_fp16(tmp_path):
+    module, shape = MIL_CASES["conv"]
+    path = tmp_path / "fp16.mlpackage"
+    _convert(module, shape, "fp16").save(str(path))
+    prog = MilProgram(path)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    got = prog.run(x)
+    err = np.abs(got.reshape(ref.shape) - ref).max()
+    assert 0 < err < 1e-2  # fp16 rounding shows, and stays small
+
+
+# --- every zoo architecture: correct exports pass ---------------------------------------
+
+def calibrate_batchnorm(model, inputs):
+    """Give untrained weights the BN statistics training would, on the inputs the check
+    uses. Without them activations explode through dozens of layers (no BN sits inside a
+    BSConv-U), logits reach 10³ on the saturated edge cases, and fp32 comparisons become
+    ill-conditioned for any runtime: not what a shipped model looks like."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(inputs))
+    model.eval()
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_zoo_architecture_exports_and_passes_the_check(tmp_path, arch):
+    torch.manual_seed(0)
+    loaded = resolve_model(arch)
+    size = 32 if arch.startswith("cifar_") else 64
+    spec = InputSpec.from_dict({**loaded.input_spec.to_dict(), "size": size})
+    calibrate_batchnorm(loaded.model, check_inputs(spec, samples=4).x)
+    r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=("onnx",), input_size=size),
+                      check=CheckOptions(samples=4))
+    assert r.ok, r.manifest["check"]
