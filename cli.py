@@ -294,7 +294,7 @@ def print_check_table(check: dict) -> None:
         m = r["metrics"]
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
         acc = f"{r['accuracy']:.2%} ({r['reference_accuracy']:.2%})" if r["accuracy"] is not None else "-"
-        note = r["reason"] or r["tolerance"]
+        note = r["reason"] or ""
         fd = r.get("first_divergence")
         if fd and fd.get("found"):
             note += f"; first divergence at {fd['torch_module']} (ONNX {fd['onnx_node']}, error {fd['max_abs_error']:.3g})"
@@ -303,6 +303,8 @@ def print_check_table(check: dict) -> None:
                       f"{m['cosine_min']:.6f}" if m else "-", f"{m['top1_agreement']:.2%}" if m else "-",
                       f"{m['top5_overlap']:.2%}" if m else "-", acc, escape(note))
     out.print(table)
+    tolerances = sorted({(r["precision"], r["tolerance"]) for r in check["results"]})
+    out.print("tolerances: " + "; ".join(f"{p} {t}" for p, t in tolerances), highlight=False)
 
 
 def print_bundle_table(manifest: dict, bundle: Path) -> None:
