@@ -330,6 +330,126 @@ def print_bundle_table(manifest: dict, bundle: Path) -> None:
     out.print(f"reproduce: {manifest['command']}", highlight=False)
 
 
+def _csv(text: str, cast=str) -> tuple:
+    try:
+        items = tuple(cast(t.strip()) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserInputError(f"cannot read {text!r} as a comma-separated list") from None
+    if not items:
+        raise UserInputError("an empty list was given")
+    return items
+
+
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    target: Path = typer.Argument(..., help="A bundle directory, or one .onnx/.ort file."),
+    providers: str = typer.Option("cpu", "--providers", help="Comma-separated execution providers: cpu, cuda, tensorrt, coreml, … (unavailable ones are reported as skipped)."),
+    batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8."),
+    threads: str = typer.Option("default", "--threads", help="Intra-op threads: a number, 'auto' (the fastest measured) or 'default' (onnxruntime's)."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before measuring."),
+    duration: float = typer.Option(5.0, "--duration", min=0.1, help="Time limit per configuration, in seconds; stops earlier once stable."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=5, help="Exact number of timed runs instead of 'until stable'."),
+    vs_torch: bool = typer.Option(False, "--vs-torch", help="Interleave PyTorch eager in the same process and report the paired ratio (bundles only)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write the results JSON here (default for a bundle: BUNDLE/bench.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results JSON."),
+) -> None:
+    """Latency p50/p90/p99, mean, std and throughput per artifact, provider and batch size."""
+    from exporter.bench import BenchOptions, run_bench
+    if threads not in ("default", "auto") and not threads.isdigit():
+        raise UserInputError(f"--threads must be a number, 'auto' or 'default', not {threads!r}")
+    n_threads = None if threads == "default" else "auto" if threads == "auto" else int(threads)
+    batches = _csv(batch, int)
+    if any(b < 1 for b in batches):
+        raise UserInputError("--batch sizes must be at least 1")
+    opts = BenchOptions(providers=_csv(providers), batches=batches, threads=n_threads, warmup=warmup,
+                        duration=duration, iters=iters, vs_torch=vs_torch)
+    model = None
+    if vs_torch:
+        if not target.is_dir():
+            raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
+        from exporter.bundle import read_manifest
+        from exporter.check import load_original
+        model = load_original(read_manifest(target))
+
+    def progress(row: dict) -> None:
+        if row["status"] == "ok":
+            extra = f", {row['vs_torch']['ratio_median']:.2f}x torch" if row.get("vs_torch") else ""
+            err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: p50 {row['latency']['p50_ms']:.3f} ms{extra}",
+                      highlight=False)
+        else:
+            err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
+                      highlight=False)
+
+    results = run_bench(target, opts, model, progress)
+    dest = out_file or (target / "bench.json" if target.is_dir() else None)
+    if dest:
+        dest.write_text(json.dumps(results, indent=1) + "\n")
+    if as_json:
+        emit_json(results)
+        return
+    from exporter.report import BENCH_HEAD, _bench_rows
+    mach = results["machine"]
+    out.print(f"{mach['cpu']}, {mach['usable_cores']} cores, ISA {', '.join(mach['isa'])}; "
+              f"onnxruntime {mach['versions']['onnxruntime']}", highlight=False)
+    table = Table(*BENCH_HEAD)
+    skipped = []
+    for row, res in zip(_bench_rows(results), results["results"]):
+        if res["status"] != "ok":
+            skipped.append(f"{res['artifact']} {res['provider']} b{res['batch']}: {res['reason']}")
+            row = row[:-1] + ["see below"]
+        table.add_row(*[escape(c) for c in row])
+    out.print(table)
+    for line in skipped:
+        out.print(f"skipped {line}", highlight=False)
+    if dest:
+        out.print(f"results: {dest}", highlight=False)
+
+
+@app.command("regress")
+@user_errors
+def regress_cmd(
+    baseline: Path = typer.Option(..., "--baseline", help="Baseline bundle or .onnx, or a results.json from 'bench --out'."),
+    candidate: Path = typer.Option(..., "--candidate", help="Candidate bundle or .onnx."),
+    max_slowdown: float = typer.Option(0.05, "--max-slowdown", min=0.0, help="Allowed slowdown: fail only when the whole interval exceeds 1 + this."),
+    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Confidence of the interval on the latency ratio."),
+    duration: float = typer.Option(20.0, "--duration", min=1.0, help="Seconds of interleaved timing."),
+    provider: str = typer.Option("cpu", "--provider", help="Execution provider to time on."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for both (default: onnxruntime's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """CI latency gate: exit 1 only when the candidate is slower than the baseline beyond noise."""
+    from exporter.regress import regress_ab, regress_stored
+    if baseline.suffix == ".json":
+        result = regress_stored(baseline, candidate, provider=provider, duration=duration,
+                                max_slowdown=max_slowdown, confidence=confidence)
+    else:
+        result = regress_ab(baseline, candidate, provider=provider, threads=threads, duration=duration,
+                            max_slowdown=max_slowdown, confidence=confidence)
+    for w in result["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"baseline p50 {result['baseline_latency']['p50_ms']:.3f} ms, candidate p50 "
+                  f"{result['candidate_latency']['p50_ms']:.3f} ms", highlight=False)
+        out.print(result["summary"], highlight=False)
+    raise typer.Exit(1 if result["decision"]["regression"] else 0)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    bundle: Path = typer.Argument(..., help="A bundle directory (run 'bench BUNDLE' first for latencies)."),
+    fmt: str = typer.Option("md", "--format", help="md or html."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Report path (default BUNDLE/report.md or .html); the plot goes beside it."),
+) -> None:
+    """Write a Markdown or HTML summary of a bundle with a latency plot."""
+    from exporter.report import write_report
+    path = write_report(bundle, out_file, fmt)
+    out.print(f"wrote {path}", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,249 @@
+"""Latency benchmarks on ONNX Runtime execution providers, optionally paired with PyTorch eager.
+
+Each configuration (artifact × provider × batch) is warmed up, then timed in
+windows of ``window`` iterations until the last three window medians agree
+within 5 % (stable) or the time limit is reached. ``--vs-torch`` interleaves
+PyTorch eager with the artifact in the same process (ABBA order) and reports the
+median of the paired ratios with a bootstrap interval.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models.errors import UserInputError
+
+from .machine import fingerprint, machine_info
+from .runners import RunnerUnavailable
+from .runners.onnx_runner import OnnxRunner, available_providers, provider_name
+from .stats import bootstrap_ci, summarize, windows_agree
+
+SCHEMA = "bsconv-export-bench/1"
+MAX_STORED_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    providers: tuple[str, ...] = ("cpu",)
+    batches: tuple[int, ...] = (1,)
+    threads: int | str | None = None      # None: onnxruntime's default; "auto": fastest measured
+    warmup: int = 10
+    duration: float = 5.0                # time limit per configuration (s)
+    iters: int | None = None             # exact iteration count instead of "until stable"
+    window: int = 20
+    vs_torch: bool = False
+
+
+@dataclass
+class Target:
+    name: str               # artifact name, e.g. "onnx-simplified"
+    path: Path
+
+
+def resolve_targets(path: str | Path) -> tuple[list[Target], dict | None, str | None]:
+    """A bundle's ONNX and ORT artifacts, or one .onnx/.ort file; plus the manifest and CoreML's skip."""
+    from .bundle import read_manifest
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        ok = {a["format"]: a for a in manifest["artifacts"] if a["status"] == "ok"}
+        targets = []
+        onnx_name = "onnx-simplified" if "onnx-simplified" in ok else "onnx" if "onnx" in ok else None
+        if onnx_name:
+            targets.append(Target(onnx_name, path / ok[onnx_name]["path"]))
+        if "ort" in ok:
+            targets.append(Target("ort", path / ok["ort"]["path"]))
+        coreml = "coreml" if "coreml" in ok else None
+        if not targets:
+            raise UserInputError(f"{path} holds no ONNX or ORT artifact to benchmark")
+        return targets, manifest, coreml
+    if path.suffix not in (".onnx", ".ort") or not path.is_file():
+        raise UserInputError(f"{path} is neither a bundle directory nor an .onnx/.ort file")
+    return [Target(path.suffix[1:], path)], None, None
+
+
+def with_batch(path: Path, batch: int, workdir: Path) -> Path:
+    """The model itself if it takes ``batch``; else a copy whose batch dimension is ``batch``."""
+    if path.suffix == ".ort":
+        return path
+    import onnx
+    model = onnx.load(path)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if dim.dim_param or dim.dim_value == batch:
+        return path
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    del model.graph.value_info[:]
+    out = workdir / f"{path.stem}.b{batch}.onnx"
+    onnx.save(model, out)
+    return out
+
+
+def measure(fn: Callable[[], object], opts: BenchOptions) -> tuple[np.ndarray, bool]:
+    """Latencies (s) of ``fn`` after warm-up; True when the windows became stable."""
+    for _ in range(opts.warmup):
+        fn()
+    lat: list[float] = []
+    medians: list[float] = []
+    deadline = time.perf_counter() + opts.duration
+    stable = False
+    while True:
+        window = []
+        for _ in range(opts.window):
+            t0 = time.perf_counter()
+            fn()
+            window.append(time.perf_counter() - t0)
+        lat.extend(window)
+        medians.append(float(np.median(window)))
+        if opts.iters is not None:
+            if len(lat) >= opts.iters:
+                lat = lat[:opts.iters]
+                stable = windows_agree(medians)
+                break
+        else:
+            stable = windows_agree(medians)
+            if stable or time.perf_counter() > deadline:
+                break
+    return np.asarray(lat), stable
+
+
+def measure_paired(fn_a: Callable, fn_b: Callable, opts: BenchOptions,
+                   min_pairs: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate A and B in ABBA order; return their latencies pair by pair."""
+    for _ in range(opts.warmup):
+        fn_a()
+        fn_b()
+    a: list[float] = []
+    b: list[float] = []
+    deadline = time.perf_counter() + opts.duration
+    i = 0
+    while True:
+        order = (fn_a, fn_b) if i % 2 == 0 else (fn_b, fn_a)
+        times = {}
+        for fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[fn] = time.perf_counter() - t0
+        a.append(times[fn_a])
+        b.append(times[fn_b])
+        i += 1
+        if opts.iters is not None:
+            if i >= opts.iters:
+                break
+        elif i >= min_pairs and time.perf_counter() > deadline:
+            break
+    return np.asarray(a), np.asarray(b)
+
+
+def _input(spec_shape: tuple[int, ...], batch: int) -> np.ndarray:
+    return np.random.default_rng(0).random((batch,) + tuple(spec_shape), dtype=np.float32)
+
+
+def _input_shape(path: Path) -> tuple[int, ...]:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return tuple(int(d) for d in sess.get_inputs()[0].shape[1:])
+
+
+def pick_threads(path: Path, provider: str, x: np.ndarray, opts: BenchOptions) -> tuple[int, dict[int, float]]:
+    """Try 1, 2, 4, … up to the usable cores; the fastest median wins."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    candidates = sorted({1, cores} | {2 ** k for k in range(1, 8) if 2 ** k < cores})
+    quick = BenchOptions(warmup=3, duration=min(1.0, opts.duration), window=10)
+    medians = {}
+    for n in candidates:
+        with OnnxRunner(path, provider, threads=n) as r:
+            lat, _ = measure(lambda: r.infer({"input": x}), quick)
+        medians[n] = float(np.median(lat) * 1e3)
+    return min(medians, key=medians.get), medians
+
+
+def session_options(threads: int | None) -> dict:
+    return {"intra_op_num_threads": threads or "onnxruntime default (physical cores)", "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL", "graph_optimization_level": "ORT_ENABLE_ALL",
+            "session.intra_op.allow_spinning": "1 (default)"}
+
+
+def bench_one(target: Target, provider: str, batch: int, opts: BenchOptions, workdir: Path,
+              torch_model=None) -> dict:
+    row = {"artifact": target.name, "path": str(target.path), "provider": provider, "batch": batch}
+    have = available_providers()
+    if provider_name(provider) not in have:
+        return {**row, "status": "skipped",
+                "reason": f"{provider_name(provider)} is not available in this onnxruntime build "
+                          f"(available: {', '.join(have)}); install onnxruntime-gpu on a machine with a GPU for cuda"}
+    path = with_batch(target.path, batch, workdir)
+    shape = _input_shape(target.path)
+    x = _input(shape, batch)
+    tried = None
+    threads = opts.threads
+    try:
+        if threads == "auto":
+            threads, tried = pick_threads(path, provider, x, opts)
+        runner = OnnxRunner(path, provider, threads=threads).load()
+    except RunnerUnavailable as e:
+        return {**row, "status": "skipped", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - e.g. a fixed-batch .ort asked for another batch
+        return {**row, "status": "skipped", "reason": f"cannot load for batch {batch}: {str(e).splitlines()[0][:200]}"}
+    if runner.fixed_batch not in (None, batch):
+        return {**row, "status": "skipped",
+                "reason": f"the artifact takes batch {runner.fixed_batch} only; export with --dynamic-batch"}
+    feed = {"input": x}
+    result = {**row, "status": "ok", "threads": threads, "threads_tried_p50_ms": tried,
+              "session_options": session_options(threads if isinstance(threads, int) else None)}
+    if torch_model is not None:
+        import torch
+        torch.set_num_threads(threads if isinstance(threads, int) else torch.get_num_threads())
+        xt = torch.from_numpy(x)
+
+        def run_torch():
+            with torch.no_grad():
+                torch_model(xt)
+
+        ort_lat, torch_lat = measure_paired(lambda: runner.infer(feed), run_torch, opts)
+        ratios = ort_lat / torch_lat
+        low, high = bootstrap_ci(ratios)
+        result["latency"] = summarize(ort_lat, batch)
+        result["stable"] = None
+        result["vs_torch"] = {"torch_latency": summarize(torch_lat, batch), "ratio_median": float(np.median(ratios)),
+                              "ratio_ci95": [low, high], "pairs": int(ratios.size),
+                              "torch_threads": torch.get_num_threads(),
+                              "method": "ABBA-interleaved pairs in one process; ratio = onnxruntime / torch",
+                              "samples_ms": [round(v * 1e3, 4) for v in torch_lat[:MAX_STORED_SAMPLES]]}
+        lat = ort_lat
+    else:
+        lat, stable = measure(lambda: runner.infer(feed), opts)
+        result["latency"] = summarize(lat, batch)
+        result["stable"] = stable
+    result["samples_ms"] = [round(v * 1e3, 4) for v in lat[:MAX_STORED_SAMPLES]]
+    runner.close()
+    return result
+
+
+def run_bench(target_path: str | Path, opts: BenchOptions, torch_model=None,
+              progress: Callable[[dict], None] | None = None) -> dict:
+    targets, manifest, coreml = resolve_targets(target_path)
+    machine = machine_info()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in targets:
+            for provider in opts.providers:
+                for batch in opts.batches:
+                    row = bench_one(target, provider, batch, opts, Path(tmp), torch_model)
+                    results.append(row)
+                    if progress:
+                        progress(row)
+    if coreml:
+        results.append({"artifact": "coreml", "provider": "coreml", "batch": 1, "status": "skipped",
+                        "reason": "Apple's CoreML runtime runs on macOS only; time it on a device"})
+    return {"schema": SCHEMA, "target": str(target_path),
+            "model": manifest["model"] if manifest else None,
+            "machine": machine, "fingerprint": fingerprint(machine),
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
+            "results": results}

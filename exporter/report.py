@@ -1,0 +1,116 @@
+"""A human-readable report of a bundle: artifacts, the check, and latencies with a plot.
+
+The plot is a box plot per configuration (artifact · provider · batch) of every
+stored latency sample, so the spread is visible, not only a median.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from models.errors import UserInputError
+
+from .bundle import read_manifest
+
+PLOT_NAME = "report_latency.png"
+
+
+def _plot(bench: dict, out: Path) -> bool:
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    rows = [r for r in bench["results"] if r.get("status") == "ok" and r.get("samples_ms")]
+    if not rows:
+        return False
+    labels, data = [], []
+    for r in rows:
+        labels.append(f"{r['artifact']}\n{r['provider']} b{r['batch']}")
+        data.append(r["samples_ms"])
+        if r.get("vs_torch"):
+            labels.append(f"torch eager\n(paired) b{r['batch']}")
+            data.append(r["vs_torch"]["samples_ms"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels)), 4), dpi=110)
+    ax.boxplot(data, positions=range(len(data)), showfliers=True, widths=0.6)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title(f"{(bench.get('model') or {}).get('arch', bench['target'])} on {bench['machine']['cpu']}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
+def _bench_rows(bench: dict) -> list[list[str]]:
+    rows = []
+    for r in bench["results"]:
+        if r["status"] != "ok":
+            rows.append([r["artifact"], r["provider"], str(r["batch"]), "skipped", "-", "-", "-", "-", r.get("reason", "")])
+            continue
+        lat = r["latency"]
+        vs = r.get("vs_torch")
+        ratio = f"{vs['ratio_median']:.2f} ({vs['ratio_ci95'][0]:.2f}–{vs['ratio_ci95'][1]:.2f})" if vs else "-"
+        rows.append([r["artifact"], r["provider"], str(r["batch"]), str(r.get("threads") or "default"),
+                     f"{lat['p50_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
+                     f"{lat['throughput_per_s']:.0f}", ratio])
+    return rows
+
+
+BENCH_HEAD = ["artifact", "provider", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "items/s", "vs torch (95% CI)"]
+
+
+def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "md") -> Path:
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    if fmt not in ("md", "html"):
+        raise UserInputError(f"--format must be md or html, not {fmt}")
+    out = Path(out) if out else bundle / f"report.{fmt}"
+    bench_path = bundle / "bench.json"
+    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    plot = out.parent / PLOT_NAME
+    has_plot = bool(bench) and _plot(bench, plot)
+    m = manifest["model"]
+    art_head = ["format", "file", "bytes", "nodes", "status", "error"]
+    art_rows = [[a["format"], a["path"] or "-", str(a["bytes"] or "-"), str(a["nodes"] or "-"), a["status"],
+                 a["error"] or ""] for a in manifest["artifacts"]]
+    chk = manifest.get("check")
+    chk_head = ["artifact", "runner", "status", "max abs", "cosine min", "top-1 agreement", "accuracy", "note"]
+    chk_rows = [[r["artifact"], r["runner"], r["status"],
+                 f"{r['metrics']['max_abs']:.2g}" if r["metrics"] else "-",
+                 f"{r['metrics']['cosine_min']:.6f}" if r["metrics"] else "-",
+                 f"{r['metrics']['top1_agreement']:.2%}" if r["metrics"] else "-",
+                 f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-", r["reason"] or ""]
+                for r in (chk or {}).get("results", [])]
+    sections = [("Artifacts", art_head, art_rows)]
+    if chk:
+        sections.append((f"Equivalence check ({'passed' if chk['passed'] else 'FAILED'}, {chk['inputs']})",
+                         chk_head, chk_rows))
+    if bench:
+        sections.append((f"Latency on {bench['machine']['cpu']} ({bench['machine']['usable_cores']} cores, "
+                         f"ISA {', '.join(bench['machine']['isa'])})", BENCH_HEAD, _bench_rows(bench)))
+    title = f"{m['arch']} — {m['params']:,} parameters, {m['macs']:,} MACs"
+    if fmt == "md":
+        text = [f"# {title}", "", f"Reproduce: `{manifest['command']}`", ""]
+        for name, head, rows in sections:
+            text += [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            text += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+            text.append("")
+        if has_plot:
+            text += [f"![latency]({PLOT_NAME})", ""]
+        elif not bench:
+            text += ["No latency data: run `bsconv-export bench BUNDLE` first.", ""]
+        out.write_text("\n".join(text))
+    else:
+        parts = [f"<h1>{html.escape(title)}</h1><p>Reproduce: <code>{html.escape(manifest['command'])}</code></p>"]
+        for name, head, rows in sections:
+            parts.append(f"<h2>{html.escape(name)}</h2><table border=1 cellpadding=3><tr>"
+                         + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+                         + "</table>")
+        if has_plot:
+            parts.append(f'<img src="{PLOT_NAME}" alt="latency">')
+        out.write_text("<!doctype html><meta charset=utf-8><title>" + html.escape(m["arch"]) + "</title>"
+                       + "\n".join(parts))
+    return out
