@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test install train bench-export clean
+.PHONY: run test install train bench-export bench-latency bench-gate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ train: $(STAMP)
 
 bench-export: $(STAMP)
 	$(PY) tests/bench_export.py
+
+bench-latency: $(STAMP)
+	$(PY) tests/bench_latency.py
+
+bench-gate: $(STAMP)
+	$(PY) tests/bench_gate.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

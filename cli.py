@@ -198,7 +198,7 @@ def export_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
-    formats: str = typer.Option("onnx,ort,coreml", "--formats", help="Comma-separated: onnx, ort, coreml."),
+    formats: str = typer.Option("onnx,ort,coreml", "--formats", help="Comma-separated: onnx, ort, coreml, and the reduced int8 (ORT static QDQ), fp16 (ONNX), coreml-fp16."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX/ORT take any batch size (not with coreml)."),
@@ -207,6 +207,9 @@ def export_cmd(
     coreml_input: str = typer.Option("tensor", "--coreml-input", help="tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim; ORT converts the plain ONNX."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="int8 calibration: an .npz with an 'input' array of real samples, or 'random' (latency work only). Default: the digits' training split for a digits model."),
+    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="ONNX node name that int8 leaves in float (repeatable); the manifest's weakest_layers suggests candidates."),
+    palettize_bits: Optional[int] = typer.Option(None, "--palettize-bits", help="coreml-fp16: palettise weights to this many bits (k-means)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check against PyTorch (see 'check')."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
@@ -221,7 +224,8 @@ def export_cmd(
     quiet_third_party_logs()
     opts = ExportOptions(formats=parse_formats(formats), input_size=input_size, batch=batch,
                          dynamic_batch=dynamic_batch, opset=opset, coreml_precision=coreml_precision,
-                         coreml_input=coreml_input, simplify=not no_simplify, force=force)
+                         coreml_input=coreml_input, simplify=not no_simplify, force=force,
+                         calibration=calibration, keep_fp32=tuple(keep_fp32), palettize_bits=palettize_bits)
     loaded = resolve_model(arch, checkpoint)
     if loaded.metadata.get("untrained"):
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
@@ -307,6 +311,14 @@ def print_check_table(check: dict) -> None:
     out.print("tolerances: " + "; ".join(f"{p} {t}" for p, t in tolerances), highlight=False)
 
 
+def manifest_bytes(manifest: dict, *formats: str) -> int:
+    for fmt in formats:
+        for a in manifest["artifacts"]:
+            if a["format"] == fmt and a["bytes"]:
+                return a["bytes"]
+    return 0
+
+
 def print_bundle_table(manifest: dict, bundle: Path) -> None:
     m = manifest["model"]
     out.print(f"[bold]{m['arch']}[/bold] → {bundle}  ({m['params']:,} params, {m['macs']:,} MACs, "
@@ -321,7 +333,9 @@ def print_bundle_table(manifest: dict, bundle: Path) -> None:
         elif a["format"] == "ort" and a["status"] == "ok":
             short = {"NNAPI": "NNAPI", "CoreML NeuralNetwork": "CoreML-NN", "CoreML MLProgram": "CoreML-MLP"}
             note = " ".join(f"{short.get(k, k)}:{v}" for k, v in a["details"]["mobile_usability"].items())
-        elif a["format"] == "coreml" and a["status"] == "ok":
+        elif a["format"] == "int8" and a["status"] == "ok":
+            note = f"{a['bytes'] / max(1, manifest_bytes(manifest, 'onnx-simplified', 'onnx')):.2f}x fp32 bytes; calibration: {a['details']['calibration']}"
+        elif a["format"] in ("coreml", "coreml-fp16") and a["status"] == "ok":
             note = f"{a['deployment_target']}, {a['details']['precision']}, {a['details']['input_kind']} input"
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[a["status"]]
         table.add_row(a["format"], a["path"] or "-", size, str(a["nodes"] or "-"),

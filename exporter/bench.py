@@ -57,8 +57,9 @@ def resolve_targets(path: str | Path) -> tuple[list[Target], dict | None, str | 
         onnx_name = "onnx-simplified" if "onnx-simplified" in ok else "onnx" if "onnx" in ok else None
         if onnx_name:
             targets.append(Target(onnx_name, path / ok[onnx_name]["path"]))
-        if "ort" in ok:
-            targets.append(Target("ort", path / ok["ort"]["path"]))
+        for name in ("ort", "int8", "fp16"):
+            if name in ok:
+                targets.append(Target(name, path / ok[name]["path"]))
         coreml = "coreml" if "coreml" in ok else None
         if not targets:
             raise UserInputError(f"{path} holds no ONNX or ORT artifact to benchmark")

@@ -28,6 +28,8 @@ from . import __version__
 from .context import COREML_INPUTS, COREML_PRECISIONS, FORMAT_NAMES, ExportContext, ExportOptions
 from .check import CheckOptions, run_check
 from .coreml import export_coreml
+from .fp16 import export_coreml_fp16, export_fp16
+from .quantize import export_int8
 from .onnx_export import export_onnx, resolve_opset
 from .ort_format import export_ort
 from .prepare import example_input, prepare_for_export
@@ -45,13 +47,19 @@ class Stage:
     wanted: Callable[[ExportOptions], bool]
 
 
+ONNX_CONSUMERS = ("onnx", "ort", "int8", "fp16")
+
 # Order matters: later stages read earlier records (ctx.records).
 STAGES: tuple[Stage, ...] = (
-    Stage("onnx", export_onnx, lambda o: "onnx" in o.formats or "ort" in o.formats),
-    Stage("onnx-simplified", simplify_onnx, lambda o: o.simplify and ("onnx" in o.formats or "ort" in o.formats)),
+    Stage("onnx", export_onnx, lambda o: any(f in o.formats for f in ONNX_CONSUMERS)),
+    Stage("onnx-simplified", simplify_onnx, lambda o: o.simplify and any(f in o.formats for f in ONNX_CONSUMERS)),
     Stage("ort", export_ort, lambda o: "ort" in o.formats),
     Stage("coreml", export_coreml, lambda o: "coreml" in o.formats),
+    Stage("int8", export_int8, lambda o: "int8" in o.formats),
+    Stage("fp16", export_fp16, lambda o: "fp16" in o.formats),
+    Stage("coreml-fp16", export_coreml_fp16, lambda o: "coreml-fp16" in o.formats),
 )
+
 
 
 @dataclass
@@ -84,7 +92,11 @@ def validate_options(opts: ExportOptions, loaded: LoadedCheckpoint, out: Path) -
         raise UserInputError(f"--coreml-input must be one of {', '.join(COREML_INPUTS)}")
     if opts.batch < 1:
         raise UserInputError(f"--batch must be at least 1, got {opts.batch}")
-    if opts.dynamic_batch and "coreml" in opts.formats:
+    if opts.palettize_bits is not None and opts.palettize_bits not in (1, 2, 3, 4, 6, 8):
+        raise UserInputError(f"--palettize-bits must be 1, 2, 3, 4, 6 or 8, not {opts.palettize_bits}")
+    if opts.calibration not in (None, "random") and not Path(opts.calibration).is_file():
+        raise UserInputError(f"--calibration {opts.calibration} does not exist; pass an .npz with an 'input' array or 'random'")
+    if opts.dynamic_batch and ("coreml" in opts.formats or "coreml-fp16" in opts.formats):
         raise UserInputError("CoreML takes a fixed batch: drop --dynamic-batch or leave coreml out of --formats")
     size = opts.input_size or loaded.input_spec.size
     stride = getattr(loaded.model, "total_stride", 1)
@@ -116,6 +128,12 @@ def reproduce_command(loaded: LoadedCheckpoint, opts: ExportOptions, out: Path, 
     args += ["--coreml-precision", opts.coreml_precision, "--coreml-input", opts.coreml_input]
     if not opts.simplify:
         args.append("--no-simplify")
+    if "int8" in opts.formats:
+        args += ["--calibration", opts.calibration] if opts.calibration else []
+        for node in opts.keep_fp32:
+            args += ["--keep-fp32", node]
+    if opts.palettize_bits:
+        args += ["--palettize-bits", str(opts.palettize_bits)]
     return shlex.join(args)
 
 

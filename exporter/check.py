@@ -18,7 +18,10 @@ PyTorch's. Defaults, by precision:
   one. rtol 1e-3 leaves room for the saturated edge cases, whose logits reach 10³
   on untrained networks and carry ~3e-4 relative error in any runtime; the
   shipped model's errors are ~1e-5 absolute on logits of ~20;
-* fp16: lowest per-sample cosine ≥ 0.999 and top-1 agreement ≥ 99 %.
+* fp16: lowest per-sample cosine ≥ 0.999 and top-1 agreement ≥ 99 %;
+* int8: top-1 agreement ≥ 99 %;
+* reduced precision (fp16, int8) on labelled data also: accuracy no more than
+  0.5 points below PyTorch's.
 
 NaN or Inf anywhere fails. A miss fails the artifact; a runner that cannot run
 here (Apple's CoreML runtime off macOS, an op the MIL interpreter lacks) is
@@ -53,6 +56,7 @@ class Tolerance:
     rtol: float | None = None
     min_cosine: float | None = None
     min_top1_agreement: float | None = None
+    max_accuracy_drop: float | None = None
 
     def describe(self) -> str:
         parts = []
@@ -62,12 +66,15 @@ class Tolerance:
             parts.append(f"cosine >= {self.min_cosine:g}")
         if self.min_top1_agreement is not None:
             parts.append(f"top-1 agreement >= {self.min_top1_agreement:.0%}")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop * 100:g} points")
         return ", ".join(parts)
 
 
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3),
-    "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99),
+    "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.005),
+    "int8": Tolerance(min_top1_agreement=0.99, max_accuracy_drop=0.005),
 }
 
 
@@ -168,7 +175,8 @@ def compare(out: np.ndarray, ref: np.ndarray, k: int = 5) -> dict[str, float]:
     }
 
 
-def verdict(out: np.ndarray, ref: np.ndarray, m: dict[str, float], tol: Tolerance) -> str | None:
+def verdict(out: np.ndarray, ref: np.ndarray, m: dict[str, float], tol: Tolerance,
+            accuracy: float | None = None, reference_accuracy: float | None = None) -> str | None:
     """None when within tolerance, else the first reason it is not."""
     if m["nonfinite"]:
         return f"{m['nonfinite']} NaN/Inf values in the output"
@@ -182,6 +190,10 @@ def verdict(out: np.ndarray, ref: np.ndarray, m: dict[str, float], tol: Toleranc
         return f"cosine {m['cosine_min']:.6f} < {tol.min_cosine}"
     if tol.min_top1_agreement is not None and m["top1_agreement"] < tol.min_top1_agreement:
         return f"top-1 agreement {m['top1_agreement']:.2%} < {tol.min_top1_agreement:.0%}"
+    if tol.max_accuracy_drop is not None and accuracy is not None and reference_accuracy is not None \
+            and reference_accuracy - accuracy > tol.max_accuracy_drop + 1e-12:
+        return (f"accuracy {accuracy:.2%} is {100 * (reference_accuracy - accuracy):.2f} points below PyTorch's "
+                f"{reference_accuracy:.2%} (allowed {tol.max_accuracy_drop * 100:g})")
     return None
 
 
@@ -189,11 +201,11 @@ def _runners_for(artifact: dict, bundle: Path) -> list[Callable[[], Runner] | tu
     """Factories for the runners that can check this artifact (or (name, skip reason))."""
     path = bundle / artifact["path"]
     fmt = artifact["format"]
-    if fmt in ("onnx", "onnx-simplified"):
+    if fmt in ("onnx", "onnx-simplified", "int8", "fp16"):
         return [lambda: OnnxRunner(path, "cpu")]
     if fmt == "ort":
         return [lambda: OrtFormatRunner(path, "cpu")]
-    if fmt == "coreml":
+    if fmt in ("coreml", "coreml-fp16"):
         apple = CoreMLRunner.unavailable()
         return [lambda: MilReferenceRunner(path),
                 ("coreml-apple", apple) if apple else (lambda: CoreMLRunner(path))]
@@ -201,7 +213,7 @@ def _runners_for(artifact: dict, bundle: Path) -> list[Callable[[], Runner] | tu
 
 
 def artifact_precision(artifact: dict) -> str:
-    return artifact.get("details", {}).get("precision", "fp32")
+    return (artifact.get("details") or {}).get("precision", "fp32")
 
 
 def check_bundle(bundle: str | Path, manifest: dict, model: nn.Module, inputs: CheckInputs,
@@ -255,7 +267,7 @@ def _run_one(rec: CheckRecord, factory, inputs: CheckInputs, reference: np.ndarr
     rec.metrics = compare(out, reference)
     if labels is not None:
         rec.accuracy = float(np.mean(out[:len(labels)].argmax(1) == labels))
-    reason = verdict(out, reference, rec.metrics, tol)
+    reason = verdict(out, reference, rec.metrics, tol, rec.accuracy, rec.reference_accuracy)
     if reason:
         rec.status, rec.reason = Status.FAILED, reason
     return out

@@ -11,7 +11,8 @@ from models.registry import InputSpec
 
 from .records import ArtifactRecord
 
-FORMAT_NAMES = ("onnx", "ort", "coreml")
+FORMAT_NAMES = ("onnx", "ort", "coreml", "int8", "fp16", "coreml-fp16")
+DEFAULT_FORMATS = ("onnx", "ort", "coreml")
 COREML_PRECISIONS = ("fp32", "fp16")
 COREML_INPUTS = ("tensor", "image")
 INPUT_NAME = "input"
@@ -20,7 +21,7 @@ OUTPUT_NAME = "logits"
 
 @dataclass(frozen=True)
 class ExportOptions:
-    formats: tuple[str, ...] = FORMAT_NAMES
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     input_size: int | None = None
     batch: int = 1
     dynamic_batch: bool = False
@@ -29,6 +30,9 @@ class ExportOptions:
     coreml_input: str = "tensor"
     simplify: bool = True
     force: bool = False
+    calibration: str | None = None          # .npz path, "random", or None (real data where it exists)
+    keep_fp32: tuple[str, ...] = ()         # ONNX node names int8 leaves in float
+    palettize_bits: int | None = None       # coreml-fp16 weight palettisation
 
 
 @dataclass

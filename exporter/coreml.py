@@ -56,8 +56,13 @@ def _input_type(ct, ctx: ExportContext):
                         color_layout=ct.colorlayout.RGB if spec.color_order == "RGB" else ct.colorlayout.BGR)
 
 
-def convert_coreml(ctx: ExportContext):
-    """The converted ``MLModel`` (not yet saved)."""
+def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
+    """The converted ``MLModel`` (not yet saved), weights optionally palettised in the same pipeline.
+
+    Palettisation runs as a pass of the conversion pipeline, not afterwards:
+    ``palettize_weights`` on a finished model re-runs coremltools' default
+    pipeline, which brings the removed pass back.
+    """
     ct = import_coremltools()
     if ctx.options.dynamic_batch:
         raise ValueError("CoreML export takes a fixed batch; drop --dynamic-batch or the coreml format")
@@ -68,6 +73,11 @@ def convert_coreml(ctx: ExportContext):
     labels = ctx.spec.class_labels()
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(["common::fuse_elementwise_to_batchnorm"])
+    if palettize_bits:
+        from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig
+        pipeline.append_pass("compression::palettize_weights")
+        pipeline.set_options("compression::palettize_weights", {"config": OptimizationConfig(
+            global_config=OpPalettizerConfig(mode="kmeans", nbits=palettize_bits, weight_threshold=512))})
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(

@@ -180,7 +180,8 @@ class MilProgram:
             raise UnsupportedOp("image inputs (export with --coreml-input tensor to check CoreML on Linux)")
 
     def unsupported_ops(self) -> list[str]:
-        return [t for t in self.op_types if t not in OPS and t not in ("const", "classify")]
+        return [t for t in self.op_types
+                if t not in OPS and t not in ("const", "classify") and not t.startswith("constexpr_")]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, classes] for input x [N, C, H, W] (float32)."""
@@ -203,6 +204,12 @@ class MilProgram:
 
         for op in self.ops:
             if op.op_type == "const":
+                continue
+            if op.op_type.startswith("constexpr_"):  # compressed weights (palettised, sparse, quantised)
+                val = op.outputs[0].val
+                if val is None:
+                    val = op.materialized_val_inference()  # coremltools' own decompression
+                env[op.outputs[0].name] = np.asarray(val)
                 continue
             if op.op_type == "classify":
                 return np.asarray(value(op.inputs["probabilities"]), dtype=np.float32)

@@ -1,0 +1,147 @@
+"""INT8 stage: onnxruntime static quantization, QDQ format, per-channel weights.
+
+Recipe: onnxruntime's pre-processing (``quant_pre_process``: symbolic shape
+inference and graph optimisation), then ``quantize_static`` with QDQ nodes,
+per-channel int8 weights, int8 activations and MinMax calibration on *real*
+samples. Calibration data, in order of preference: ``--calibration FILE.npz``
+(an ``input`` array); for a digits model, 256 images of the digits' *training*
+split (never the held-out split the check measures on); ``--calibration random``
+(uniform noise: for latency work only — the quality gate says what it costs).
+``--keep-fp32 NODE…`` leaves named nodes in float. When the artifact's outputs
+drift, a per-layer pass (onnxruntime's QDQ debugging: activation SQNR of each
+quantised tensor against the float model) names the weakest layers, to keep in
+fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.data import DIGIT_LABELS, digits_to_input, load_npz_inputs, split_digits
+from models.errors import UserInputError
+
+from .context import INPUT_NAME, ExportContext
+from .onnx_export import op_histogram
+from .records import ArtifactRecord, Status
+
+INT8_NAME = "model.int8.onnx"
+CALIBRATION_SAMPLES = 256
+
+
+def _reader_base():
+    from onnxruntime.quantization import CalibrationDataReader
+    return CalibrationDataReader
+
+
+class ArrayReader(_reader_base()):
+    """onnxruntime's CalibrationDataReader over an [N, C, H, W] array, ``batch`` samples at a time."""
+
+    def __init__(self, x: np.ndarray, batch: int = 1, input_name: str = INPUT_NAME):
+        if x.ndim != 4 or len(x) < 1:
+            raise UserInputError(f"calibration data must be [N, C, H, W] with N >= 1, got shape {list(x.shape)}")
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.batch = batch
+        self.input_name = input_name
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i + self.batch > len(self.x):
+            return None
+        out = {self.input_name: self.x[self.i:self.i + self.batch]}
+        self.i += self.batch
+        return out
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch
+
+
+def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, str]:
+    """The calibration inputs for ``ctx`` and where they came from."""
+    source = ctx.options.calibration
+    spec = ctx.spec
+    if source == "random":
+        lo, hi = spec.value_range
+        x = np.random.default_rng(0).uniform(lo, hi, (64,) + spec.shape).astype(np.float32)
+        return x, "random uniform (latency work only)"
+    if source:
+        x, _ = load_npz_inputs(source, spec.shape)
+        return x, str(source)
+    if tuple(spec.class_labels()) == DIGIT_LABELS:
+        images, _, _, _ = split_digits()
+        idx = np.random.default_rng(0).permutation(len(images))[:CALIBRATION_SAMPLES]
+        return digits_to_input(images[idx], spec.size), f"{len(idx)} digits from the training split"
+    raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' array "
+                         f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
+
+
+def quantize_int8(src: Path, dst: Path, x: np.ndarray, batch: int, keep_fp32: tuple[str, ...] = ()) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(src), str(pre))
+                quantize_static(str(pre), str(dst), ArrayReader(x, batch), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_exclude=list(keep_fp32) or None,
+                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        finally:
+            quiet.setLevel(level)
+
+
+def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: int, worst: int = 5) -> list[dict]:
+    """The ``worst`` quantised activations by SQNR (dB, lower is worse), with the nodes producing them."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        f_aug, q_aug = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        dbg.modify_model_output_intermediate_tensors(str(float_path), str(f_aug))
+        dbg.modify_model_output_intermediate_tensors(str(qdq_path), str(q_aug))
+        sample = x[:min(len(x), 16 * batch)]
+        f_act = dbg.collect_activations(str(f_aug), ArrayReader(sample, batch))
+        q_act = dbg.collect_activations(str(q_aug), ArrayReader(sample, batch))
+        errors = dbg.compute_activation_error(dbg.create_activation_matching(q_act, f_act))
+    producers = {out: n.name for n in onnx.load(float_path).graph.node for out in n.output}
+    rows = [{"tensor": t, "node": producers.get(t, t), "sqnr_db": float(e["xmodel_err"])}
+            for t, e in errors.items() if "xmodel_err" in e and np.isfinite(e["xmodel_err"])]
+    return sorted(rows, key=lambda r: r["sqnr_db"])[:worst]
+
+
+def export_int8(ctx: ExportContext) -> ArtifactRecord:
+    t0 = time.perf_counter()
+    source = ctx.onnx_source()
+    if source is None:
+        return ArtifactRecord(format="int8", status=Status.SKIPPED, error="no ONNX artifact to quantise")
+    source_name, src = source
+    x, origin = calibration_data(ctx)
+    batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
+    x = x[:len(x) - len(x) % batch] if len(x) >= batch else np.repeat(x, batch, axis=0)[:batch]
+    dst = ctx.workdir / INT8_NAME
+    quantize_int8(src, dst, x, batch, ctx.options.keep_fp32)
+    import onnx
+    model = onnx.load(dst)
+    sensitivity = layer_sensitivity(src, dst, x, batch)
+    return ArtifactRecord(
+        format="int8", status=Status.OK, path=INT8_NAME, seconds=time.perf_counter() - t0,
+        nodes=len(model.graph.node), opset=ctx.opset,
+        details={"precision": "int8", "source": source_name, "calibration": origin,
+                 "calibration_samples": int(len(x)), "recipe": "QDQ, per-channel int8 weights (symmetric), "
+                 "int8 activations (asymmetric), MinMax", "kept_fp32": list(ctx.options.keep_fp32),
+                 "weakest_layers": sensitivity, "op_types": op_histogram(model),
+                 "bytes_ratio_to_fp32": round((dst.stat().st_size) / src.stat().st_size, 3)})
