@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test install train bench-export bench-latency bench-gate clean
+.PHONY: run test install train bench-export bench-latency bench-gate bench-reduced clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-latency: $(STAMP)
 
 bench-gate: $(STAMP)
 	$(PY) tests/bench_gate.py
+
+bench-reduced: $(STAMP)
+	$(PY) tests/bench_reduced.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

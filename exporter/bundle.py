@@ -96,6 +96,11 @@ def validate_options(opts: ExportOptions, loaded: LoadedCheckpoint, out: Path) -
         raise UserInputError(f"--palettize-bits must be 1, 2, 3, 4, 6 or 8, not {opts.palettize_bits}")
     if opts.calibration not in (None, "random") and not Path(opts.calibration).is_file():
         raise UserInputError(f"--calibration {opts.calibration} does not exist; pass an .npz with an 'input' array or 'random'")
+    if "int8" in opts.formats and opts.calibration is None:
+        from models.data import DIGIT_LABELS
+        if tuple(loaded.input_spec.class_labels()) != DIGIT_LABELS:
+            raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' "
+                                 "array of real inputs), or --calibration random for latency work only")
     if opts.dynamic_batch and ("coreml" in opts.formats or "coreml-fp16" in opts.formats):
         raise UserInputError("CoreML takes a fixed batch: drop --dynamic-batch or leave coreml out of --formats")
     size = opts.input_size or loaded.input_spec.size

@@ -1,0 +1,97 @@
+"""Reduced-precision artifacts: the calibration reader, the quality gate, and the manifest."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from exporter.bundle import export_bundle, read_manifest
+from exporter.check import CheckOptions
+from exporter.context import ExportOptions
+from exporter.quantize import ArrayReader
+from models import UserInputError
+from models.checkpoint import resolve_model
+
+runner = CliRunner()
+
+
+def test_calibration_reader_yields_batches_then_none_and_rewinds():
+    x = np.arange(5 * 3 * 2 * 2, dtype=np.float32).reshape(5, 3, 2, 2)
+    r = ArrayReader(x, batch=2)
+    got = [r.get_next() for _ in range(3)]
+    assert got[0]["input"].shape == (2, 3, 2, 2) and np.array_equal(got[1]["input"], x[2:4]) and got[2] is None
+    r.rewind()
+    assert np.array_equal(r.get_next()["input"], x[:2]) and len(r) == 2
+    assert len(list(ArrayReader(x, batch=1))) == 5  # onnxruntime iterates readers too
+    with pytest.raises(UserInputError):
+        ArrayReader(np.zeros((3, 4), np.float32))
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory, shipped):
+    out = tmp_path_factory.mktemp("red") / "b"
+    r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "int8", "fp16", "coreml-fp16")), check=CheckOptions())
+    return out, r
+
+
+def test_reduced_formats_are_in_the_manifest_and_pass_their_gates(reduced):
+    out, r = reduced
+    assert r.ok, r.manifest["check"]
+    by = {a["format"]: a for a in r.manifest["artifacts"]}
+    assert by["int8"]["details"]["precision"] == "int8" and "training split" in by["int8"]["details"]["calibration"]
+    assert by["int8"]["details"]["weakest_layers"] and by["int8"]["bytes"] < 0.5 * by["onnx-simplified"]["bytes"]
+    assert "QuantizeLinear" in by["int8"]["details"]["op_types"]
+    assert by["fp16"]["details"]["precision"] == "fp16" and by["coreml-fp16"]["details"]["precision"] == "fp16"
+    checks = {(c["artifact"], c["runner"]): c for c in r.manifest["check"]["results"]}
+    for key in [("int8", "onnxruntime-cpu"), ("fp16", "onnxruntime-cpu"), ("coreml-fp16", "coreml-mil-reference")]:
+        c = checks[key]
+        assert c["status"] == "ok" and c["metrics"]["top1_agreement"] >= 0.99
+        assert c["reference_accuracy"] - c["accuracy"] <= 0.005
+        assert "accuracy drop <= 0.5 points" in c["tolerance"]
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(out / "model.fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float)" and sess.get_outputs()[0].type == "tensor(float)"
+
+
+def test_a_deliberately_bad_calibration_fails_the_quality_gate(tmp_path, shipped):
+    bad = tmp_path / "bad.npz"
+    # Calibrating on inputs 20x too bright clips every real activation range: a bad recipe.
+    x = np.full((16, 3, 32, 32), 20.0, np.float32)
+    np.savez(bad, input=x)
+    r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("onnx", "int8"), calibration=str(bad)),
+                      check=CheckOptions())
+    assert not r.ok and r.manifest["passed"] is False
+    int8 = next(c for c in r.manifest["check"]["results"] if c["artifact"] == "int8")
+    assert int8["status"] == "failed" and ("top-1 agreement" in int8["reason"] or "accuracy" in int8["reason"])
+    assert all(c["status"] == "ok" for c in r.manifest["check"]["results"] if c["artifact"] != "int8")
+
+
+def test_keep_fp32_leaves_named_nodes_in_float(tmp_path, shipped):
+    node = "/backbone/init_conv/conv/Conv"
+    r = export_bundle(shipped, tmp_path / "k", ExportOptions(formats=("onnx", "int8"), keep_fp32=(node,)))
+    assert r.ok and r.manifest["artifacts"][-1]["details"]["kept_fp32"] == [node]
+    import onnx
+    g = onnx.load(tmp_path / "k" / "model.int8.onnx").graph
+    conv = next(n for n in g.node if n.name == node)
+    producers = {o: n.op_type for n in g.node for o in n.output}
+    assert producers.get(conv.input[1]) != "DequantizeLinear"  # its weight stayed float
+
+
+def test_int8_without_real_data_needs_an_explicit_choice(tmp_path):
+    loaded = resolve_model("cifar_mobilenetv1_w1d4_bsconvu")
+    r = runner.invoke(app, ["export", "cifar_mobilenetv1_w1d4_bsconvu", "--formats", "int8", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--calibration" in r.stderr and not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["export", "cifar_mobilenetv1_w1d4_bsconvu", "--formats", "int8", "--calibration", "random",
+                            "--no-check", "--out", str(tmp_path / "y"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["artifacts"][-1]["details"]["calibration"].startswith("random")
+    assert loaded.arch == "cifar_mobilenetv1_w1d4_bsconvu"
+
+
+def test_bench_shows_fp32_int8_fp16_side_by_side(reduced):
+    from exporter.bench import BenchOptions, run_bench
+    out, _ = reduced
+    res = run_bench(out, BenchOptions(warmup=2, duration=0.3, window=5))
+    names = [r["artifact"] for r in res["results"] if r["status"] == "ok"]
+    assert names[:3] == ["onnx-simplified", "int8", "fp16"]
