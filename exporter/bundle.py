@@ -143,13 +143,26 @@ def reproduce_command(loaded: LoadedCheckpoint, opts: ExportOptions, out: Path, 
 
 
 def tool_versions() -> dict[str, str]:
+    """Versions of what produced or runs an artifact: the imported modules' own where cheap
+    (pip metadata can name another distribution, e.g. onnxruntime beside onnxruntime-gpu)."""
+    import importlib
     from importlib.metadata import PackageNotFoundError, version
     out = {"bsconv-export": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxsim", "coremltools", "numpy"):
+    for pkg in ("torch", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = importlib.import_module(pkg).__version__
+        except ImportError:
+            out[pkg] = "not installed"
+    for pkg in ("onnxsim", "coremltools"):  # importing coremltools is slow and noisy: read metadata
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "not installed"
+    try:
+        import onnxruntime
+        out["onnxruntime_device"] = onnxruntime.get_device()
+    except ImportError:
+        pass
     return out
 
 

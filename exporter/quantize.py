@@ -85,12 +85,15 @@ def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, str]:
                          f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
 
 
-def quantize_int8(src: Path, dst: Path, x: np.ndarray, batch: int, keep_fp32: tuple[str, ...] = ()) -> None:
+def quantize_int8(src: Path, dst: Path, x: np.ndarray, batch: int, keep_fp32: tuple[str, ...] = (),
+                  preprocessed: Path | None = None) -> None:
+    """Quantise ``src`` into ``dst``; keep the pre-processed float model at ``preprocessed`` if given
+    (the float graph the int8 one is made from, tensor for tensor, for :func:`layer_sensitivity`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
+        pre = preprocessed or Path(tmp) / "pre.onnx"
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger
@@ -118,7 +121,8 @@ def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: in
         sample = x[:min(len(x), 16 * batch)]
         f_act = dbg.collect_activations(str(f_aug), ArrayReader(sample, batch))
         q_act = dbg.collect_activations(str(q_aug), ArrayReader(sample, batch))
-        errors = dbg.compute_activation_error(dbg.create_activation_matching(q_act, f_act))
+        matching = {k: v for k, v in dbg.create_activation_matching(q_act, f_act).items() if "float" in v}
+        errors = dbg.compute_activation_error(matching)
     producers = {out: n.name for n in onnx.load(float_path).graph.node for out in n.output}
     rows = [{"tensor": t, "node": producers.get(t, t), "sqnr_db": float(e["xmodel_err"])}
             for t, e in errors.items() if "xmodel_err" in e and np.isfinite(e["xmodel_err"])]
@@ -135,10 +139,12 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
     x = x[:len(x) - len(x) % batch] if len(x) >= batch else np.repeat(x, batch, axis=0)[:batch]
     dst = ctx.workdir / INT8_NAME
-    quantize_int8(src, dst, x, batch, ctx.options.keep_fp32)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quantize_int8(src, dst, x, batch, ctx.options.keep_fp32, preprocessed=pre)
+        sensitivity = layer_sensitivity(pre, dst, x, batch)
     import onnx
     model = onnx.load(dst)
-    sensitivity = layer_sensitivity(src, dst, x, batch)
     return ArtifactRecord(
         format="int8", status=Status.OK, path=INT8_NAME, seconds=time.perf_counter() - t0,
         nodes=len(model.graph.node), opset=ctx.opset,

@@ -1,7 +1,9 @@
 """Benchmark: wall time and peak memory of a full export (not a test; run with `make bench-export`).
 
-Each run is a fresh `bsconv-export export` process, so the numbers include
-imports, as a user sees them. Peak memory is the child's max RSS.
+Each run is a fresh `bsconv-export export` process (every format, then the
+equivalence check unless --no-check), so the numbers include imports, as a user
+sees them. Peak memory is the child's max RSS. Children run one after another,
+so the max over them is each run's peak.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ import time
 from pathlib import Path
 
 
-def one_run(arch: str, size: int, out: Path) -> tuple[float, float]:
+def one_run(arch: str, size: int, out: Path, check: bool = True) -> tuple[float, float]:
     cmd = [str(Path(sys.executable).with_name("bsconv-export")), "export", arch, "--input-size", str(size),
-           "--out", str(out), "--force", "--json"]
+           "--out", str(out), "--force", "--json"] + ([] if check else ["--no-check"])
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -35,17 +37,18 @@ def main() -> None:
     ap.add_argument("--arch", default="mobilenetv2_w1_bsconvs_p1d6")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-check", action="store_true", help="time the export without its equivalence check")
     args = ap.parse_args()
     walls, peaks = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            wall, peak = one_run(args.arch, args.input_size, Path(tmp) / "bundle")
+            wall, peak = one_run(args.arch, args.input_size, Path(tmp) / "bundle", not args.no_check)
             walls.append(wall)
             peaks.append(peak)
             print(f"run {i + 1}: {wall:.1f} s, peak RSS so far {peak:.0f} MiB", file=sys.stderr)
         manifest = json.loads((Path(tmp) / "bundle" / "manifest.json").read_text())
     stages = {a["format"]: round(a["seconds"], 2) for a in manifest["artifacts"]}
-    print(json.dumps({"arch": args.arch, "input_size": args.input_size, "runs": args.runs,
+    print(json.dumps({"arch": args.arch, "input_size": args.input_size, "runs": args.runs, "check": not args.no_check,
                       "wall_seconds_median": round(statistics.median(walls), 2),
                       "wall_seconds_all": [round(w, 2) for w in walls],
                       "peak_rss_mib_max": round(max(peaks)), "last_run_stage_seconds": stages}, indent=2))

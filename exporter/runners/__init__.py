@@ -25,6 +25,8 @@ class Runner(ABC):
     name: str = "runner"
     #: batch size the artifact was built for, or None when any batch works
     fixed_batch: int | None = None
+    #: largest batch to hand over at once (memory), or None for no limit
+    max_batch: int | None = None
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -51,6 +53,8 @@ class Runner(ABC):
 def infer_batched(runner: Runner, x: np.ndarray, input_name: str = "input") -> dict[str, np.ndarray]:
     """Run ``x`` through ``runner`` in chunks of its fixed batch (the last chunk padded)."""
     b = runner.fixed_batch
+    if b is None and runner.max_batch is not None and len(x) > runner.max_batch:
+        b = runner.max_batch
     if b is None or b == len(x):
         return runner.infer({input_name: x})
     chunks: dict[str, list[np.ndarray]] = {}

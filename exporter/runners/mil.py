@@ -229,6 +229,7 @@ class MilReferenceRunner(Runner):
     """CoreML ``.mlpackage`` run by the NumPy MIL interpreter (any OS)."""
 
     name = "coreml-mil-reference"
+    max_batch = 2  # the interpreter's im2col views grow with the batch: bound peak memory
 
     def __init__(self, path: str | Path, output_name: str = "logits"):
         self.path = Path(path)

@@ -46,6 +46,9 @@ class OnnxRunner(Runner):
         reason = self.unavailable_reason()
         if reason:
             raise RunnerUnavailable(reason)
+        if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and hasattr(ort, "preload_dlls"):
+            # pip's onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels only once preloaded
+            ort.preload_dlls()
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = self.threads

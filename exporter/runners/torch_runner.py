@@ -10,6 +10,7 @@ from . import Runner
 
 class TorchRunner(Runner):
     name = "torch-cpu"
+    max_batch = 8  # bound peak memory on large inputs
 
     def __init__(self, model: nn.Module, output_name: str = "logits"):
         self.model = model.eval()
