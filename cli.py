@@ -402,13 +402,13 @@ def bench_cmd(
     if as_json:
         emit_json(results)
         return
-    from exporter.report import BENCH_HEAD, _bench_rows
+    from exporter.report import BENCH_HEAD, bench_rows
     mach = results["machine"]
     out.print(f"{mach['cpu']}, {mach['usable_cores']} cores, ISA {', '.join(mach['isa'])}; "
               f"onnxruntime {mach['versions']['onnxruntime']}", highlight=False)
     table = Table(*BENCH_HEAD)
     skipped = []
-    for row, res in zip(_bench_rows(results), results["results"]):
+    for row, res in zip(bench_rows(results), results["results"]):
         if res["status"] != "ok":
             skipped.append(f"{res['artifact']} {res['provider']} b{res['batch']}: {res['reason']}")
             row = row[:-1] + ["see below"]

@@ -49,6 +49,11 @@ class ExportContext:
     macs: int
     records: dict[str, ArtifactRecord] = field(default_factory=dict)
 
+    def no_onnx(self, fmt: str) -> ArtifactRecord:
+        """The record of a stage that needed an ONNX artifact and found none."""
+        from .records import Status
+        return ArtifactRecord(format=fmt, status=Status.SKIPPED, error="no ONNX artifact to start from")
+
     def onnx_source(self) -> tuple[str, Path] | None:
         """The best ONNX artifact built so far: simplified if it succeeded, else plain."""
         for name in ("onnx-simplified", "onnx"):

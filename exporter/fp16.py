@@ -25,7 +25,7 @@ def export_fp16(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
     source = ctx.onnx_source()
     if source is None:
-        return ArtifactRecord(format="fp16", status=Status.SKIPPED, error="no ONNX artifact to convert")
+        return ctx.no_onnx("fp16")
     source_name, src = source
     model = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
     onnx.checker.check_model(model, full_check=True)

@@ -78,7 +78,7 @@ def export_ort(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
     source = ctx.onnx_source()
     if source is None:
-        return ArtifactRecord(format="ort", status=Status.SKIPPED, error="no ONNX artifact to convert")
+        return ctx.no_onnx("ort")
     source_name, src = source
     ort_path, cfg_path = convert_to_ort(src, ctx.workdir)
     text, verdicts = mobile_usability(src)

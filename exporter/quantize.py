@@ -133,7 +133,7 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
     source = ctx.onnx_source()
     if source is None:
-        return ArtifactRecord(format="int8", status=Status.SKIPPED, error="no ONNX artifact to quantise")
+        return ctx.no_onnx("int8")
     source_name, src = source
     x, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1

@@ -43,7 +43,7 @@ def _plot(bench: dict, out: Path) -> bool:
     return True
 
 
-def _bench_rows(bench: dict) -> list[list[str]]:
+def bench_rows(bench: dict) -> list[list[str]]:
     rows = []
     for r in bench["results"]:
         if r["status"] != "ok":
@@ -89,7 +89,7 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
                          chk_head, chk_rows))
     if bench:
         sections.append((f"Latency on {bench['machine']['cpu']} ({bench['machine']['usable_cores']} cores, "
-                         f"ISA {', '.join(bench['machine']['isa'])})", BENCH_HEAD, _bench_rows(bench)))
+                         f"ISA {', '.join(bench['machine']['isa'])})", BENCH_HEAD, bench_rows(bench)))
     title = f"{m['arch']} — {m['params']:,} parameters, {m['macs']:,} MACs"
     if fmt == "md":
         text = [f"# {title}", "", f"Reproduce: `{manifest['command']}`", ""]

@@ -9,14 +9,14 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from exporter.bundle import attach_check, export_bundle, read_manifest
-from exporter.check import CheckOptions, Tolerance, check_bundle, check_inputs, compare, run_check, verdict
+from exporter.check import CheckOptions, Tolerance, check_inputs, compare, run_check, verdict
 from exporter.context import ExportOptions
 from exporter.records import Status
 from exporter.runners import infer_batched
 from exporter.runners.mil import CoreMLRunner, MilProgram, MilReferenceRunner
 from exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunner
 from exporter.runners.torch_runner import TorchRunner
-from models import create_model, list_models
+from models import list_models
 from models.checkpoint import resolve_model
 from models.registry import InputSpec
 

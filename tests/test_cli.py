@@ -94,7 +94,6 @@ def test_failed_stage_gives_exit_1(tmp_path, monkeypatch):
 
 
 def test_check_cli_passes_a_good_bundle_and_fails_a_broken_one(tmp_path):
-    import numpy as np
     import onnx
     from onnx import numpy_helper
     r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx", "--no-check")

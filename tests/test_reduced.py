@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from exporter.bundle import export_bundle, read_manifest
+from exporter.bundle import export_bundle
 from exporter.check import CheckOptions
 from exporter.context import ExportOptions
 from exporter.quantize import ArrayReader
