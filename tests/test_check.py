@@ -268,3 +268,14 @@ def test_every_zoo_architecture_exports_and_passes_the_check(tmp_path, arch):
     r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=("onnx",), input_size=size),
                       check=CheckOptions(samples=4))
     assert r.ok, r.manifest["check"]
+
+
+def test_mobilenetv3_coreml_is_interpreted_not_skipped(tmp_path):
+    """V3's hard-swish and squeeze-excitation reach CoreML as thresholded_relu, sigmoid_hard and mul."""
+    torch.manual_seed(0)
+    loaded = resolve_model("cifar_mobilenetv3_small_w1d2_bsconvs_p1d6")
+    r = export_bundle(loaded, tmp_path / "v3", ExportOptions(formats=("coreml", "coreml-fp16")), check=CheckOptions(samples=4))
+    assert r.ok, r.manifest["check"]
+    mil = [c for c in r.manifest["check"]["results"] if c["runner"] == "coreml-mil-reference"]
+    assert len(mil) == 2 and all(c["status"] == "ok" for c in mil)
+    assert "sigmoid_hard" in r.manifest["artifacts"][0]["details"]["op_types"]
