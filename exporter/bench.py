@@ -142,14 +142,11 @@ def measure_paired(fn_a: Callable, fn_b: Callable, opts: BenchOptions,
     return np.asarray(a), np.asarray(b)
 
 
-def _input(spec_shape: tuple[int, ...], batch: int) -> np.ndarray:
-    return np.random.default_rng(0).random((batch,) + tuple(spec_shape), dtype=np.float32)
-
-
-def _input_shape(path: Path) -> tuple[int, ...]:
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return tuple(int(d) for d in sess.get_inputs()[0].shape[1:])
+def example_for(runner: OnnxRunner, batch: int | None = None) -> np.ndarray:
+    """A fixed random input the loaded ``runner`` accepts (its own batch unless ``batch`` is given)."""
+    batch = batch or runner.fixed_batch or 1
+    shape = tuple(int(d) for d in runner.input_shape[1:])
+    return np.random.default_rng(0).random((batch,) + shape, dtype=np.float32)
 
 
 def pick_threads(path: Path, provider: str, x: np.ndarray, opts: BenchOptions) -> tuple[int, dict[int, float]]:
@@ -180,14 +177,14 @@ def bench_one(target: Target, provider: str, batch: int, opts: BenchOptions, wor
                 "reason": f"{provider_name(provider)} is not available in this onnxruntime build "
                           f"(available: {', '.join(have)}); install onnxruntime-gpu on a machine with a GPU for cuda"}
     path = with_batch(target.path, batch, workdir)
-    shape = _input_shape(target.path)
-    x = _input(shape, batch)
     tried = None
     threads = opts.threads
     try:
+        runner = OnnxRunner(path, provider, threads=None if threads == "auto" else threads).load()
+        x = example_for(runner, batch)
         if threads == "auto":
             threads, tried = pick_threads(path, provider, x, opts)
-        runner = OnnxRunner(path, provider, threads=threads).load()
+            runner = OnnxRunner(path, provider, threads=threads).load()
     except RunnerUnavailable as e:
         return {**row, "status": "skipped", "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - e.g. a fixed-batch .ort asked for another batch

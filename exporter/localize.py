@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.prepare import ChannelAffine, prepare_for_export
+from exporter.prepare import prepare_for_export
 
 _LEAF_BLOCKS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity)
 
@@ -29,7 +29,7 @@ def _block_outputs(model: nn.Module, x: np.ndarray) -> list[tuple[str, np.ndarra
     seen: list[tuple[str, np.ndarray]] = []
     hooks = []
     for name, module in prepared.named_modules():
-        if not name or name == "backbone" or isinstance(module, _LEAF_BLOCKS) and not isinstance(module, ChannelAffine):
+        if not name or name == "backbone" or isinstance(module, _LEAF_BLOCKS):
             continue
         if type(module).__name__ in ("BSConvU", "BSConvS"):
             continue  # followed by a BatchNorm that the graph folds into their last conv

@@ -15,7 +15,7 @@ import numpy as np
 
 from models.errors import UserInputError
 
-from .bench import BenchOptions, _input, _input_shape, measure, measure_paired, resolve_targets
+from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets
 from .machine import fingerprint, machine_info
 from .runners.onnx_runner import OnnxRunner
 from .stats import paired_decision, summarize, unpaired_decision
@@ -30,9 +30,8 @@ def regress_ab(baseline: str | Path, candidate: str | Path, *, provider: str = "
                duration: float = 20.0, max_slowdown: float = 0.05, confidence: float = 0.95,
                min_pairs: int = 50) -> dict:
     a_path, b_path = _model_path(baseline), _model_path(candidate)
-    shape_a, shape_b = _input_shape(a_path), _input_shape(b_path)
     with OnnxRunner(a_path, provider, threads=threads) as ra, OnnxRunner(b_path, provider, threads=threads) as rb:
-        xa, xb = _input(shape_a, ra.fixed_batch or 1), _input(shape_b, rb.fixed_batch or 1)
+        xa, xb = example_for(ra), example_for(rb)
         a, b = measure_paired(lambda: ra.infer({"input": xa}), lambda: rb.infer({"input": xb}),
                               BenchOptions(warmup=10, duration=duration), min_pairs=min_pairs)
     d = paired_decision(a, b, max_slowdown, confidence)
@@ -62,7 +61,7 @@ def regress_stored(results_json: str | Path, candidate: str | Path, *, provider:
     threads = row.get("threads") if isinstance(row.get("threads"), int) else None
     path = _model_path(candidate)
     with OnnxRunner(path, provider, threads=threads) as r:
-        x = _input(_input_shape(path), r.fixed_batch or 1)
+        x = example_for(r)
         lat, _ = measure(lambda: r.infer({"input": x}), BenchOptions(warmup=10, duration=duration))
     base = np.asarray(row["samples_ms"]) / 1e3
     d = unpaired_decision(base, lat, max_slowdown, confidence)

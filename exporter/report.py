@@ -17,9 +17,7 @@ PLOT_NAME = "report_latency.png"
 
 
 def _plot(bench: dict, out: Path) -> bool:
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
     rows = [r for r in bench["results"] if r.get("status") == "ok" and r.get("samples_ms")]
     if not rows:
         return False
@@ -30,7 +28,8 @@ def _plot(bench: dict, out: Path) -> bool:
         if r.get("vs_torch"):
             labels.append(f"torch eager\n(paired) b{r['batch']}")
             data.append(r["vs_torch"]["samples_ms"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels)), 4), dpi=110)
+    fig = Figure(figsize=(max(5, 1.6 * len(labels)), 4), dpi=110)
+    ax = fig.subplots()
     ax.boxplot(data, positions=range(len(data)), showfliers=True, widths=0.6)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_yscale("log")
@@ -39,7 +38,6 @@ def _plot(bench: dict, out: Path) -> bool:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return True
 
 

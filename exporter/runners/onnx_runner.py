@@ -62,6 +62,7 @@ class OnnxRunner(Runner):
             raise RunnerUnavailable(f"{self.provider} could not be initialised here "
                                     f"(the session fell back to {self.session.get_providers()})")
         shape = self.session.get_inputs()[0].shape
+        self.input_shape = tuple(shape)
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         return self
 
