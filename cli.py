@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from models.errors import UserInputError
+from .models.errors import UserInputError
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -70,8 +70,8 @@ def models_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """List the model zoo: names, input size, and whether the reference package has them."""
-    from models import create_model, get_entry, list_models
-    from models.profile import profile_model
+    from .models import create_model, get_entry, list_models
+    from .models.profile import profile_model
     rows = []
     for name in list_models(pattern):
         e = get_entry(name)
@@ -109,8 +109,8 @@ def info_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameters and MACs of a model, in total and per layer."""
-    from models.checkpoint import resolve_model
-    from models.profile import profile_model
+    from .models.checkpoint import resolve_model
+    from .models.profile import profile_model
     loaded = resolve_model(arch, checkpoint)
     prof = profile_model(loaded.model, input_size)
     if as_json:
@@ -142,9 +142,9 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
-    from models.checkpoint import resolve_model
-    from models.data import load_holdout, load_npz_inputs
-    from models.train import accuracy
+    from .models.checkpoint import resolve_model
+    from .models.data import load_holdout, load_npz_inputs
+    from .models.train import accuracy
     loaded = resolve_model(arch, checkpoint)
     if data is None:
         x, y = load_holdout(loaded.input_spec.size)
@@ -172,9 +172,9 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
 ) -> None:
     """Train a BSConv MobileNet on scikit-learn's bundled digits (no download), seeded and reproducible."""
-    from models import get_entry
-    from models.checkpoint import save_checkpoint
-    from models.train import TrainConfig, train_digits
+    from .models import get_entry
+    from .models.checkpoint import save_checkpoint
+    from .models.train import TrainConfig, train_digits
     get_entry(arch)
     cfg = TrainConfig(arch=arch, epochs=epochs, seed=seed, lr=lr)
 
@@ -218,9 +218,9 @@ def export_cmd(
     Every artifact is then checked against the PyTorch original (unless --no-check);
     a stage failure or a tolerance miss exits 1.
     """
-    from exporter.bundle import export_bundle, parse_formats
-    from exporter.context import ExportOptions
-    from models.checkpoint import resolve_model
+    from .exporter.bundle import export_bundle, parse_formats
+    from .exporter.context import ExportOptions
+    from .models.checkpoint import resolve_model
     quiet_third_party_logs()
     opts = ExportOptions(formats=parse_formats(formats), input_size=input_size, batch=batch,
                          dynamic_batch=dynamic_batch, opset=opset, coreml_precision=coreml_precision,
@@ -238,7 +238,7 @@ def export_cmd(
             err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}] in {record.seconds:.1f} s"
                       + (f" — {record.error}" if record.error else ""), highlight=False)
 
-    from exporter.check import CheckOptions
+    from .exporter.check import CheckOptions
     result = export_bundle(loaded, out_dir, opts, progress=progress,
                            check=None if no_check else CheckOptions(), check_progress=check_progress)
     if as_json:
@@ -272,8 +272,8 @@ def check_cmd(
 
     The result is also written into the bundle's manifest.json (check, passed).
     """
-    from exporter.bundle import attach_check, read_manifest, write_manifest
-    from exporter.check import CheckOptions, load_original, run_check
+    from .exporter.bundle import attach_check, read_manifest, write_manifest
+    from .exporter.check import CheckOptions, load_original, run_check
     quiet_third_party_logs()
     manifest = read_manifest(bundle)
     model = load_original(manifest, checkpoint)
@@ -369,7 +369,7 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON."),
 ) -> None:
     """Latency p50/p90/p99, mean, std and throughput per artifact, provider and batch size."""
-    from exporter.bench import BenchOptions, run_bench
+    from .exporter.bench import BenchOptions, run_bench
     if threads not in ("default", "auto") and not threads.isdigit():
         raise UserInputError(f"--threads must be a number, 'auto' or 'default', not {threads!r}")
     n_threads = None if threads == "default" else "auto" if threads == "auto" else int(threads)
@@ -382,8 +382,8 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-        from exporter.bundle import read_manifest
-        from exporter.check import load_original
+        from .exporter.bundle import read_manifest
+        from .exporter.check import load_original
         model = load_original(read_manifest(target))
 
     def progress(row: dict) -> None:
@@ -402,7 +402,7 @@ def bench_cmd(
     if as_json:
         emit_json(results)
         return
-    from exporter.report import BENCH_HEAD, bench_rows
+    from .exporter.report import BENCH_HEAD, bench_rows
     mach = results["machine"]
     out.print(f"{mach['cpu']}, {mach['usable_cores']} cores, ISA {', '.join(mach['isa'])}; "
               f"onnxruntime {mach['versions']['onnxruntime']}", highlight=False)
@@ -433,7 +433,7 @@ def regress_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
     """CI latency gate: exit 1 only when the candidate is slower than the baseline beyond noise."""
-    from exporter.regress import regress_ab, regress_stored
+    from .exporter.regress import regress_ab, regress_stored
     if baseline.suffix == ".json":
         result = regress_stored(baseline, candidate, provider=provider, duration=duration,
                                 max_slowdown=max_slowdown, confidence=confidence)
@@ -459,7 +459,7 @@ def report_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Report path (default BUNDLE/report.md or .html); the plot goes beside it."),
 ) -> None:
     """Write a Markdown or HTML summary of a bundle with a latency plot."""
-    from exporter.report import write_report
+    from .exporter.report import write_report
     path = write_report(bundle, out_file, fmt)
     out.print(f"wrote {path}", highlight=False)
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from models.errors import UserInputError
+from ..models.errors import UserInputError
 
 from .machine import fingerprint, machine_info
 from .runners import RunnerUnavailable

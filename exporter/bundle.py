@@ -20,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from models.checkpoint import LoadedCheckpoint
-from models.errors import UserInputError
-from models.profile import profile_model
+from ..models.checkpoint import LoadedCheckpoint
+from ..models.errors import UserInputError
+from ..models.profile import profile_model
 
 from . import __version__
 from .context import COREML_INPUTS, COREML_PRECISIONS, FORMAT_NAMES, ExportContext, ExportOptions
@@ -97,7 +97,7 @@ def validate_options(opts: ExportOptions, loaded: LoadedCheckpoint, out: Path) -
     if opts.calibration not in (None, "random") and not Path(opts.calibration).is_file():
         raise UserInputError(f"--calibration {opts.calibration} does not exist; pass an .npz with an 'input' array or 'random'")
     if "int8" in opts.formats and opts.calibration is None:
-        from models.data import DIGIT_LABELS
+        from ..models.data import DIGIT_LABELS
         if tuple(loaded.input_spec.class_labels()) != DIGIT_LABELS:
             raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' "
                                  "array of real inputs), or --calibration random for latency work only")

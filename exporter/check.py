@@ -37,8 +37,8 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from models.data import DIGIT_LABELS, load_holdout, load_npz_inputs
-from models.registry import InputSpec
+from ..models.data import DIGIT_LABELS, load_holdout, load_npz_inputs
+from ..models.registry import InputSpec
 
 from .records import Status
 from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
@@ -300,8 +300,8 @@ def run_check(bundle: str | Path, manifest: dict, model: nn.Module, opts: CheckO
 
 def load_original(manifest: dict, checkpoint: str | Path | None = None) -> nn.Module:
     """The PyTorch model a bundle was exported from: its checkpoint (sha256 verified) or seeded arch."""
-    from models.checkpoint import file_sha256, load_checkpoint, resolve_model
-    from models.errors import UserInputError
+    from ..models.checkpoint import file_sha256, load_checkpoint, resolve_model
+    from ..models.errors import UserInputError
     m = manifest["model"]
     if checkpoint is not None:
         return load_checkpoint(checkpoint, m["arch"]).model

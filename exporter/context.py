@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.registry import InputSpec
+from ..models.registry import InputSpec
 
 from .records import ArtifactRecord
 

@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.prepare import prepare_for_export
+from .prepare import prepare_for_export
 
 _LEAF_BLOCKS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity)
 

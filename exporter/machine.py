@@ -27,7 +27,7 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def machine_info() -> dict:
-    from exporter.bundle import tool_versions
+    from .bundle import tool_versions
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
     cpu = info.get("model name") or info.get("Hardware") or platform.processor() or platform.machine()

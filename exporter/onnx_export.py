@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from models.errors import UserInputError
+from ..models.errors import UserInputError
 
 from . import __version__
 from .context import INPUT_NAME, OUTPUT_NAME, ExportContext

@@ -42,7 +42,7 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
     m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    from models.layers import HSigmoid, HSwish
+    from ..models.layers import HSigmoid, HSwish
     for name, module in list(m.named_modules()):
         if isinstance(module, (HSwish, HSigmoid)):
             parent_name, _, attr = name.rpartition(".")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import DIGIT_LABELS, digits_to_input, load_npz_inputs, split_digits
-from models.errors import UserInputError
+from ..models.data import DIGIT_LABELS, digits_to_input, load_npz_inputs, split_digits
+from ..models.errors import UserInputError
 
 from .context import INPUT_NAME, ExportContext
 from .onnx_export import op_histogram

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import UserInputError
+from ..models.errors import UserInputError
 
 from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets
 from .machine import fingerprint, machine_info

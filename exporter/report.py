@@ -9,7 +9,7 @@ import html
 import json
 from pathlib import Path
 
-from models.errors import UserInputError
+from ..models.errors import UserInputError
 
 from .bundle import read_manifest
 

@@ -14,10 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from exporter.bundle import export_bundle
-from exporter.context import ExportOptions
-from exporter.regress import regress_ab
-from models.checkpoint import resolve_model
+from bsconv_export.exporter.bundle import export_bundle
+from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.regress import regress_ab
+from bsconv_export.models.checkpoint import resolve_model
 
 MODELS = ("mobilenetv1_w1_bsconvu", "mobilenetv2_w1_bsconvs_p1d6", "mobilenetv3_large_w1_bsconvs_p1d6")
 

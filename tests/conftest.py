@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from exporter.bench import BenchOptions, run_bench, with_batch
-from exporter.bundle import export_bundle
-from exporter.context import ExportOptions
-from exporter.runners.onnx_runner import available_providers
-from exporter.stats import bootstrap_ci, paired_decision, summarize, unpaired_decision, windows_agree
-from models.checkpoint import resolve_model
+from bsconv_export.cli import app
+from bsconv_export.exporter.bench import BenchOptions, run_bench, with_batch
+from bsconv_export.exporter.bundle import export_bundle
+from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.runners.onnx_runner import available_providers
+from bsconv_export.exporter.stats import bootstrap_ci, paired_decision, summarize, unpaired_decision, windows_agree
+from bsconv_export.models.checkpoint import resolve_model
 
 runner = CliRunner()
 FAST = BenchOptions(warmup=2, duration=0.3, window=5)

@@ -8,17 +8,17 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from exporter.bundle import attach_check, export_bundle, read_manifest
-from exporter.check import CheckOptions, Tolerance, check_inputs, compare, run_check, verdict
-from exporter.context import ExportOptions
-from exporter.records import Status
-from exporter.runners import infer_batched
-from exporter.runners.mil import CoreMLRunner, MilProgram, MilReferenceRunner
-from exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunner
-from exporter.runners.torch_runner import TorchRunner
-from models import list_models
-from models.checkpoint import resolve_model
-from models.registry import InputSpec
+from bsconv_export.exporter.bundle import attach_check, export_bundle, read_manifest
+from bsconv_export.exporter.check import CheckOptions, Tolerance, check_inputs, compare, run_check, verdict
+from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.records import Status
+from bsconv_export.exporter.runners import infer_batched
+from bsconv_export.exporter.runners.mil import CoreMLRunner, MilProgram, MilReferenceRunner
+from bsconv_export.exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunner
+from bsconv_export.exporter.runners.torch_runner import TorchRunner
+from bsconv_export.models import list_models
+from bsconv_export.models.checkpoint import resolve_model
+from bsconv_export.models.registry import InputSpec
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_nan_and_inf_fail_whatever_the_tolerance():
 
 
 def test_unsupported_mil_op_is_skipped_not_passed(good_bundle, shipped, monkeypatch):
-    from exporter.runners import mil
+    from bsconv_export.exporter.runners import mil
     monkeypatch.delitem(mil.OPS, "conv")
     report = _check(good_bundle, shipped)
     rec = next(r for r in report.records if r.runner == "coreml-mil-reference")
@@ -180,7 +180,7 @@ def test_runners_share_one_contract(good_bundle, shipped):
 
 def test_unavailable_providers_and_runtimes_say_why():
     import onnxruntime as ort
-    from exporter.runners import RunnerUnavailable
+    from bsconv_export.exporter.runners import RunnerUnavailable
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(RunnerUnavailable, match="CUDAExecutionProvider is not available"):
             OnnxRunner("unused.onnx", "cuda").load()
@@ -192,7 +192,7 @@ def test_unavailable_providers_and_runtimes_say_why():
 # --- the MIL interpreter against coremltools conversions of small models -----------------
 
 def _convert(module, shape, precision="fp32"):
-    from exporter.coreml import import_coremltools
+    from bsconv_export.exporter.coreml import import_coremltools
     ct = import_coremltools()
     traced = torch.jit.trace(module.eval(), torch.rand(shape))
     prec = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32

@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from models import CheckpointError, UnknownModelError, UserInputError, create_model
-from models.checkpoint import load_checkpoint, save_checkpoint
+from bsconv_export.models import CheckpointError, UnknownModelError, UserInputError, create_model
+from bsconv_export.models.checkpoint import load_checkpoint, save_checkpoint
 
 ARCH = "cifar_mobilenetv1_w1d4_bsconvu"
 
@@ -109,8 +109,8 @@ def test_arch_contradicting_the_file_is_refused(tmp_path, model):
 
 
 def test_shipped_model_is_small_and_accurate(shipped):
-    from models.data import load_holdout
-    from models.train import accuracy
+    from bsconv_export.models.data import load_holdout
+    from bsconv_export.models.train import accuracy
     assert shipped.path.stat().st_size < 5e6
     x, y = load_holdout(shipped.input_spec.size)
     assert len(x) == 360

@@ -4,7 +4,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from bsconv_export.cli import app
 
 runner = CliRunner()
 
@@ -75,7 +75,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
 def test_unwritable_out_and_arch_mismatch(tmp_path):
     r = invoke("export", "--out", str(tmp_path / "no" / "such" / "dir"))
     assert r.exit_code == 2 and "does not exist; create it first" in r.stderr
-    from models.checkpoint import DEFAULT_CHECKPOINT
+    from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT
     r = invoke("export", "cifar_mobilenetv1_w1", "--checkpoint", str(DEFAULT_CHECKPOINT), "--out", str(tmp_path / "x"))
     assert r.exit_code == 2 and "was saved for" in r.stderr
     raw = tmp_path / "raw.pt"

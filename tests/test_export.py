@@ -6,10 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporter import bundle as bundle_mod
-from exporter.bundle import STAGES, Stage, export_bundle, read_manifest
-from exporter.context import ExportOptions
-from models.checkpoint import resolve_model
+from bsconv_export.exporter import bundle as bundle_mod
+from bsconv_export.exporter.bundle import STAGES, Stage, export_bundle, read_manifest
+from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.models.checkpoint import resolve_model
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Slice", "ConstantOfShape", "Cast"}
 
@@ -35,7 +35,7 @@ def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
     by_fmt = {a["format"]: a for a in m["artifacts"]}
     expected = {"onnx", "onnx-simplified"} | set(formats)
     assert set(by_fmt) == expected
-    from exporter.records import path_sha256
+    from bsconv_export.exporter.records import path_sha256
     for a in m["artifacts"]:
         assert a["status"] == "ok", a
         assert (root / a["path"]).exists() and a["bytes"] > 0
@@ -78,7 +78,7 @@ def test_shipped_model_exports_to_every_format(shipped_bundle, shipped):
 
 
 def test_ort_format_runs_the_held_out_digits_like_torch(shipped_bundle, shipped):
-    from models.data import load_holdout
+    from bsconv_export.models.data import load_holdout
     x, y = load_holdout()
     got = _run(shipped_bundle / "model.ort", x[:1])
     np.testing.assert_allclose(got, _torch(shipped.model, x[:1]), atol=1e-4)
@@ -153,7 +153,7 @@ def test_interrupt_leaves_nothing_behind(tmp_path, shipped, monkeypatch):
 def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, shipped):
     out = tmp_path / "b"
     export_bundle(shipped, out, ExportOptions(formats=("onnx", "coreml")))
-    from models import UserInputError
+    from bsconv_export.models import UserInputError
     with pytest.raises(UserInputError, match="already exists; pass --force"):
         export_bundle(shipped, out, ExportOptions(formats=("onnx",)))
     export_bundle(shipped, out, ExportOptions(formats=("onnx",), force=True))

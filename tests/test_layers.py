@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.layers import BSConvS, BSConvU, bsconv_s_mid_channels, orthonormality_penalty
-from models.profile import count_params
-from models.replace import replace_convs
+from bsconv_export.models.layers import BSConvS, BSConvU, bsconv_s_mid_channels, orthonormality_penalty
+from bsconv_export.models.profile import count_params
+from bsconv_export.models.replace import replace_convs
 
 
 def test_bsconvu_has_640_params_where_conv2d_has_2912():

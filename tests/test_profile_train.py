@@ -1,8 +1,8 @@
 import torch
 
-from models import create_model
-from models.profile import profile_model
-from models.train import TrainConfig, train_digits
+from bsconv_export.models import create_model
+from bsconv_export.models.profile import profile_model
+from bsconv_export.models.train import TrainConfig, train_digits
 
 
 def test_macs_match_a_hand_count_for_bsconvu_v1():

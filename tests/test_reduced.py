@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from exporter.bundle import export_bundle
-from exporter.check import CheckOptions
-from exporter.context import ExportOptions
-from exporter.quantize import ArrayReader
-from models import UserInputError
-from models.checkpoint import resolve_model
+from bsconv_export.cli import app
+from bsconv_export.exporter.bundle import export_bundle
+from bsconv_export.exporter.check import CheckOptions
+from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.quantize import ArrayReader
+from bsconv_export.models import UserInputError
+from bsconv_export.models.checkpoint import resolve_model
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def test_int8_without_real_data_needs_an_explicit_choice(tmp_path):
 
 
 def test_bench_shows_fp32_int8_fp16_side_by_side(reduced):
-    from exporter.bench import BenchOptions, run_bench
+    from bsconv_export.exporter.bench import BenchOptions, run_bench
     out, _ = reduced
     res = run_bench(out, BenchOptions(warmup=2, duration=0.3, window=5))
     names = [r["artifact"] for r in res["results"] if r["status"] == "ok"]

@@ -4,8 +4,8 @@ import torch
 
 bsconv_pytorch = pytest.importorskip("bsconv.pytorch")
 
-from models import create_model, get_entry, list_models  # noqa: E402
-from models.profile import count_params  # noqa: E402
+from bsconv_export.models import create_model, get_entry, list_models  # noqa: E402
+from bsconv_export.models.profile import count_params  # noqa: E402
 
 REFERENCE_NAMES = [n for n in list_models() if get_entry(n).in_reference]
 

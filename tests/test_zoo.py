@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from models import UnknownModelError, create_model, get_entry, list_models, register_model
-from models.layers import BSConvS, BSConvU
-from models.mobilenet import BSConvUBottleneck, LinearBottleneck
+from bsconv_export.models import UnknownModelError, create_model, get_entry, list_models, register_model
+from bsconv_export.models.layers import BSConvS, BSConvU
+from bsconv_export.models.mobilenet import BSConvUBottleneck, LinearBottleneck
 
 
 def test_zoo_has_every_family_width_variant_and_flavour():

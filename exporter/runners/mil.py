@@ -154,7 +154,7 @@ class MilProgram:
     """An ML Program's main function, ready to interpret."""
 
     def __init__(self, path: str | Path):
-        from exporter.coreml import import_coremltools
+        from ..coreml import import_coremltools
         ct = import_coremltools()
         from coremltools.converters.mil.frontend.milproto.load import load as load_mil
         path = Path(path)
@@ -269,7 +269,7 @@ class CoreMLRunner(Runner):
         reason = self.unavailable()
         if reason:
             raise RunnerUnavailable(reason)
-        from exporter.coreml import import_coremltools
+        from ..coreml import import_coremltools
         ct = import_coremltools()
         self.model = ct.models.MLModel(str(self.path))
         self.classes = MilProgram(self.path).classes or []
