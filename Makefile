@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test install train bench-export bench-latency bench-gate bench-reduced clean
+.PHONY: run test test-zoo install train bench-export bench-latency bench-gate bench-reduced bench-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Every zoo architecture at native size, every fp32 format, checked (about 20 minutes on 2 cores).
+test-zoo: $(STAMP)
+	$(PY) -m pytest -q -m zoo tests/test_zoo_check.py
+
 train: $(STAMP)
-	$(VENV)/bin/bsconv-export train --out models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt
+	$(VENV)/bin/bsconv-export train --force --out models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt
 
 bench-export: $(STAMP)
 	$(PY) tests/bench_export.py

@@ -6,41 +6,59 @@ stderr. Exit codes: 0 success, 1 a stage failed, 2 bad usage or bad input.
 """
 from __future__ import annotations
 
-import functools
+import errno
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
+from typer.core import TyperGroup
 
-from .models.errors import UserInputError
+from .models.errors import StageError, UserInputError
 
-app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
+#: errno values that mean "the environment refused" (a full disk, a read-only folder), not a bug
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EISDIR,
+                      errno.ENOTDIR, errno.EXDEV, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY, errno.ELOOP}
+
+
+class ErrorPolicy(TyperGroup):
+    """The one mapping from exceptions to exit codes, for every command: bad input (and an
+    environment that refuses a write) → one line on stderr and exit 2; a failed stage or
+    check → exit 1; anything else keeps its traceback (it is a bug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserInputError as e:
+            _fail(str(e), 2)
+        except StageError as e:
+            _fail(str(e), 1)
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            _fail(f"cannot write or read{where}: {e.strerror}; free space, fix permissions or choose another path", 2)
+
+
+def _fail(message: str, code: int):
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+app = typer.Typer(cls=ErrorPolicy, help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+COLOUR = {"ok": "green", "failed": "red", "skipped": "yellow", "unverified": "red", "passed": "green"}
 
 ARCH_HELP = "Architecture name (see 'bsconv-export models'). Omit it, and --checkpoint, for the shipped trained model."
 CKPT_HELP = "Checkpoint file: .pt/.pth state_dict (raw, {'model_state_dict': ...}, {'state_dict': ...}) or .safetensors."
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Known errors become one line on stderr and exit code 2; anything else keeps its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserInputError as e:
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def quiet_third_party_logs() -> None:
@@ -63,7 +81,6 @@ def human(n: float) -> str:
 
 
 @app.command("models")
-@user_errors
 def models_cmd(
     pattern: str = typer.Argument("*", help="Shell-style filter, e.g. '*v3_small*bsconvs*'."),
     profile: bool = typer.Option(False, "--profile", help="Also count parameters and MACs at each model's input size (slower)."),
@@ -99,8 +116,31 @@ def models_cmd(
     out.print(table)
 
 
+@app.command("formats")
+def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """The format table: what each --formats name builds, what checks it and what bench times."""
+    from .exporter.formats import FORMATS, default_formats
+    from .exporter.runners import runners_for
+    rows = [{"name": f.name, "file": f.filename, "precision": f.precision, "requires": list(f.requires),
+             "selectable": f.selectable, "default": f.name in default_formats(),
+             "verified_by": [r.name for r in runners_for(f.kind)],
+             "timed_by": [r.name for r in runners_for(f.kind, purpose="time")] if f.benchmark else [],
+             "options": list(f.options), "description": f.help} for f in FORMATS.values()]
+    if as_json:
+        emit_json({"formats": rows})
+        return
+    table = Table(Column("format", no_wrap=True), "file", "precision", "needs", "checked by", "timed by",
+                  "options", "what")
+    for r in rows:
+        name = r["name"] + (" *" if r["default"] else "") + ("" if r["selectable"] else " (auto)")
+        table.add_row(name, r["file"], r["precision"], ", ".join(r["requires"]) or "-",
+                      ", ".join(r["verified_by"]), ", ".join(r["timed_by"]) or "-", ", ".join(r["options"]) or "-",
+                      r["description"])
+    out.print(table)
+    out.print("* default; (auto) built whenever what it needs is built", highlight=False)
+
+
 @app.command("info")
-@user_errors
 def info_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
@@ -134,7 +174,6 @@ def info_cmd(
 
 
 @app.command("evaluate")
-@user_errors
 def evaluate_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
@@ -150,7 +189,7 @@ def evaluate_cmd(
         x, y = load_holdout(loaded.input_spec.size)
         source = "shipped held-out digits"
     else:
-        x, y = load_npz_inputs(data, loaded.input_spec.shape)
+        x, y = load_npz_inputs(data, loaded.input_spec)
         source = str(data)
         if y is None:
             raise UserInputError(f"{data} has no 'label' array; accuracy needs labels")
@@ -162,13 +201,13 @@ def evaluate_cmd(
 
 
 @app.command("train")
-@user_errors
 def train_cmd(
+    output: Path = typer.Option(..., "--out", "-o", help="Where to write the checkpoint (.pt or .safetensors)."),
     arch: str = typer.Option("cifar_mobilenetv2_w1d4_bsconvs_p1d6", "--arch", help="Architecture to train (a CIFAR-flavour, 32x32 model fits the digits)."),
     epochs: int = typer.Option(30, "--epochs", min=1, help="Passes over the 1,437 training digits."),
     seed: int = typer.Option(0, "--seed", help="Seed for weights, shuffling and augmentation."),
     lr: float = typer.Option(0.05, "--lr", min=0.0, help="Peak learning rate of the one-cycle schedule."),
-    output: Path = typer.Option(Path("models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt"), "--out", "-o", help="Where to write the checkpoint (.pt or .safetensors)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing checkpoint at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
 ) -> None:
     """Train a BSConv MobileNet on scikit-learn's bundled digits (no download), seeded and reproducible."""
@@ -176,6 +215,12 @@ def train_cmd(
     from .models.checkpoint import save_checkpoint
     from .models.train import TrainConfig, train_digits
     get_entry(arch)
+    if output.suffix not in (".pt", ".pth", ".safetensors"):
+        raise UserInputError(f"--out {output} must end in .pt, .pth or .safetensors")
+    if output.exists() and not force:
+        raise UserInputError(f"{output} already exists; pass --force to replace it or choose another --out")
+    if not output.parent.is_dir():
+        raise UserInputError(f"cannot write {output}: {output.parent} does not exist; create it first")
     cfg = TrainConfig(arch=arch, epochs=epochs, seed=seed, lr=lr)
 
     def progress(epoch: int, row: dict) -> None:
@@ -192,40 +237,48 @@ def train_cmd(
                   f"trained in {result.train_seconds:.0f} s")
 
 
+def _terminate_cleanly(*_: Any) -> None:
+    # SIGTERM (CI timeouts, kill) unwinds like Ctrl-C, so the half-built bundle is removed
+    raise SystemExit(143)
+
+
 @app.command("export")
-@user_errors
 def export_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
-    formats: str = typer.Option("onnx,ort,coreml", "--formats", help="Comma-separated: onnx, ort, coreml, and the reduced int8 (ORT static QDQ), fp16 (ONNX), coreml-fp16."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated formats (list them with 'bsconv-export formats'); default onnx,ort,coreml."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own)."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size (ONNX and ORT; CoreML takes 1)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX/ORT take any batch size (not with coreml)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the newest the installed onnxruntime runs)."),
-    coreml_precision: str = typer.Option("fp32", "--coreml-precision", help="fp32 or fp16 compute precision for CoreML."),
-    coreml_input: str = typer.Option("tensor", "--coreml-input", help="tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
+    coreml_precision: str = typer.Option("fp32", "--coreml-precision", help="coreml: fp32 or fp16 compute precision."),
+    coreml_input: str = typer.Option("tensor", "--coreml-input", help="coreml: tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim; ORT converts the plain ONNX."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (only one this tool wrote), once the new one passes its check."),
+    replace_anyway: bool = typer.Option(False, "--replace-anyway", help="With --force: replace the old bundle even when the new one fails or is not checked."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="int8 calibration: an .npz with an 'input' array of real samples, or 'random' (latency work only). Default: the digits' training split for a digits model."),
-    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="ONNX node name that int8 leaves in float (repeatable); the manifest's weakest_layers suggests candidates."),
+    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="int8: ONNX node name left in float (repeatable); the manifest's weakest_layers suggests candidates."),
     palettize_bits: Optional[int] = typer.Option(None, "--palettize-bits", help="coreml-fp16: palettise weights to this many bits (k-means)."),
-    no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check against PyTorch (see 'check')."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check: the bundle is then 'unverified', not passed (run 'check' later)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
-    """Export a trained checkpoint to a bundle: ONNX, simplified ONNX, ORT mobile format, CoreML, manifest.json.
+    """Export a checkpoint to a bundle of mobile artifacts, then prove each one equivalent to PyTorch.
 
-    Every artifact is then checked against the PyTorch original (unless --no-check);
-    a stage failure or a tolerance miss exits 1.
+    A stage failure, a check failure or an unverified artifact exits 1; bad input exits 2
+    with nothing written.
     """
-    from .exporter.bundle import export_bundle, parse_formats
+    from .exporter.bundle import export_bundle
+    from .exporter.check import CheckOptions
     from .exporter.context import ExportOptions
+    from .exporter.formats import default_formats, parse_formats
     from .models.checkpoint import resolve_model
     quiet_third_party_logs()
-    opts = ExportOptions(formats=parse_formats(formats), input_size=input_size, batch=batch,
-                         dynamic_batch=dynamic_batch, opset=opset, coreml_precision=coreml_precision,
-                         coreml_input=coreml_input, simplify=not no_simplify, force=force,
-                         calibration=calibration, keep_fp32=tuple(keep_fp32), palettize_bits=palettize_bits)
+    opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
+                         input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
+                         coreml_precision=coreml_precision, coreml_input=coreml_input, simplify=not no_simplify,
+                         force=force, calibration=calibration, keep_fp32=tuple(keep_fp32),
+                         palettize_bits=palettize_bits, replace_anyway=replace_anyway)
     loaded = resolve_model(arch, checkpoint)
     if loaded.metadata.get("untrained"):
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
@@ -234,114 +287,128 @@ def export_cmd(
         if record is None:
             err.print(f"[dim]… {stage}[/dim]")
         else:
-            colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[record.status.value]
+            colour = COLOUR[record.status.value]
             err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}] in {record.seconds:.1f} s"
-                      + (f" — {record.error}" if record.error else ""), highlight=False)
+                      + (f" — {escape(record.error)}" if record.error else ""), highlight=False)
 
-    from .exporter.check import CheckOptions
+    signal.signal(signal.SIGTERM, _terminate_cleanly)
     result = export_bundle(loaded, out_dir, opts, progress=progress,
                            check=None if no_check else CheckOptions(), check_progress=check_progress)
+    manifest = result.manifest
     if as_json:
-        emit_json(result.manifest)
+        emit_json(manifest.to_dict())
     else:
-        print_bundle_table(result.manifest, out_dir)
-        if "check" in result.manifest:
-            print_check_table(result.manifest["check"])
-    raise typer.Exit(0 if result.ok else 1)
+        print_bundle_table(manifest, out_dir)
+        if manifest.check is not None:
+            print_check_table(manifest.check)
+    if result.kept_old:
+        err.print(f"[red]kept the existing bundle at {escape(str(out_dir))}[/red]: the new export is "
+                  f"{manifest.verdict}, so it was not written (pass --replace-anyway to replace regardless)",
+                  highlight=False)
+    elif manifest.verdict == "unverified":
+        err.print("note: the bundle is unverified (exported with --no-check); run 'bsconv-export check' on it",
+                  highlight=False)
+    raise typer.Exit(0 if result.ok or (no_check and manifest.verdict == "unverified") else 1)
 
 
 def check_progress(rec) -> None:
-    colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[rec.status.value]
+    colour = COLOUR[rec.status.value]
     err.print(f"  check {rec.artifact} on {rec.runner}: [{colour}]{rec.status.value}[/{colour}]"
               + (f" — {escape(rec.reason)}" if rec.reason else ""), highlight=False)
 
 
 @app.command("check")
-@user_errors
 def check_cmd(
     bundle: Path = typer.Argument(..., help="A bundle directory made by 'export'."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original checkpoint, if the manifest's path is not valid here."),
-    data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 (and optional 'label' [N]); default: the shipped held-out digits for a digits model, else random inputs."),
-    samples: int = typer.Option(32, "--samples", min=1, help="Random inputs to draw when there is no real data."),
-    atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="Element-wise absolute tolerance for every artifact (default: 1e-4 for fp32; fp16 is held to cosine and top-1 agreement)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="Relative tolerance, times each sample's largest reference logit, for every artifact (default 1e-3 for fp32)."),
-    localize: bool = typer.Option(False, "--localize", help="Report the first diverging layer of each ONNX artifact even when it passes."),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 in the model's value range (and optional 'label' [N]); default: the shipped held-out digits for a digits model, else random inputs."),
+    samples: int = typer.Option(32, "--samples", min=1, max=4096, help="Random inputs to draw when there is no real data (reduced-precision artifacts get at least 256)."),
+    atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="Element-wise absolute tolerance for every artifact, replacing the default rules (see the README)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="Relative tolerance, times each sample's largest float64 logit, for every artifact."),
+    localize: bool = typer.Option(False, "--localize", help="Report the first diverging layer of each fp32 ONNX artifact even when it passes."),
     as_json: bool = typer.Option(False, "--json", help="Print the check report as JSON."),
 ) -> None:
     """Prove every artifact of a bundle equivalent to the PyTorch original; exit 1 on any miss.
 
-    The result is also written into the bundle's manifest.json (check, passed).
+    With the default rules the result becomes the bundle's check; with --data, --samples,
+    --atol or --rtol it is recorded beside it (user_checks) and never changes the export's verdict.
     """
-    from .exporter.bundle import attach_check, read_manifest, write_manifest
     from .exporter.check import CheckOptions, load_original, run_check
+    from .exporter.manifest import read_manifest, write_manifest
     quiet_third_party_logs()
     manifest = read_manifest(bundle)
     model = load_original(manifest, checkpoint)
     report = run_check(bundle, manifest, model, CheckOptions(data=str(data) if data else None, samples=samples,
                                                              atol=atol, rtol=rtol, localize=localize),
                        progress=check_progress)
-    attach_check(manifest, report)
+    manifest.record_check(report)
     write_manifest(bundle, manifest)
+    failed_stages = [a.format for a in manifest.artifacts if a.status.value == "failed"]
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "bundle_verdict": manifest.verdict, "failed_stages": failed_stages})
     else:
-        print_check_table(report.to_dict())
-    raise typer.Exit(0 if report.passed else 1)
+        print_check_table(report)
+        if report.user_options:
+            out.print(f"recorded as a re-check with {report.options}; the bundle's own verdict stays "
+                      f"{manifest.verdict}", highlight=False)
+    if failed_stages:
+        err.print(f"[red]the bundle's stages {', '.join(failed_stages)} failed at export[/red]", highlight=False)
+    raise typer.Exit(0 if report.passed and not failed_stages else 1)
 
 
-def print_check_table(check: dict) -> None:
-    out.print(f"check on {check['samples']} inputs ({check['inputs']}): "
-              f"{'[green]passed[/green]' if check['passed'] else '[red]FAILED[/red]'}", highlight=False)
+def print_check_table(report) -> None:
+    out.print(f"check on {report.samples} inputs ({report.inputs}): "
+              f"{'[green]passed[/green]' if report.passed else '[red]FAILED[/red]'}", highlight=False)
+    if report.reference_error:
+        out.print(f"PyTorch fp32 vs float64 (the reference's own error): max "
+                  f"{report.reference_error['torch_fp32_vs_fp64_max']:.2g}, logits up to "
+                  f"{report.reference_error['logit_scale_max']:.3g}", highlight=False)
     table = Table(Column("artifact", no_wrap=True), Column("runner", no_wrap=True), "status", "max abs",
-                  "max rel", "cos min", "top-1 agr", "top-5", "acc (torch)", "note")
-    for r in check["results"]:
-        m = r["metrics"]
-        colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
-        acc = f"{r['accuracy']:.2%} ({r['reference_accuracy']:.2%})" if r["accuracy"] is not None else "-"
-        note = r["reason"] or ""
-        fd = r.get("first_divergence")
+                  "torch fp32 err", "cos min", "top-1 agr", "top-5", "acc (torch)", "note")
+    for r in report.records:
+        m = r.metrics
+        colour = COLOUR[r.status.value]
+        acc = f"{r.accuracy:.2%} ({r.reference_accuracy:.2%})" if r.accuracy is not None else "-"
+        note = r.reason or ""
+        fd = r.first_divergence
         if fd and fd.get("found"):
             note += f"; first divergence at {fd['torch_module']} (ONNX {fd['onnx_node']}, error {fd['max_abs_error']:.3g})"
-        table.add_row(r["artifact"], r["runner"], f"[{colour}]{r['status']}[/{colour}]",
-                      f"{m['max_abs']:.2g}" if m else "-", f"{m['max_rel']:.2g}" if m else "-",
+        table.add_row(r.artifact, r.runner, f"[{colour}]{r.status.value}[/{colour}]",
+                      f"{m['max_abs']:.2g}" if m else "-",
+                      f"{m['torch_fp32_error_max']:.2g}" if "torch_fp32_error_max" in m else "-",
                       f"{m['cosine_min']:.6f}" if m else "-", f"{m['top1_agreement']:.2%}" if m else "-",
                       f"{m['top5_overlap']:.2%}" if m else "-", acc, escape(note))
     out.print(table)
-    tolerances = sorted({(r["precision"], r["tolerance"]) for r in check["results"]})
+    tolerances = sorted({(r.precision, r.tolerance) for r in report.records})
     out.print("tolerances: " + "; ".join(f"{p} {t}" for p, t in tolerances), highlight=False)
 
 
-def manifest_bytes(manifest: dict, *formats: str) -> int:
-    for fmt in formats:
-        for a in manifest["artifacts"]:
-            if a["format"] == fmt and a["bytes"]:
-                return a["bytes"]
-    return 0
-
-
-def print_bundle_table(manifest: dict, bundle: Path) -> None:
-    m = manifest["model"]
-    out.print(f"[bold]{m['arch']}[/bold] → {bundle}  ({m['params']:,} params, {m['macs']:,} MACs, "
-              f"input {manifest['export']['input_shape']})", highlight=False)
+def print_bundle_table(manifest, bundle: Path) -> None:
+    from .exporter.formats import get_format
+    m = manifest.model
+    colour = COLOUR.get(manifest.verdict, "red")
+    out.print(f"[bold]{m.arch}[/bold] → {bundle}  ({m.params:,} params, {m.macs:,} MACs, "
+              f"input {manifest.export.input_shape}): [{colour}]{manifest.verdict}[/{colour}]", highlight=False)
     table = Table(Column("format", no_wrap=True), Column("file", no_wrap=True), Column("size", no_wrap=True),
                   "nodes", "status", "note")
-    for a in manifest["artifacts"]:
-        size = f"{a['bytes'] / 1e6:.2f} MB" if a["bytes"] else "-"
-        note = a["error"] or ""
-        if a["format"] == "onnx-simplified" and a["status"] == "ok":
-            note = f"nodes {a['details']['nodes_before']} → {a['nodes']}"
-        elif a["format"] == "ort" and a["status"] == "ok":
-            short = {"NNAPI": "NNAPI", "CoreML NeuralNetwork": "CoreML-NN", "CoreML MLProgram": "CoreML-MLP"}
-            note = " ".join(f"{short.get(k, k)}:{v}" for k, v in a["details"]["mobile_usability"].items())
-        elif a["format"] == "int8" and a["status"] == "ok":
-            note = f"{a['bytes'] / max(1, manifest_bytes(manifest, 'onnx-simplified', 'onnx')):.2f}x fp32 bytes; calibration: {a['details']['calibration']}"
-        elif a["format"] in ("coreml", "coreml-fp16") and a["status"] == "ok":
-            note = f"{a['deployment_target']}, {a['details']['precision']}, {a['details']['input_kind']} input"
-        colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[a["status"]]
-        table.add_row(a["format"], a["path"] or "-", size, str(a["nodes"] or "-"),
-                      f"[{colour}]{a['status']}[/{colour}]", note)
+    for a in manifest.artifacts:
+        size = f"{a.bytes / 1e6:.2f} MB" if a.bytes else "-"
+        fmt = get_format(a.format)
+        note = a.error or (fmt.note(a) if a.ok and fmt and fmt.note else "")
+        c = COLOUR[a.status.value]
+        table.add_row(a.format, a.path or "-", size, str(a.nodes or "-"), f"[{c}]{a.status.value}[/{c}]",
+                      escape(note))
     out.print(table)
-    out.print(f"reproduce: {manifest['command']}", highlight=False)
+    out.print(f"reproduce: {manifest.command}", highlight=False)
+
+
+def parse_threads(text: str, cores: int) -> int | str | None:
+    """--threads: 'default' (None), 'auto', or a count from 1 to the usable cores."""
+    if text in ("default", "auto"):
+        return None if text == "default" else "auto"
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise UserInputError(f"--threads must be 1..{cores} (the usable cores), 'auto' or 'default', not {text!r}")
+    return int(text)
 
 
 def _csv(text: str, cast=str) -> tuple:
@@ -355,10 +422,9 @@ def _csv(text: str, cast=str) -> tuple:
 
 
 @app.command("bench")
-@user_errors
 def bench_cmd(
-    target: Path = typer.Argument(..., help="A bundle directory, or one .onnx/.ort file."),
-    providers: str = typer.Option("cpu", "--providers", help="Comma-separated execution providers: cpu, cuda, tensorrt, coreml, … (unavailable ones are reported as skipped)."),
+    target: Path = typer.Argument(..., help="A bundle directory, or one .onnx/.ort/.mlpackage artifact."),
+    providers: str = typer.Option("cpu", "--providers", help="Comma-separated onnxruntime execution providers: cpu, cuda, tensorrt, coreml, … (unavailable ones are reported as skipped)."),
     batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8."),
     threads: str = typer.Option("default", "--threads", help="Intra-op threads: a number, 'auto' (the fastest measured) or 'default' (onnxruntime's)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before measuring."),
@@ -368,11 +434,9 @@ def bench_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write the results JSON here (default for a bundle: BUNDLE/bench.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON."),
 ) -> None:
-    """Latency p50/p90/p99, mean, std and throughput per artifact, provider and batch size."""
-    from .exporter.bench import BenchOptions, run_bench
-    if threads not in ("default", "auto") and not threads.isdigit():
-        raise UserInputError(f"--threads must be a number, 'auto' or 'default', not {threads!r}")
-    n_threads = None if threads == "default" else "auto" if threads == "auto" else int(threads)
+    """Latency p50/p90/p99, mean, std and throughput per artifact, runner, provider and batch size."""
+    from .exporter.bench import BenchOptions, run_bench, usable_cores
+    n_threads = parse_threads(threads, usable_cores())
     batches = _csv(batch, int)
     if any(b < 1 for b in batches):
         raise UserInputError("--batch sizes must be at least 1")
@@ -382,8 +446,8 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-        from .exporter.bundle import read_manifest
         from .exporter.check import load_original
+        from .exporter.manifest import read_manifest
         model = load_original(read_manifest(target))
 
     def progress(row: dict) -> None:
@@ -396,9 +460,12 @@ def bench_cmd(
                       highlight=False)
 
     results = run_bench(target, opts, model, progress)
-    dest = out_file or (target / "bench.json" if target.is_dir() else None)
+    from .exporter.manifest import write_bundle_file
+    dest = out_file or (target / "bench.json" if results["model"] else None)
     if dest:
-        dest.write_text(json.dumps(results, indent=1) + "\n")
+        if not dest.parent.is_dir():
+            raise UserInputError(f"cannot write {dest}: {dest.parent} does not exist; create it first")
+        write_bundle_file(dest.parent, dest.name, json.dumps(results, indent=1) + "\n")
     if as_json:
         emit_json(results)
         return
@@ -421,7 +488,6 @@ def bench_cmd(
 
 
 @app.command("regress")
-@user_errors
 def regress_cmd(
     baseline: Path = typer.Option(..., "--baseline", help="Baseline bundle or .onnx, or a results.json from 'bench --out'."),
     candidate: Path = typer.Option(..., "--candidate", help="Candidate bundle or .onnx."),
@@ -429,11 +495,14 @@ def regress_cmd(
     confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Confidence of the interval on the latency ratio."),
     duration: float = typer.Option(20.0, "--duration", min=1.0, help="Seconds of interleaved timing."),
     provider: str = typer.Option("cpu", "--provider", help="Execution provider to time on."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for both (default: onnxruntime's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Intra-op threads for both, at most the usable cores (default: onnxruntime's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
     """CI latency gate: exit 1 only when the candidate is slower than the baseline beyond noise."""
+    from .exporter.bench import usable_cores
     from .exporter.regress import regress_ab, regress_stored
+    if threads is not None:
+        parse_threads(str(threads), usable_cores())
     if baseline.suffix == ".json":
         result = regress_stored(baseline, candidate, provider=provider, duration=duration,
                                 max_slowdown=max_slowdown, confidence=confidence)
@@ -452,7 +521,6 @@ def regress_cmd(
 
 
 @app.command("report")
-@user_errors
 def report_cmd(
     bundle: Path = typer.Argument(..., help="A bundle directory (run 'bench BUNDLE' first for latencies)."),
     fmt: str = typer.Option("md", "--format", help="md or html."),

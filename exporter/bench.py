@@ -1,4 +1,4 @@
-"""Latency benchmarks on ONNX Runtime execution providers, optionally paired with PyTorch eager.
+"""Latency benchmarks of any artifact on any runner that can time it, optionally paired with PyTorch eager.
 
 Each configuration (artifact × provider × batch) is warmed up, then timed in
 windows of ``window`` iterations until the last three window medians agree
@@ -20,8 +20,10 @@ import numpy as np
 from ..models.errors import UserInputError
 
 from .machine import fingerprint, machine_info
-from .runners import RunnerUnavailable
-from .runners.onnx_runner import OnnxRunner, available_providers, provider_name
+from .context import INPUT_NAME
+from .formats import benchmark_targets
+from .runners import Runner, RunnerUnavailable, runners_for
+from .runners.onnx_runner import onnxruntime
 from .stats import bootstrap_ci, summarize, windows_agree
 
 SCHEMA = "bsconv-export-bench/1"
@@ -42,39 +44,41 @@ class BenchOptions:
 
 @dataclass
 class Target:
-    name: str               # artifact name, e.g. "onnx-simplified"
+    name: str               # the artifact's format, e.g. "onnx-simplified"
     path: Path
+    kind: str               # which runners load it
 
 
-def resolve_targets(path: str | Path) -> tuple[list[Target], dict | None, str | None]:
-    """A bundle's ONNX and ORT artifacts, or one .onnx/.ort file; plus the manifest and CoreML's skip."""
-    from .bundle import read_manifest
+FILE_KINDS = {".onnx": "onnx", ".ort": "ort", ".mlpackage": "mlpackage"}
+
+
+def resolve_targets(path: str | Path):
+    """A bundle's benchmarkable artifacts (the format table decides), or one artifact file;
+    plus the bundle's manifest (None for a file)."""
+    from .formats import get_format
+    from .manifest import MAX_ARTIFACT_BYTES, inside, read_manifest
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.suffix != ".mlpackage":
         manifest = read_manifest(path)
-        ok = {a["format"]: a for a in manifest["artifacts"] if a["status"] == "ok"}
-        targets = []
-        onnx_name = "onnx-simplified" if "onnx-simplified" in ok else "onnx" if "onnx" in ok else None
-        if onnx_name:
-            targets.append(Target(onnx_name, path / ok[onnx_name]["path"]))
-        for name in ("ort", "int8", "fp16"):
-            if name in ok:
-                targets.append(Target(name, path / ok[name]["path"]))
-        coreml = "coreml" if "coreml" in ok else None
+        targets = [Target(r.format, inside(path, r.path), get_format(r.format).kind)
+                   for r in benchmark_targets(manifest.artifacts)]
         if not targets:
-            raise UserInputError(f"{path} holds no ONNX or ORT artifact to benchmark")
-        return targets, manifest, coreml
-    if path.suffix not in (".onnx", ".ort") or not path.is_file():
-        raise UserInputError(f"{path} is neither a bundle directory nor an .onnx/.ort file")
-    return [Target(path.suffix[1:], path)], None, None
+            raise UserInputError(f"{path} holds no artifact that can be benchmarked")
+        return targets, manifest
+    kind = FILE_KINDS.get(path.suffix)
+    if kind is None or not path.exists():
+        raise UserInputError(f"{path} is neither a bundle directory nor an {', '.join(FILE_KINDS)} artifact")
+    if path.is_file() and path.stat().st_size > MAX_ARTIFACT_BYTES:
+        raise UserInputError(f"{path} is over the {MAX_ARTIFACT_BYTES >> 30} GiB this tool loads")
+    return [Target(path.suffix[1:], path, kind)], None
 
 
 def with_batch(path: Path, batch: int, workdir: Path) -> Path:
     """The model itself if it takes ``batch``; else a copy whose batch dimension is ``batch``."""
-    if path.suffix == ".ort":
+    if path.suffix != ".onnx":
         return path
     import onnx
-    model = onnx.load(path)
+    model = onnx.load(path, load_external_data=False)
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     if dim.dim_param or dim.dim_value == batch:
         return path
@@ -142,22 +146,27 @@ def measure_paired(fn_a: Callable, fn_b: Callable, opts: BenchOptions,
     return np.asarray(a), np.asarray(b)
 
 
-def example_for(runner: OnnxRunner, batch: int | None = None) -> np.ndarray:
+def example_for(runner: Runner, batch: int | None = None) -> np.ndarray:
     """A fixed random input the loaded ``runner`` accepts (its own batch unless ``batch`` is given)."""
     batch = batch or runner.fixed_batch or 1
     shape = tuple(int(d) for d in runner.input_shape[1:])
     return np.random.default_rng(0).random((batch,) + shape, dtype=np.float32)
 
 
-def pick_threads(path: Path, provider: str, x: np.ndarray, opts: BenchOptions) -> tuple[int, dict[int, float]]:
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pick_threads(cls: type[Runner], path: Path, provider: str, x: np.ndarray,
+                 opts: BenchOptions) -> tuple[int, dict[int, float]]:
     """Try 1, 2, 4, … up to the usable cores; the fastest median wins."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     candidates = sorted({1, cores} | {2 ** k for k in range(1, 8) if 2 ** k < cores})
     quick = BenchOptions(warmup=3, duration=min(1.0, opts.duration), window=10)
     medians = {}
     for n in candidates:
-        with OnnxRunner(path, provider, threads=n) as r:
-            lat, _ = measure(lambda: r.infer({"input": x}), quick)
+        with cls(path, provider=provider, threads=n) as r:
+            lat, _ = measure(lambda: r.infer({INPUT_NAME: x}), quick)
         medians[n] = float(np.median(lat) * 1e3)
     return min(medians, key=medians.get), medians
 
@@ -168,31 +177,33 @@ def session_options(threads: int | None) -> dict:
             "session.intra_op.allow_spinning": "1 (default)"}
 
 
-def bench_one(target: Target, provider: str, batch: int, opts: BenchOptions, workdir: Path,
+def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts: BenchOptions, workdir: Path,
               torch_model=None) -> dict:
-    row = {"artifact": target.name, "path": str(target.path), "provider": provider, "batch": batch}
-    have = available_providers()
-    if provider_name(provider) not in have:
-        return {**row, "status": "skipped",
-                "reason": f"{provider_name(provider)} is not available in this onnxruntime build "
-                          f"(available: {', '.join(have)}); install onnxruntime-gpu on a machine with a GPU for cuda"}
+    probe = cls(target.path, provider=provider)
+    row = {"artifact": target.name, "path": str(target.path), "runner": probe.name,
+           "provider": provider if cls.per_provider else probe.name, "batch": batch}
+    reason = probe.unavailable_reason()
+    if reason:
+        return {**row, "status": "skipped", "reason": reason}
     path = with_batch(target.path, batch, workdir)
     tried = None
     threads = opts.threads
     try:
-        runner = OnnxRunner(path, provider, threads=None if threads == "auto" else threads).load()
+        runner = cls(path, provider=provider, threads=None if threads == "auto" else threads).load()
         x = example_for(runner, batch)
         if threads == "auto":
-            threads, tried = pick_threads(path, provider, x, opts)
-            runner = OnnxRunner(path, provider, threads=threads).load()
+            threads, tried = pick_threads(cls, path, provider, x, opts)
+            runner.close()
+            runner = cls(path, provider=provider, threads=threads).load()
     except RunnerUnavailable as e:
         return {**row, "status": "skipped", "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - e.g. a fixed-batch .ort asked for another batch
         return {**row, "status": "skipped", "reason": f"cannot load for batch {batch}: {str(e).splitlines()[0][:200]}"}
     if runner.fixed_batch not in (None, batch):
+        runner.close()
         return {**row, "status": "skipped",
                 "reason": f"the artifact takes batch {runner.fixed_batch} only; export with --dynamic-batch"}
-    feed = {"input": x}
+    feed = {INPUT_NAME: x}
     result = {**row, "status": "ok", "threads": threads, "threads_tried_p50_ms": tried,
               "session_options": session_options(threads if isinstance(threads, int) else None)}
     if torch_model is not None:
@@ -212,7 +223,7 @@ def bench_one(target: Target, provider: str, batch: int, opts: BenchOptions, wor
         result["vs_torch"] = {"torch_latency": summarize(torch_lat, batch), "ratio_median": float(np.median(ratios)),
                               "ratio_ci95": [low, high], "pairs": int(ratios.size),
                               "torch_threads": torch.get_num_threads(),
-                              "method": "ABBA-interleaved pairs in one process; ratio = onnxruntime / torch",
+                              "method": "ABBA-interleaved pairs in one process; ratio = artifact / torch",
                               "samples_ms": [round(v * 1e3, 4) for v in torch_lat[:MAX_STORED_SAMPLES]]}
         lat = ort_lat
     else:
@@ -226,22 +237,22 @@ def bench_one(target: Target, provider: str, batch: int, opts: BenchOptions, wor
 
 def run_bench(target_path: str | Path, opts: BenchOptions, torch_model=None,
               progress: Callable[[dict], None] | None = None) -> dict:
-    targets, manifest, coreml = resolve_targets(target_path)
+    """Every benchmarkable artifact × every registered runner that times its kind × provider × batch."""
+    onnxruntime()  # telemetry off before anything else touches onnxruntime
+    targets, manifest = resolve_targets(target_path)
     machine = machine_info()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
-            for provider in opts.providers:
-                for batch in opts.batches:
-                    row = bench_one(target, provider, batch, opts, Path(tmp), torch_model)
-                    results.append(row)
-                    if progress:
-                        progress(row)
-    if coreml:
-        results.append({"artifact": "coreml", "provider": "coreml", "batch": 1, "status": "skipped",
-                        "reason": "Apple's CoreML runtime runs on macOS only; time it on a device"})
+            for cls in runners_for(target.kind, purpose="time"):
+                for provider in (opts.providers if cls.per_provider else ("-",)):
+                    for batch in opts.batches:
+                        row = bench_one(target, cls, provider, batch, opts, Path(tmp), torch_model)
+                        results.append(row)
+                        if progress:
+                            progress(row)
     return {"schema": SCHEMA, "target": str(target_path),
-            "model": manifest["model"] if manifest else None,
+            "model": manifest.model.to_dict() if manifest else None,
             "machine": machine, "fingerprint": fingerprint(machine),
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
             "results": results}

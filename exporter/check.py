@@ -1,81 +1,50 @@
 """Equivalence check: every artifact against the PyTorch original, enforced.
 
-Inputs: the shipped held-out digits (real, labelled) when the model's labels
-are the digits; otherwise N inputs drawn uniformly from the model's value range
-(seeded). Edge cases are always added: all zeros, all saturated at the top of
-the range, a min/max checkerboard, and each channel saturated alone (grey data
-such as the digits is blind to a channel swap; these inputs are not).
+Inputs: the shipped held-out digits (real, labelled) when the shipped data
+applies to the model (:func:`models.data.is_digits_model`); else ``--data``;
+else N inputs drawn uniformly from the model's value range (seeded). Edge cases
+are always added: all zeros, all saturated at the top of the range, a min/max
+checkerboard, and each channel saturated alone (grey data such as the digits is
+blind to a channel swap; these inputs are not). Reduced-precision artifacts are
+judged on at least ``REDUCED_MIN_SAMPLES`` drawn inputs (see :mod:`tolerances`).
 
-Per artifact and output we record max abs error, max rel error
-(|a − r| / (|r| + 1e-6)), mean abs error, cosine similarity (lowest over
-samples), top-1 agreement, top-5 overlap and, on labelled data, accuracy next to
-PyTorch's. Defaults, by precision:
+The exact answer is the PyTorch original run in float64; PyTorch fp32's own
+error against it is recorded per sample and sets the scale of the fp32 rule
+(:mod:`exporter.tolerances`). Before an artifact runs, its path must stay inside
+the bundle and its sha256 must match the manifest; after loading, its input and
+output names must be the contract's (``input``, ``logits``), its labels (ONNX
+metadata, CoreML classifier) the manifest's, and its output shape PyTorch's.
+Each miss is a failed record naming both sides.
 
-* fp32: every element within ``atol + rtol·max|ref|`` (max over that sample's
-  outputs) with atol = 1e-4, rtol = 1e-3. Scaling by the sample's largest logit, not by
-  each element, is what fp32 rounding does: its error grows with the magnitudes
-  flowing through the network, and a logit near zero is no more exact than a large
-  one. rtol 1e-3 leaves room for the saturated edge cases, whose logits reach 10³
-  on untrained networks and carry ~3e-4 relative error in any runtime; the
-  shipped model's errors are ~1e-5 absolute on logits of ~20;
-* fp16: lowest per-sample cosine ≥ 0.999 and top-1 agreement ≥ 99 %;
-* int8: top-1 agreement ≥ 99 %;
-* reduced precision (fp16, int8) on labelled data also: accuracy no more than
-  0.5 points below PyTorch's.
-
-NaN or Inf anywhere fails. A miss fails the artifact; a runner that cannot run
-here (Apple's CoreML runtime off macOS, an op the MIL interpreter lacks) is
-*skipped* with the reason, never passed.
+Per artifact and runner we record max abs error (against float64), max rel
+error, mean abs error, cosine (lowest over samples), top-1 agreement and its
+confidence interval, top-5 overlap and, on labelled data, accuracy next to
+PyTorch's. NaN or Inf fails. A runner that cannot run here is *skipped* with the
+reason; an artifact that no runner verified is *unverified*, which fails.
 """
 from __future__ import annotations
 
+import copy
+import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from torch import nn
 
-from ..models.data import DIGIT_LABELS, load_holdout, load_npz_inputs
+from ..models.data import is_digits_model, load_holdout, load_npz_inputs
+from ..models.errors import UserInputError
 from ..models.registry import InputSpec
-
-from .records import Status
-from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
-from .runners.mil import CoreMLRunner, MilReferenceRunner
-from .runners.onnx_runner import OnnxRunner, OrtFormatRunner
-from .runners.torch_runner import TorchRunner
+from .context import INPUT_NAME, OUTPUT_NAME
+from .records import CheckRecord, CheckReport, Status, path_sha256
+from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched, runners_for
+from .tolerances import (DEFAULT_TOLERANCES, REDUCED_MIN_SAMPLES, Tolerance, agreement_interval,
+                         user_tolerance)
 
 REL_EPS = 1e-6
-OUTPUT = "logits"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float | None = None
-    rtol: float | None = None
-    min_cosine: float | None = None
-    min_top1_agreement: float | None = None
-    max_accuracy_drop: float | None = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.atol is not None:
-            parts.append(f"|a-r| <= {self.atol:g} + {self.rtol or 0:g}*max|r|")
-        if self.min_cosine is not None:
-            parts.append(f"cosine >= {self.min_cosine:g}")
-        if self.min_top1_agreement is not None:
-            parts.append(f"top-1 agreement >= {self.min_top1_agreement:.0%}")
-        if self.max_accuracy_drop is not None:
-            parts.append(f"accuracy drop <= {self.max_accuracy_drop * 100:g} points")
-        return ", ".join(parts)
-
-
-DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
-    "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.005),
-    "int8": Tolerance(min_top1_agreement=0.99, max_accuracy_drop=0.005),
-}
 
 
 @dataclass
@@ -83,41 +52,14 @@ class CheckInputs:
     x: np.ndarray
     labels: np.ndarray | None     # for the first len(labels) rows
     source: str
+    fp32_rows: np.ndarray | None = None   # rows fp32 artifacts run on (None: all)
 
 
 @dataclass
-class CheckRecord:
-    artifact: str
-    runner: str
-    status: Status
-    reason: str | None = None
-    precision: str = "fp32"
-    tolerance: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    accuracy: float | None = None
-    reference_accuracy: float | None = None
-    first_divergence: dict | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status.value
-        return d
-
-
-@dataclass
-class CheckReport:
-    inputs: str
-    samples: int
-    records: list[CheckRecord]
-
-    @property
-    def passed(self) -> bool:
-        return not any(r.status is Status.FAILED for r in self.records)
-
-    def to_dict(self) -> dict:
-        return {"inputs": self.inputs, "samples": self.samples, "passed": self.passed,
-                "results": [r.to_dict() for r in self.records]}
+class Reference:
+    r64: np.ndarray               # PyTorch in float64: the exact answer
+    r32: np.ndarray               # PyTorch in float32
+    e32: np.ndarray               # per sample, max |r32 - r64|
 
 
 def edge_cases(spec: InputSpec, n_shape: tuple[int, ...]) -> np.ndarray:
@@ -134,21 +76,44 @@ def edge_cases(spec: InputSpec, n_shape: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([zeros, top, board, *primaries])
 
 
-def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int = 32, seed: int = 0) -> CheckInputs:
+def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int = 32, seed: int = 0,
+                 reduced: bool = False) -> CheckInputs:
+    """The check's inputs; with ``reduced``, enough drawn inputs for the agreement rules."""
     shape = spec.shape
+    fp32_rows = None
     if data is not None:
-        x, y = load_npz_inputs(data, shape)
+        x, y = load_npz_inputs(data, spec)
         source = str(data)
-    elif tuple(spec.class_labels()) == DIGIT_LABELS and spec.channels == 3:
+    elif is_digits_model(spec):
         x, y = load_holdout(spec.size)
         source = "shipped held-out digits"
     else:
         lo, hi = spec.value_range
-        x = np.random.default_rng(seed).uniform(lo, hi, (samples,) + shape).astype(np.float32)
+        n = max(samples, REDUCED_MIN_SAMPLES) if reduced else samples
+        x = np.random.default_rng(seed).uniform(lo, hi, (n,) + shape).astype(np.float32)
         y = None
-        source = f"{samples} uniform samples in [{lo}, {hi}]"
+        source = f"{n} uniform samples in [{lo}, {hi}]"
+        if n > samples:
+            source += f" (fp32 artifacts: the first {samples})"
+            fp32_rows = np.arange(samples)
     edges = edge_cases(spec, (1,) + shape)
-    return CheckInputs(x=np.concatenate([x, edges]), labels=y, source=f"{source} + {len(edges)} edge cases")
+    if fp32_rows is not None:
+        fp32_rows = np.concatenate([fp32_rows, len(x) + np.arange(len(edges))])
+    return CheckInputs(x=np.concatenate([x, edges]), labels=y, source=f"{source} + {len(edges)} edge cases",
+                       fp32_rows=fp32_rows)
+
+
+def torch_reference(model: nn.Module, x: np.ndarray, batch: int = 8) -> Reference:
+    """The original in float64 and float32 over ``x``."""
+    m64 = copy.deepcopy(model).double().eval()
+    outs64, outs32 = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))
+            outs32.append(model.eval()(xb).numpy())
+            outs64.append(m64(xb.double()).numpy())
+    r64, r32 = np.concatenate(outs64), np.concatenate(outs32)
+    return Reference(r64=r64, r32=r32, e32=np.abs(r32.astype(np.float64) - r64).max(axis=1))
 
 
 def compare(out: np.ndarray, ref: np.ndarray, k: int = 5) -> dict[str, float]:
@@ -163,33 +128,47 @@ def compare(out: np.ndarray, ref: np.ndarray, k: int = 5) -> dict[str, float]:
     top_o = np.argsort(-out, axis=1)[:, :k]
     top_r = np.argsort(-ref, axis=1)[:, :k]
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_o, top_r)])
+    agree = int(np.sum(out.argmax(1) == ref.argmax(1))) if finite else 0
+    low, high = agreement_interval(agree, len(out))
     return {
         "max_abs": float(np.nanmax(diff)) if finite else float("inf"),
         "max_rel": float(np.nanmax(diff / (np.abs(ref) + REL_EPS))) if finite else float("inf"),
         "mean_abs": float(np.nanmean(diff)) if finite else float("inf"),
         "cosine_min": float(np.nanmin(cos)) if finite else float("nan"),
         "cosine_mean": float(np.nanmean(cos)) if finite else float("nan"),
-        "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1))),
-        "top5_overlap": float(overlap),
+        "top1_agreement": agree / len(out),
+        "top1_agreement_low": low,
+        "top1_agreement_high": high,
+        "top5_overlap": float(overlap) if finite else 0.0,
         "nonfinite": int((~np.isfinite(out)).sum()),
     }
 
 
-def verdict(out: np.ndarray, ref: np.ndarray, m: dict[str, float], tol: Tolerance,
+def fp32_bound(ref: Reference, tol: Tolerance) -> np.ndarray:
+    """Per-sample bound on |artifact − float64| (see :mod:`exporter.tolerances`)."""
+    floor = tol.atol + (tol.rtol or 0.0) * np.abs(ref.r64).max(axis=1)
+    return np.maximum(floor, (tol.factor or 0.0) * ref.e32)[:, None]
+
+
+def verdict(out: np.ndarray, ref: Reference, m: dict[str, float], tol: Tolerance,
             accuracy: float | None = None, reference_accuracy: float | None = None) -> str | None:
     """None when within tolerance, else the first reason it is not."""
     if m["nonfinite"]:
         return f"{m['nonfinite']} NaN/Inf values in the output"
     if tol.atol is not None:
-        bound = tol.atol + (tol.rtol or 0.0) * np.abs(ref).max(axis=1, keepdims=True)
-        bad = np.abs(out.astype(np.float64) - ref) > bound
+        bound = fp32_bound(ref, tol)
+        err = np.abs(out.astype(np.float64) - ref.r64)
+        bad = err > bound
         if bad.any():
+            worst = int(np.argmax((err / bound).max(axis=1)))
             return (f"{int(bad.sum())} of {bad.size} values outside {tol.describe()} "
-                    f"(max abs error {m['max_abs']:.3g})")
+                    f"(worst sample: error {err[worst].max():.3g}, bound {bound[worst, 0]:.3g}, "
+                    f"PyTorch fp32's own error {ref.e32[worst]:.3g})")
     if tol.min_cosine is not None and m["cosine_min"] < tol.min_cosine:
         return f"cosine {m['cosine_min']:.6f} < {tol.min_cosine}"
-    if tol.min_top1_agreement is not None and m["top1_agreement"] < tol.min_top1_agreement:
-        return f"top-1 agreement {m['top1_agreement']:.2%} < {tol.min_top1_agreement:.0%}"
+    if tol.min_top1_agreement is not None and m["top1_agreement_high"] < tol.min_top1_agreement:
+        return (f"top-1 agreement {m['top1_agreement']:.2%} (95% bound {m['top1_agreement_high']:.2%}) "
+                f"< {tol.min_top1_agreement:.0%}")
     if tol.max_accuracy_drop is not None and accuracy is not None and reference_accuracy is not None \
             and reference_accuracy - accuracy > tol.max_accuracy_drop + 1e-12:
         return (f"accuracy {accuracy:.2%} is {100 * (reference_accuracy - accuracy):.2f} points below PyTorch's "
@@ -197,88 +176,142 @@ def verdict(out: np.ndarray, ref: np.ndarray, m: dict[str, float], tol: Toleranc
     return None
 
 
-def _runners_for(artifact: dict, bundle: Path) -> list[Callable[[], Runner] | tuple[str, str]]:
-    """Factories for the runners that can check this artifact (or (name, skip reason))."""
-    path = bundle / artifact["path"]
-    fmt = artifact["format"]
-    if fmt in ("onnx", "onnx-simplified", "int8", "fp16"):
-        return [lambda: OnnxRunner(path, "cpu")]
-    if fmt == "ort":
-        return [lambda: OrtFormatRunner(path, "cpu")]
-    if fmt in ("coreml", "coreml-fp16"):
-        apple = CoreMLRunner.unavailable()
-        return [lambda: MilReferenceRunner(path),
-                ("coreml-apple", apple) if apple else (lambda: CoreMLRunner(path))]
-    return []
+def contract_problem(runner: Runner, labels: list[str]) -> str | None:
+    """Names and labels the app relies on, as the loaded artifact declares them."""
+    if runner.input_names != [INPUT_NAME]:
+        return f"input names {runner.input_names} differ from the contract ['{INPUT_NAME}']"
+    if OUTPUT_NAME not in runner.output_names:
+        return f"output names {runner.output_names} lack the contract's '{OUTPUT_NAME}'"
+    found = artifact_labels(runner)
+    if found is not None and list(found) != list(labels):
+        diff = next(i for i, (a, b) in enumerate(zip(found + [None] * len(labels), labels)) if a != b)
+        return (f"labels differ from the manifest's at index {diff} "
+                f"({found[diff] if diff < len(found) else 'missing'!r} vs {labels[diff]!r})")
+    return None
 
 
-def artifact_precision(artifact: dict) -> str:
-    return (artifact.get("details") or {}).get("precision", "fp32")
+def artifact_labels(runner: Runner) -> list[str] | None:
+    """The class labels an artifact carries: the CoreML classifier's, or the ONNX metadata's."""
+    program = getattr(runner, "program", None)
+    if program is not None and program.classes is not None:
+        return list(program.classes)
+    session = getattr(runner, "session", None)
+    if session is not None:
+        text = session.get_modelmeta().custom_metadata_map.get("labels")
+        if text is not None:
+            try:
+                return [str(v) for v in json.loads(text)]
+            except (json.JSONDecodeError, TypeError):
+                return ["<unreadable labels metadata>"]
+    return None
 
 
-def check_bundle(bundle: str | Path, manifest: dict, model: nn.Module, inputs: CheckInputs,
+def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckInputs,
                  tolerance_override: Tolerance | None = None, localize: bool = False,
                  progress: Callable[[CheckRecord], None] | None = None) -> CheckReport:
-    """Check every OK artifact of ``manifest`` (in ``bundle``) against ``model``."""
+    """Check every OK artifact of ``manifest`` (a :class:`Manifest`, in ``bundle``) against ``model``."""
+    from .formats import get_format
+    from .manifest import inside
     bundle = Path(bundle)
-    reference = infer_batched(TorchRunner(model), inputs.x)[OUTPUT]
+    ref = torch_reference(model, inputs.x)
     labels = inputs.labels
-    ref_acc = float(np.mean(reference[:len(labels)].argmax(1) == labels)) if labels is not None else None
+    ref_acc = float(np.mean(ref.r32[:len(labels)].argmax(1) == labels)) if labels is not None else None
+    class_labels = manifest.model.labels
     records: list[CheckRecord] = []
-    for artifact in manifest["artifacts"]:
-        if artifact["status"] != "ok":
+
+    def emit(rec: CheckRecord) -> None:
+        records.append(rec)
+        if progress:
+            progress(rec)
+
+    for artifact in manifest.artifacts:
+        if not artifact.ok:
             continue
-        precision = artifact_precision(artifact)
-        tol = tolerance_override or DEFAULT_TOLERANCES[precision]
-        for factory in _runners_for(artifact, bundle):
-            rec = CheckRecord(artifact=artifact["format"], runner="", status=Status.OK, precision=precision,
-                              tolerance=tol.describe(), reference_accuracy=ref_acc)
-            out = None
-            if isinstance(factory, tuple):
-                rec.runner, rec.status, rec.reason = factory[0], Status.SKIPPED, factory[1]
+        fmt = get_format(artifact.format)
+        precision = artifact.details.get("precision", fmt.precision if fmt else "fp32")
+        tol = tolerance_override or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+        base = dict(artifact=artifact.format, precision=precision, tolerance=tol.describe(),
+                    reference_accuracy=ref_acc)
+        if fmt is None:
+            emit(CheckRecord(runner="-", status=Status.UNVERIFIED, **base,
+                             reason=f"format {artifact.format!r} is unknown to this bsconv-export; nothing can run it"))
+            continue
+        path = inside(bundle, artifact.path)
+        if artifact.sha256 != path_sha256(path):
+            emit(CheckRecord(runner="-", status=Status.FAILED, **base,
+                             reason=f"{artifact.path} changed since the export: its sha256 differs from the manifest's"))
+            continue
+        rows = inputs.fp32_rows if precision == "fp32" and inputs.fp32_rows is not None else np.arange(len(inputs.x))
+        verified = False
+        skipped: list[str] = []
+        for cls in runners_for(fmt.kind):
+            runner = cls(path)
+            rec = CheckRecord(runner=runner.label(), status=Status.OK, **base)
+            reason = runner.unavailable_reason()
+            if reason:
+                rec.status, rec.reason = Status.SKIPPED, reason
             else:
-                out = _run_one(rec, factory, inputs, reference, labels, tol)
-            if artifact["format"] in ("onnx", "onnx-simplified") and out is not None and (
-                    localize or rec.status is Status.FAILED):
-                from .localize import first_divergence
-                worst = int(np.argmax(np.abs(out - reference).max(axis=1)))
-                rec.first_divergence = first_divergence(bundle / artifact["path"], model,
-                                                        inputs.x[worst:worst + 1], tol.atol or 1e-4)
-            records.append(rec)
-            if progress:
-                progress(rec)
-    return CheckReport(inputs=inputs.source, samples=len(inputs.x), records=records)
+                out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, tol, class_labels)
+                if out is not None and fmt.kind == "onnx" and precision == "fp32" and (
+                        localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
+                    from .localize import first_divergence
+                    worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
+                    x_worst = inputs.x[rows][worst:worst + 1]
+                    rec.first_divergence = first_divergence(path, model, x_worst, tol.atol or 1e-4)
+            verified |= rec.status in (Status.OK, Status.FAILED)
+            if rec.status is Status.SKIPPED:
+                skipped.append(f"{rec.runner}: {rec.reason}")
+            emit(rec)
+        if not verified:
+            emit(CheckRecord(runner="-", status=Status.UNVERIFIED, **base,
+                             reason="no runner could verify it here" + (f" ({'; '.join(skipped)})" if skipped else
+                                                                        f" (no runner loads kind {fmt.kind!r})")))
+    return CheckReport(inputs=inputs.source, samples=len(inputs.x), records=records,
+                       reference_error={"torch_fp32_vs_fp64_max": float(ref.e32.max()),
+                                        "torch_fp32_vs_fp64_median": float(np.median(ref.e32)),
+                                        "logit_scale_max": float(np.abs(ref.r64).max())})
 
 
-def _run_one(rec: CheckRecord, factory, inputs: CheckInputs, reference: np.ndarray,
-             labels: np.ndarray | None, tol: Tolerance) -> np.ndarray | None:
-    """Run one runner over the inputs, fill ``rec``; return its output (None when skipped)."""
+def _sub(ref: Reference, rows) -> Reference:
+    return Reference(r64=ref.r64[rows], r32=ref.r32[rows], e32=ref.e32[rows])
+
+
+def _run_one(rec: CheckRecord, runner: Runner, x: np.ndarray, ref: Reference, labels: np.ndarray | None,
+             tol: Tolerance, class_labels: list[str]) -> np.ndarray | None:
+    """Run one runner over the inputs, fill ``rec``; return its output (None when it did not run)."""
     t0 = time.perf_counter()
-    runner = factory()
-    rec.runner = runner.name
     try:
         with runner:
-            out = infer_batched(runner, inputs.x)[OUTPUT]
+            problem = contract_problem(runner, class_labels)
+            if problem:
+                rec.status, rec.reason = Status.FAILED, problem
+                return None
+            outputs = infer_batched(runner, x)
     except (RunnerUnavailable, UnsupportedOp) as e:
         rec.status, rec.reason = Status.SKIPPED, str(e)
         return None
+    except Exception as e:  # noqa: BLE001 - an artifact that cannot run is a failed record, not a crash
+        rec.status, rec.reason = Status.FAILED, f"could not run: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        return None
     finally:
         rec.seconds = time.perf_counter() - t0
-    rec.metrics = compare(out, reference)
+    out = outputs.get(OUTPUT_NAME)
+    if out is None:
+        rec.status, rec.reason = Status.FAILED, f"no '{OUTPUT_NAME}' output (got {sorted(outputs)})"
+        return None
+    out = np.asarray(out)
+    if out.shape != ref.r64.shape:
+        rec.status, rec.reason = Status.FAILED, (f"'{OUTPUT_NAME}' has shape {list(out.shape)}, PyTorch's "
+                                                 f"has {list(ref.r64.shape)}")
+        return None
+    rec.metrics = compare(out, ref.r64)
+    rec.metrics["torch_fp32_error_max"] = float(ref.e32.max())
     if labels is not None:
         rec.accuracy = float(np.mean(out[:len(labels)].argmax(1) == labels))
-    reason = verdict(out, reference, rec.metrics, tol, rec.accuracy, rec.reference_accuracy)
+    reason = verdict(out, ref, rec.metrics, tol, rec.accuracy, rec.reference_accuracy)
     if reason:
         rec.status, rec.reason = Status.FAILED, reason
     return out
-
-
-def with_overrides(atol: float | None, rtol: float | None) -> Tolerance | None:
-    """A user's --atol/--rtol: an element-wise bound for every artifact, whatever its precision."""
-    if atol is None and rtol is None:
-        return None
-    base = DEFAULT_TOLERANCES["fp32"]
-    return replace(base, atol=base.atol if atol is None else atol, rtol=base.rtol if rtol is None else rtol)
 
 
 @dataclass(frozen=True)
@@ -289,28 +322,40 @@ class CheckOptions:
     rtol: float | None = None
     localize: bool = False
 
+    def user_options(self) -> dict:
+        """The options that change what the check decides (recorded apart from the export's check)."""
+        return {k: v for k, v in (("data", self.data), ("samples", self.samples if self.samples != 32 else None),
+                                  ("atol", self.atol), ("rtol", self.rtol)) if v is not None}
 
-def run_check(bundle: str | Path, manifest: dict, model: nn.Module, opts: CheckOptions = CheckOptions(),
+
+def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions = CheckOptions(),
               progress: Callable[[CheckRecord], None] | None = None) -> CheckReport:
-    spec = InputSpec.from_dict(manifest["model"]["input_spec"])
-    inputs = check_inputs(spec, opts.data, opts.samples)
-    return check_bundle(bundle, manifest, model, inputs, with_overrides(opts.atol, opts.rtol),
-                        opts.localize, progress)
+    from .formats import get_format
+    spec = manifest.model.input_spec
+    reduced = any(a.ok and (get_format(a.format) and get_format(a.format).precision != "fp32")
+                  for a in manifest.artifacts)
+    inputs = check_inputs(spec, opts.data, opts.samples, reduced=reduced)
+    report = check_bundle(bundle, manifest, model, inputs, user_tolerance(opts.atol, opts.rtol),
+                          opts.localize, progress)
+    report.options = opts.user_options()
+    return report
 
 
-def load_original(manifest: dict, checkpoint: str | Path | None = None) -> nn.Module:
+def load_original(manifest, checkpoint: str | Path | None = None) -> nn.Module:
     """The PyTorch model a bundle was exported from: its checkpoint (sha256 verified) or seeded arch."""
     from ..models.checkpoint import file_sha256, load_checkpoint, resolve_model
-    from ..models.errors import UserInputError
-    m = manifest["model"]
+    m = manifest.model
     if checkpoint is not None:
-        return load_checkpoint(checkpoint, m["arch"]).model
-    if m.get("checkpoint"):
-        path = Path(m["checkpoint"])
+        return load_checkpoint(checkpoint, m.arch).model
+    if m.checkpoint:
+        path = Path(m.checkpoint)
+        if path.suffix not in (".pt", ".pth", ".safetensors"):
+            raise UserInputError(f"the manifest names {path} as its checkpoint, which is not a checkpoint file; "
+                                 "pass --checkpoint PATH")
         if not path.is_file():
             raise UserInputError(f"the bundle's checkpoint {path} is not here; pass --checkpoint PATH")
-        if file_sha256(path) != m["checkpoint_sha256"]:
+        if file_sha256(path) != m.checkpoint_sha256:
             raise UserInputError(f"{path} changed since the export (sha256 differs); pass the original "
                                  "with --checkpoint or re-export")
-        return load_checkpoint(path, m["arch"]).model
-    return resolve_model(m["arch"]).model  # untrained: seeded, so rebuilt identically
+        return load_checkpoint(path, m.arch).model
+    return resolve_model(m.arch).model  # untrained: seeded, so rebuilt identically

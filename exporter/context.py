@@ -11,17 +11,17 @@ from ..models.registry import InputSpec
 
 from .records import ArtifactRecord
 
-FORMAT_NAMES = ("onnx", "ort", "coreml", "int8", "fp16", "coreml-fp16")
-DEFAULT_FORMATS = ("onnx", "ort", "coreml")
 COREML_PRECISIONS = ("fp32", "fp16")
 COREML_INPUTS = ("tensor", "image")
+# The app's contract: every artifact takes ``input`` and returns ``logits`` (CoreML adds ``classLabel``).
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+LABEL_OUTPUT = "classLabel"
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    formats: tuple[str, ...] = DEFAULT_FORMATS
+    formats: tuple[str, ...] = ()           # empty: the format table's defaults
     input_size: int | None = None
     batch: int = 1
     dynamic_batch: bool = False
@@ -33,6 +33,7 @@ class ExportOptions:
     calibration: str | None = None          # .npz path, "random", or None (real data where it exists)
     keep_fp32: tuple[str, ...] = ()         # ONNX node names int8 leaves in float
     palettize_bits: int | None = None       # coreml-fp16 weight palettisation
+    replace_anyway: bool = False            # with force: replace even when the new bundle did not pass
 
 
 @dataclass
@@ -49,15 +50,10 @@ class ExportContext:
     macs: int
     records: dict[str, ArtifactRecord] = field(default_factory=dict)
 
-    def no_onnx(self, fmt: str) -> ArtifactRecord:
-        """The record of a stage that needed an ONNX artifact and found none."""
-        from .records import Status
-        return ArtifactRecord(format=fmt, status=Status.SKIPPED, error="no ONNX artifact to start from")
-
-    def onnx_source(self) -> tuple[str, Path] | None:
+    def onnx_source(self) -> tuple[str, Path]:
         """The best ONNX artifact built so far: simplified if it succeeded, else plain."""
-        for name in ("onnx-simplified", "onnx"):
-            rec = self.records.get(name)
-            if rec is not None and rec.ok and rec.path:
-                return name, self.workdir / rec.path
-        return None
+        from .formats import preferred
+        rec = preferred(self.records.values(), "onnx")
+        if rec is None:
+            raise RuntimeError("no ONNX artifact to start from")  # the pipeline runs requirements first
+        return rec.format, self.workdir / rec.path

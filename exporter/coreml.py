@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 import warnings
 
 import torch
 
 from . import __version__
-from .context import INPUT_NAME, OUTPUT_NAME, ExportContext
+from .context import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME, ExportContext
 from .records import ArtifactRecord, Status
 
 COREML_NAME = "model.mlpackage"
 DEPLOYMENT_TARGET = "iOS16"   # ML Programs need iOS 15; 16 adds fp16 I/O and newer ops
-LABEL_OUTPUT = "classLabel"
 
 
 def import_coremltools():
@@ -97,7 +97,8 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
                                  f"RGB in [{ctx.spec.value_range[0]}, {ctx.spec.value_range[1]}]")
     mlmodel.user_defined_metadata.update({"arch": ctx.arch, "checkpoint_sha256": ctx.checkpoint_sha256 or "untrained",
                                           "normalization": ctx.spec.normalization,
-                                          "precision": ctx.options.coreml_precision})
+                                          "precision": ctx.options.coreml_precision,
+                                          "input_spec": json.dumps(ctx.spec.to_dict(), sort_keys=True)})
     return mlmodel
 
 

@@ -23,10 +23,7 @@ def export_fp16(ctx: ExportContext) -> ArtifactRecord:
     from onnxconverter_common import float16
 
     t0 = time.perf_counter()
-    source = ctx.onnx_source()
-    if source is None:
-        return ctx.no_onnx("fp16")
-    source_name, src = source
+    source_name, src = ctx.onnx_source()
     model = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, ctx.workdir / FP16_NAME)

@@ -45,7 +45,8 @@ def _block_outputs(model: nn.Module, x: np.ndarray) -> list[tuple[str, np.ndarra
 
 
 def _onnx_values(path: Path, x: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, np.ndarray]]:
-    import onnxruntime as ort
+    from .runners.onnx_runner import onnxruntime
+    ort = onnxruntime()
     model = onnx.load(path)
     nodes = [(n.name, out) for n in model.graph.node for out in n.output if out]
     existing = {o.name for o in model.graph.output}
@@ -60,9 +61,18 @@ def _onnx_values(path: Path, x: np.ndarray) -> tuple[list[tuple[str, str]], dict
     return nodes, values
 
 
+def _fit_batch(path: Path, x: np.ndarray) -> np.ndarray:
+    """``x`` repeated to the graph's fixed batch, if it has one (a ``--batch 4`` export takes 4)."""
+    dim = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    if dim.dim_value and dim.dim_value != len(x):
+        return np.repeat(x[:1], dim.dim_value, axis=0)
+    return x
+
+
 def first_divergence(onnx_path: str | Path, model: nn.Module, x: np.ndarray, tol: float) -> dict:
     """The first block whose ONNX output differs from PyTorch's by more than ``tol``."""
-    nodes, values = _onnx_values(Path(onnx_path), x.astype(np.float32))
+    x = _fit_batch(Path(onnx_path), x.astype(np.float32))
+    nodes, values = _onnx_values(Path(onnx_path), x)
     compared = 0
     for module_name, ref in _block_outputs(model, x.astype(np.float32)):
         scope = "/" + module_name.replace(".", "/") + "/"

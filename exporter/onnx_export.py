@@ -23,6 +23,7 @@ from . import __version__
 from .context import INPUT_NAME, OUTPUT_NAME, ExportContext
 from .records import ArtifactRecord, Status
 
+ONNX_NAME = "model.onnx"
 MIN_OPSET = 11
 TORCH_MAX_OPSET = 20  # the TorchScript exporter's newest opset in torch 2.x
 
@@ -40,7 +41,8 @@ def _tiny_model(opset: int) -> bytes:
 @functools.lru_cache(maxsize=1)
 def newest_runnable_opset() -> int:
     """The newest opset both the exporter writes and the installed onnxruntime loads."""
-    import onnxruntime as ort
+    from .runners.onnx_runner import onnxruntime
+    ort = onnxruntime()
     for opset in range(min(TORCH_MAX_OPSET, onnx.defs.onnx_opset_version()), MIN_OPSET - 1, -1):
         try:
             ort.InferenceSession(_tiny_model(opset), providers=["CPUExecutionProvider"])
@@ -74,7 +76,6 @@ def metadata_props(ctx: ExportContext) -> dict[str, str]:
 
 def export_onnx(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
-    rel = "model.onnx"
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if ctx.options.dynamic_batch else None
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -87,8 +88,8 @@ def export_onnx(ctx: ExportContext) -> ArtifactRecord:
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     model.doc_string = f"{ctx.arch} exported by bsconv-export"
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, ctx.workdir / rel)
-    return ArtifactRecord(format="onnx", status=Status.OK, path=rel, seconds=time.perf_counter() - t0,
+    onnx.save(model, ctx.workdir / ONNX_NAME)
+    return ArtifactRecord(format="onnx", status=Status.OK, path=ONNX_NAME, seconds=time.perf_counter() - t0,
                           nodes=len(model.graph.node), opset=ctx.opset,
                           details={"op_types": op_histogram(model),
                                    "input_shape": io_shape(model.graph.input[0]),
@@ -108,7 +109,8 @@ def io_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 def run_onnx(path_or_bytes, x: np.ndarray) -> np.ndarray:
     """One CPU inference, for the stages' own sanity checks."""
-    import onnxruntime as ort
+    from .runners.onnx_runner import onnxruntime
+    ort = onnxruntime()
     src = str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]

@@ -76,10 +76,7 @@ def mobile_usability(src: Path) -> tuple[str, dict[str, str]]:
 
 def export_ort(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
-    source = ctx.onnx_source()
-    if source is None:
-        return ctx.no_onnx("ort")
-    source_name, src = source
+    source_name, src = ctx.onnx_source()
     ort_path, cfg_path = convert_to_ort(src, ctx.workdir)
     text, verdicts = mobile_usability(src)
     (ctx.workdir / USABILITY_NAME).write_text(text)

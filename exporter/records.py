@@ -13,6 +13,7 @@ class Status(str, Enum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    UNVERIFIED = "unverified"   # an artifact that no runner could check: fails the check
 
 
 @dataclass
@@ -39,6 +40,54 @@ class ArtifactRecord:
         d = asdict(self)
         d["status"] = self.status.value
         return d
+
+
+@dataclass
+class CheckRecord:
+    """One artifact run by one runner (or the verdict that nothing could run it)."""
+
+    artifact: str
+    runner: str
+    status: Status
+    reason: str | None = None
+    precision: str = "fp32"
+    tolerance: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    first_divergence: dict | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+
+@dataclass
+class CheckReport:
+    """A check of a bundle: what it ran on, with which options, and every record."""
+
+    inputs: str
+    samples: int
+    records: list[CheckRecord]
+    options: dict[str, Any] = field(default_factory=dict)   # non-default user options, if any
+    reference_error: dict[str, float] = field(default_factory=dict)  # PyTorch fp32 vs float64
+
+    @property
+    def passed(self) -> bool:
+        """Something was verified, and nothing failed or went unverified."""
+        return bool(self.records) and any(r.status is Status.OK for r in self.records) and not any(
+            r.status in (Status.FAILED, Status.UNVERIFIED) for r in self.records)
+
+    @property
+    def user_options(self) -> bool:
+        return bool(self.options)
+
+    def to_dict(self) -> dict:
+        return {"inputs": self.inputs, "samples": self.samples, "options": self.options,
+                "reference_error": self.reference_error, "passed": self.passed,
+                "results": [r.to_dict() for r in self.records]}
 
 
 def path_bytes(path: Path) -> int:

@@ -15,24 +15,35 @@ import numpy as np
 
 from ..models.errors import UserInputError
 
-from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets
+from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets, usable_cores
+from .context import INPUT_NAME
 from .machine import fingerprint, machine_info
-from .runners.onnx_runner import OnnxRunner
+from .runners import Runner, runners_for
 from .stats import paired_decision, summarize, unpaired_decision
 
+MAX_RESULTS_BYTES = 64 << 20
 
-def _model_path(path: str | Path) -> Path:
-    targets, _, _ = resolve_targets(path)
-    return targets[0].path
+
+def _runner(path: str | Path, provider: str, threads: int | None) -> Runner:
+    """A runner that times the first benchmarkable artifact of ``path`` on ``provider``."""
+    target = resolve_targets(path)[0][0]
+    classes = runners_for(target.kind, purpose="time")
+    if not classes:
+        raise UserInputError(f"nothing here can time {target.path} ({target.kind})")
+    runner = classes[0](target.path, provider=provider, threads=threads)
+    reason = runner.unavailable_reason()
+    if reason:
+        raise UserInputError(f"cannot time {target.path} on {provider} here: {reason}")
+    return runner
 
 
 def regress_ab(baseline: str | Path, candidate: str | Path, *, provider: str = "cpu", threads: int | None = None,
                duration: float = 20.0, max_slowdown: float = 0.05, confidence: float = 0.95,
                min_pairs: int = 50) -> dict:
-    a_path, b_path = _model_path(baseline), _model_path(candidate)
-    with OnnxRunner(a_path, provider, threads=threads) as ra, OnnxRunner(b_path, provider, threads=threads) as rb:
+    with _runner(baseline, provider, threads) as ra, _runner(candidate, provider, threads) as rb:
+        a_path, b_path = ra.path, rb.path
         xa, xb = example_for(ra), example_for(rb)
-        a, b = measure_paired(lambda: ra.infer({"input": xa}), lambda: rb.infer({"input": xb}),
+        a, b = measure_paired(lambda: ra.infer({INPUT_NAME: xa}), lambda: rb.infer({INPUT_NAME: xb}),
                               BenchOptions(warmup=10, duration=duration), min_pairs=min_pairs)
     d = paired_decision(a, b, max_slowdown, confidence)
     return {"mode": "a/b", "baseline": str(a_path), "candidate": str(b_path), "provider": provider,
@@ -42,27 +53,37 @@ def regress_ab(baseline: str | Path, candidate: str | Path, *, provider: str = "
 
 def regress_stored(results_json: str | Path, candidate: str | Path, *, provider: str = "cpu",
                    duration: float = 20.0, max_slowdown: float = 0.05, confidence: float = 0.95) -> dict:
+    path = Path(results_json)
     try:
-        stored = json.loads(Path(results_json).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        if path.stat().st_size > MAX_RESULTS_BYTES:
+            raise UserInputError(f"{path} is over {MAX_RESULTS_BYTES >> 20} MiB: not a bench result of ours")
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserInputError(f"{results_json}: not a readable bench result ({e})") from None
-    rows = [r for r in stored.get("results", []) if r.get("status") == "ok" and r.get("provider") == provider
-            and r.get("batch") == 1 and r.get("samples_ms")]
+    results = stored.get("results") if isinstance(stored, dict) else None
+    if not isinstance(results, list):
+        raise UserInputError(f"{results_json}: not a bench result (no 'results' list); make one with "
+                             f"'bsconv-export bench ... --out {results_json}'")
+    rows = [r for r in results if isinstance(r, dict) and r.get("status") == "ok" and r.get("provider") == provider
+            and r.get("batch") == 1 and isinstance(r.get("samples_ms"), list) and len(r["samples_ms"]) >= 5
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in r["samples_ms"])]
     if not rows:
         raise UserInputError(f"{results_json} has no batch-1 {provider} samples; make it with "
                              f"'bsconv-export bench ... --providers {provider} --out {results_json}'")
     row = rows[0]
     warnings = []
     here = fingerprint(machine_info())
-    if stored.get("fingerprint") != here:
-        diff = {k: (stored.get("fingerprint", {}).get(k), v) for k, v in here.items()
-                if stored.get("fingerprint", {}).get(k) != v}
+    stored_fp = stored.get("fingerprint") if isinstance(stored.get("fingerprint"), dict) else {}
+    if stored_fp != here:
+        diff = {k: (stored_fp.get(k), v) for k, v in here.items() if stored_fp.get(k) != v}
         warnings.append(f"machine fingerprint differs from the stored run ({diff}); the comparison may not hold")
-    threads = row.get("threads") if isinstance(row.get("threads"), int) else None
-    path = _model_path(candidate)
-    with OnnxRunner(path, provider, threads=threads) as r:
+    threads = row.get("threads")
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= usable_cores():
+        threads = None  # a stored count this machine cannot honour: onnxruntime's default
+    with _runner(candidate, provider, threads) as r:
+        path = r.path
         x = example_for(r)
-        lat, _ = measure(lambda: r.infer({"input": x}), BenchOptions(warmup=10, duration=duration))
+        lat, _ = measure(lambda: r.infer({INPUT_NAME: x}), BenchOptions(warmup=10, duration=duration))
     base = np.asarray(row["samples_ms"]) / 1e3
     d = unpaired_decision(base, lat, max_slowdown, confidence)
     return {"mode": "stored", "baseline": str(results_json), "candidate": str(path), "provider": provider,

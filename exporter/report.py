@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..models.errors import UserInputError
 
-from .bundle import read_manifest
+from .manifest import read_manifest, write_bundle_file
 
 PLOT_NAME = "report_latency.png"
 
@@ -37,7 +37,10 @@ def _plot(bench: dict, out: Path) -> bool:
     ax.set_title(f"{(bench.get('model') or {}).get('arch', bench['target'])} on {bench['machine']['cpu']}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out)
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bundle_file(out.parent, out.name, buf.getvalue())  # never through a planted link
     return True
 
 
@@ -59,38 +62,69 @@ def bench_rows(bench: dict) -> list[list[str]]:
 BENCH_HEAD = ["artifact", "provider", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "items/s", "vs torch (95% CI)"]
 
 
+MAX_BENCH_BYTES = 64 << 20
+
+
+def _read_bench(path: Path) -> dict | None:
+    """The bundle's bench.json, if it is one of ours; a foreign or broken one is an error."""
+    if not path.exists():
+        return None
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_BENCH_BYTES:
+        raise UserInputError(f"{path} is not a bench result of ours (a link, not a file, or too large); "
+                             "delete it and run 'bsconv-export bench' again")
+    try:
+        bench = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path} is not valid JSON ({e}); run 'bsconv-export bench' again") from None
+    from .bench import SCHEMA
+    ok = (isinstance(bench, dict) and bench.get("schema") == SCHEMA and isinstance(bench.get("results"), list)
+          and isinstance(bench.get("machine"), dict) and all(isinstance(r, dict) for r in bench["results"]))
+    if not ok:
+        raise UserInputError(f"{path} is not a {SCHEMA} result; run 'bsconv-export bench' again")
+    try:
+        bench_rows(bench)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise UserInputError(f"{path} has a malformed result row ({type(e).__name__}: {e}); "
+                             "run 'bsconv-export bench' again") from None
+    return bench
+
+
 def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "md") -> Path:
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     if fmt not in ("md", "html"):
         raise UserInputError(f"--format must be md or html, not {fmt}")
     out = Path(out) if out else bundle / f"report.{fmt}"
-    bench_path = bundle / "bench.json"
-    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    if not out.parent.is_dir():
+        raise UserInputError(f"cannot write {out}: {out.parent} does not exist; create it first")
+    bench = _read_bench(bundle / "bench.json")
     plot = out.parent / PLOT_NAME
     has_plot = bool(bench) and _plot(bench, plot)
-    m = manifest["model"]
+    m = manifest.model
     art_head = ["format", "file", "bytes", "nodes", "status", "error"]
-    art_rows = [[a["format"], a["path"] or "-", str(a["bytes"] or "-"), str(a["nodes"] or "-"), a["status"],
-                 a["error"] or ""] for a in manifest["artifacts"]]
-    chk = manifest.get("check")
-    chk_head = ["artifact", "runner", "status", "max abs", "cosine min", "top-1 agreement", "accuracy", "note"]
-    chk_rows = [[r["artifact"], r["runner"], r["status"],
-                 f"{r['metrics']['max_abs']:.2g}" if r["metrics"] else "-",
-                 f"{r['metrics']['cosine_min']:.6f}" if r["metrics"] else "-",
-                 f"{r['metrics']['top1_agreement']:.2%}" if r["metrics"] else "-",
-                 f"{r['accuracy']:.2%}" if r["accuracy"] is not None else "-", r["reason"] or ""]
-                for r in (chk or {}).get("results", [])]
-    sections = [("Artifacts", art_head, art_rows)]
+    art_rows = [[a.format, a.path or "-", str(a.bytes or "-"), str(a.nodes or "-"), a.status.value,
+                 a.error or ""] for a in manifest.artifacts]
+    chk = manifest.check
+    chk_head = ["artifact", "runner", "status", "max abs", "torch fp32 err", "cosine min", "top-1 agreement",
+                "accuracy", "note"]
+    chk_rows = [[r.artifact, r.runner, r.status.value,
+                 f"{r.metrics['max_abs']:.2g}" if r.metrics else "-",
+                 f"{r.metrics['torch_fp32_error_max']:.2g}" if "torch_fp32_error_max" in r.metrics else "-",
+                 f"{r.metrics['cosine_min']:.6f}" if r.metrics else "-",
+                 f"{r.metrics['top1_agreement']:.2%}" if r.metrics else "-",
+                 f"{r.accuracy:.2%}" if r.accuracy is not None else "-", r.reason or ""]
+                for r in (chk.records if chk else [])]
+    sections = [(f"Artifacts (verdict: {manifest.verdict})", art_head, art_rows)]
     if chk:
-        sections.append((f"Equivalence check ({'passed' if chk['passed'] else 'FAILED'}, {chk['inputs']})",
+        sections.append((f"Equivalence check ({'passed' if chk.passed else 'FAILED'}, {chk.inputs})",
                          chk_head, chk_rows))
     if bench:
-        sections.append((f"Latency on {bench['machine']['cpu']} ({bench['machine']['usable_cores']} cores, "
-                         f"ISA {', '.join(bench['machine']['isa'])})", BENCH_HEAD, bench_rows(bench)))
-    title = f"{m['arch']} — {m['params']:,} parameters, {m['macs']:,} MACs"
+        mach = bench["machine"]
+        sections.append((f"Latency on {mach.get('cpu')} ({mach.get('usable_cores')} cores, "
+                         f"ISA {', '.join(map(str, mach.get('isa') or []))})", BENCH_HEAD, bench_rows(bench)))
+    title = f"{m.arch} — {m.params:,} parameters, {m.macs:,} MACs"
     if fmt == "md":
-        text = [f"# {title}", "", f"Reproduce: `{manifest['command']}`", ""]
+        text = [f"# {title}", "", f"Reproduce: `{manifest.command}`", ""]
         for name, head, rows in sections:
             text += [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             text += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -99,9 +133,9 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
             text += [f"![latency]({PLOT_NAME})", ""]
         elif not bench:
             text += ["No latency data: run `bsconv-export bench BUNDLE` first.", ""]
-        out.write_text("\n".join(text))
+        body = "\n".join(text)
     else:
-        parts = [f"<h1>{html.escape(title)}</h1><p>Reproduce: <code>{html.escape(manifest['command'])}</code></p>"]
+        parts = [f"<h1>{html.escape(title)}</h1><p>Reproduce: <code>{html.escape(manifest.command)}</code></p>"]
         for name, head, rows in sections:
             parts.append(f"<h2>{html.escape(name)}</h2><table border=1 cellpadding=3><tr>"
                          + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
@@ -109,6 +143,5 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
                          + "</table>")
         if has_plot:
             parts.append(f'<img src="{PLOT_NAME}" alt="latency">')
-        out.write_text("<!doctype html><meta charset=utf-8><title>" + html.escape(m["arch"]) + "</title>"
-                       + "\n".join(parts))
-    return out
+        body = ("<!doctype html><meta charset=utf-8><title>" + html.escape(m.arch) + "</title>" + "\n".join(parts))
+    return write_bundle_file(out.parent, out.name, body)

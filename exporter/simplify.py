@@ -19,21 +19,17 @@ from .records import ArtifactRecord, Status
 SIM_NAME = "model.sim.onnx"
 # onnxsim's own check compares outputs on random inputs. Its default (atol 1e-5,
 # rtol 1e-4, element-wise) flags ordinary fp32 reassociation in deep networks whose
-# logits reach ~10 (seen on untrained MobileNetV2 w1: 1 run in 3). We hold it to the
-# same fp32 tolerance the check stage uses for every artifact.
-CHECK_ATOL = 1e-4
-CHECK_RTOL = 1e-3
+# logits reach ~10 (seen on untrained MobileNetV2 w1: 1 run in 3). It is only a
+# guard against a broken rewrite: the check stage holds the simplified file to the
+# real fp32 rule afterwards, so this uses the check's loosest fp32 bound.
+from .tolerances import FP32_ATOL as CHECK_ATOL, FP32_RTOL_MAX as CHECK_RTOL  # noqa: E402
 
 
 def simplify_onnx(ctx: ExportContext) -> ArtifactRecord:
     import onnxsim
 
     t0 = time.perf_counter()
-    plain = ctx.records.get("onnx")
-    if plain is None or not plain.ok:
-        return ArtifactRecord(format="onnx-simplified", status=Status.SKIPPED,
-                              error="the plain ONNX export did not succeed")
-    src = ctx.workdir / plain.path
+    src = ctx.workdir / ctx.records["onnx"].path
     model = onnx.load(src)
     before_nodes, before_bytes = len(model.graph.node), src.stat().st_size
     try:

@@ -123,12 +123,17 @@ def _fit(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -
             parts.append(f"{len(missing)} missing keys ({', '.join(missing[:_SHOW])}{', ...' if len(missing) > _SHOW else ''})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:_SHOW])}{', ...' if len(unexpected) > _SHOW else ''})")
-        raise CheckpointError(f"{path} does not fit {arch}: {'; '.join(parts)}; is --arch right?")
+        raise CheckpointError(f"{path} does not fit {arch}: {'; '.join(parts)}; is the architecture right? (the ARCH argument, see 'bsconv-export models')")
     wrong = [(k, tuple(own[k].shape), tuple(sd[k].shape)) for k in own if own[k].shape != sd[k].shape]
     if wrong:
         k, exp, got = wrong[0]
         raise CheckpointError(f"{path} does not fit {arch}: {len(wrong)} shape mismatches, first "
-                              f"{k}: expected {list(exp)}, found {list(got)}; is --arch or the width right?")
+                              f"{k}: expected {list(exp)}, found {list(got)}; is the architecture or its width right?")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: tensor {bad[0]} holds NaN or Inf values"
+                              f"{f' (and {len(bad) - 1} more tensors)' if len(bad) > 1 else ''}; "
+                              "the checkpoint is broken: re-save it from a healthy training run")
     model.load_state_dict(sd, strict=True)
 
 
@@ -143,9 +148,9 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedC
     sd = extract_state_dict(obj, path)
     arch_name = arch or header.get("arch")
     if not arch_name:
-        raise UserInputError(f"{path} does not record its architecture; pass --arch NAME")
+        raise UserInputError(f"{path} does not record its architecture; name it: bsconv-export COMMAND ARCH --checkpoint FILE")
     if arch and header.get("arch") and arch.lower() != header["arch"]:
-        raise CheckpointError(f"{path} was saved for {header['arch']}, not {arch}; drop --arch or fix it")
+        raise CheckpointError(f"{path} was saved for {header['arch']}, not {arch}; drop the ARCH argument or fix it")
     get_entry(arch_name)
     num_classes = header.get("num_classes") or _infer_num_classes(sd)
     spec_dict = header.get("input_spec") or {}

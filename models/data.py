@@ -22,6 +22,13 @@ SPLIT_SEED = 0
 HOLDOUT_FRACTION = 0.2
 
 
+def is_digits_model(spec) -> bool:
+    """The one rule for "the shipped digits data applies to this model": its labels are the
+    ten digits and it takes 3-channel input (the held-out check data, the default int8
+    calibration and ``evaluate``'s default data all follow it)."""
+    return tuple(spec.class_labels()) == DIGIT_LABELS and spec.channels == 3
+
+
 def digits_to_input(images: np.ndarray, size: int = 32) -> np.ndarray:
     """[N, 8, 8] values 0–16 → float32 [N, 3, size, size] in [0, 1]."""
     x = torch.from_numpy(np.asarray(images, dtype=np.float32) / 16.0)[:, None]
@@ -54,20 +61,66 @@ def load_holdout(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         return digits_to_input(f["images"], size), f["labels"].astype(np.int64)
 
 
-def load_npz_inputs(path: str | Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """A user's ``.npz`` with ``input`` [N, C, H, W] float32 and optional ``label`` [N]."""
+MAX_NPZ_BYTES = 4 << 30
+RANGE_SLACK = 1e-3   # values this far outside the spec's range are still accepted (rounding)
+
+
+def load_npz_inputs(path: str | Path, spec) -> tuple[np.ndarray, np.ndarray | None]:
+    """A user's ``.npz`` with ``input`` [N, C, H, W] and optional ``label`` [N], validated
+    against ``spec`` (an :class:`InputSpec`): the one check for ``--data``,
+    ``--calibration`` and ``evaluate --data``."""
     path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist or is not a file; pass an .npz with an 'input' array")
+    if path.stat().st_size > MAX_NPZ_BYTES:
+        raise UserInputError(f"{path} is over {MAX_NPZ_BYTES >> 30} GiB; pass fewer samples")
     try:
-        f = np.load(path)
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"{path}: not a readable .npz file ({e})") from None
-    with f:
-        if "input" not in f:
-            raise UserInputError(f"{path}: no array named 'input' (found {', '.join(f.files) or 'none'})")
-        x = np.asarray(f["input"], dtype=np.float32)
-        y = np.asarray(f["label"], dtype=np.int64) if "label" in f else None
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape):
-        raise UserInputError(f"{path}: 'input' has shape {list(x.shape)}, expected [N, {', '.join(map(str, shape))}]")
-    if y is not None and y.shape != (x.shape[0],):
-        raise UserInputError(f"{path}: 'label' has shape {list(y.shape)}, expected [{x.shape[0]}]")
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserInputError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:120]}); "
+                             "save one with numpy.savez(path, input=x, label=y)") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise UserInputError(f"{path} is a single .npy array, not an .npz; save it with numpy.savez(path, input=x)")
+    try:
+        with f:
+            if "input" not in f.files:
+                raise UserInputError(f"{path}: no array named 'input' (found {', '.join(f.files) or 'none'})")
+            x = f["input"]
+            y = f["label"] if "label" in f.files else None
+    except ValueError as e:  # object arrays need pickle, which is refused
+        raise UserInputError(f"{path}: cannot read its arrays ({str(e).splitlines()[0][:120]}); "
+                             "store plain numeric arrays") from None
+    return validate_inputs(x, y, spec, str(path))
+
+
+def validate_inputs(x: np.ndarray, y: np.ndarray | None, spec, source: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs the model can take, as float32, and labels as int64; else one clear error."""
+    shape = tuple(spec.shape)
+    lo, hi = spec.value_range
+    if x.dtype == np.uint8 or (x.dtype.kind in "iu" and x.size and x.max() > hi):
+        raise UserInputError(f"{source}: 'input' holds {x.dtype} values (0..255 pixels?) but the model takes "
+                             f"floats in [{lo:g}, {hi:g}]; divide by 255 (or map onto that range) first")
+    if x.dtype.kind not in "fiu":
+        raise UserInputError(f"{source}: 'input' has dtype {x.dtype}; it must be a float array")
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        raise UserInputError(f"{source}: 'input' has shape {list(x.shape)}, expected [N, {', '.join(map(str, shape))}]")
+    if len(x) < 1:
+        raise UserInputError(f"{source}: 'input' holds no samples; give at least one")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise UserInputError(f"{source}: 'input' holds {int((~np.isfinite(x)).sum())} NaN/Inf values; clean them first")
+    slack = RANGE_SLACK * (hi - lo)
+    if x.min() < lo - slack or x.max() > hi + slack:
+        hint = "; divide by 255" if x.max() > 1.5 and hi <= 1 else ""
+        raise UserInputError(f"{source}: 'input' spans [{x.min():g}, {x.max():g}] but the model takes "
+                             f"[{lo:g}, {hi:g}]{hint}")
+    if y is not None:
+        if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+            raise UserInputError(f"{source}: 'label' has dtype {y.dtype}; it must hold class indices")
+        if y.shape != (len(x),):
+            raise UserInputError(f"{source}: 'label' has shape {list(y.shape)}, expected [{len(x)}]")
+        y = y.astype(np.int64)
+        if y.min() < 0 or y.max() >= spec.num_classes:
+            raise UserInputError(f"{source}: 'label' values span {y.min()}..{y.max()}, outside the model's "
+                                 f"0..{spec.num_classes - 1}")
     return x, y

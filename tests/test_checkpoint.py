@@ -46,7 +46,7 @@ def test_raw_safetensors_needs_arch(tmp_path, model):
     from safetensors.torch import save_file
     path = tmp_path / "raw.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    with pytest.raises(UserInputError, match="pass --arch"):
+    with pytest.raises(UserInputError, match="does not record its architecture; name it"):
         load_checkpoint(path)
     assert _same(load_checkpoint(path, arch=ARCH).model, model)
 

@@ -6,8 +6,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bsconv_export.exporter import bundle as bundle_mod
-from bsconv_export.exporter.bundle import STAGES, Stage, export_bundle, read_manifest
+from bsconv_export.exporter.bundle import export_bundle
+from bsconv_export.exporter.formats import FORMATS
+from bsconv_export.exporter.manifest import read_manifest
 from bsconv_export.exporter.context import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 
@@ -27,39 +28,39 @@ def _torch(model, x):
 
 def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
     m = read_manifest(root)
-    assert m["schema_version"] == 1 and m["passed"] is True
-    assert m["model"]["arch"] == loaded.arch and m["model"]["num_classes"] == loaded.input_spec.num_classes
-    assert m["model"]["params"] == sum(p.numel() for p in loaded.model.parameters()) and m["model"]["macs"] > 0
-    assert len(m["model"]["labels"]) == loaded.input_spec.num_classes
-    assert m["command"].startswith("bsconv-export export") and "torch" in m["tools"]
-    by_fmt = {a["format"]: a for a in m["artifacts"]}
+    assert m.schema_version == 2 and m.verdict in ("passed", "unverified")
+    assert m.model.arch == loaded.arch and m.model.num_classes == loaded.input_spec.num_classes
+    assert m.model.params == sum(p.numel() for p in loaded.model.parameters()) and m.model.macs > 0
+    assert len(m.model.labels) == loaded.input_spec.num_classes
+    assert m.command.startswith("bsconv-export export") and "torch" in m.tools
+    by_fmt = {a.format: a for a in m.artifacts}
     expected = {"onnx", "onnx-simplified"} | set(formats)
     assert set(by_fmt) == expected
     from bsconv_export.exporter.records import path_sha256
-    for a in m["artifacts"]:
-        assert a["status"] == "ok", a
-        assert (root / a["path"]).exists() and a["bytes"] > 0
-        assert a["sha256"] == path_sha256(root / a["path"])
-    sim = onnx.load(root / by_fmt["onnx-simplified"]["path"])
+    for a in m.artifacts:
+        assert a.ok, a
+        assert (root / a.path).exists() and a.bytes > 0
+        assert a.sha256 == path_sha256(root / a.path)
+    sim = onnx.load(root / by_fmt["onnx-simplified"].path)
     ops = {n.op_type for n in sim.graph.node}
     assert not ops & ({"BatchNormalization", "Identity"} | SHAPE_OPS), ops
     meta = {p.key: p.value for p in sim.metadata_props}
-    assert meta["arch"] == loaded.arch and json.loads(meta["labels"]) == m["model"]["labels"]
+    assert meta["arch"] == loaded.arch and json.loads(meta["labels"]) == m.model.labels
     assert meta["checkpoint_sha256"] == (loaded.sha256 or "untrained")
-    size = loaded.input_spec.size if m["export"]["input_shape"][2] == loaded.input_spec.size else m["export"]["input_shape"][2]
+    size = m.export.input_shape[2]
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     ref = _torch(loaded.model, x)
     scale = max(1.0, float(np.abs(ref).max()))
     for fmt in ("onnx", "onnx-simplified", "ort"):
         if fmt in by_fmt:
-            np.testing.assert_allclose(_run(root / by_fmt[fmt]["path"], x), ref, atol=1e-4 * scale, rtol=0)
+            np.testing.assert_allclose(_run(root / by_fmt[fmt].path, x), ref, atol=1e-4 * scale, rtol=0)
     if "coreml" in by_fmt:
         c = by_fmt["coreml"]
-        assert c["deployment_target"] == "iOS16" and c["details"]["outputs"] == ["classLabel", "logits"]
-        assert (root / c["path"] / "Manifest.json").exists()
+        assert c.deployment_target == "iOS16" and c.details["outputs"] == ["classLabel", "logits"]
+        assert (root / c.path / "Manifest.json").exists()
     if "ort" in by_fmt:
         assert (root / "model.required_operators.config").exists() and (root / "mobile_usability.txt").exists()
-        assert set(by_fmt["ort"]["details"]["mobile_usability"]) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+        assert set(by_fmt["ort"].details["mobile_usability"]) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
     return m
 
 
@@ -67,13 +68,14 @@ def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
 def shipped_bundle(tmp_path_factory, shipped):
     out = tmp_path_factory.mktemp("b") / "shipped"
     result = export_bundle(shipped, out)
-    assert result.ok, [r.error for r in result.records]
+    assert all(r.ok for r in result.records), [r.error for r in result.records]
     return out
 
 
 def test_shipped_model_exports_to_every_format(shipped_bundle, shipped):
     m = validate_bundle(shipped_bundle, shipped)
-    assert m["model"]["trained"] is True and m["model"]["labels"] == [str(i) for i in range(10)]
+    assert m.model.trained is True and m.model.labels == [str(i) for i in range(10)]
+    assert m.verdict == "unverified"  # exported without the check: not passed
     assert {p.name for p in shipped_bundle.parent.iterdir()} == {"shipped"}  # no building leftovers
 
 
@@ -97,7 +99,7 @@ def test_zoo_spread_exports_to_every_format(tmp_path, arch):
             if name.endswith("running_mean"):
                 buf.uniform_(-0.1, 0.1)
     result = export_bundle(loaded, tmp_path / "b")
-    assert result.ok, [r.error for r in result.records]
+    assert all(r.ok for r in result.records), [r.error for r in result.records]
     validate_bundle(tmp_path / "b", loaded)
 
 
@@ -119,10 +121,10 @@ def test_dynamic_batch_and_custom_size(tmp_path, shipped):
 def test_coreml_fp16_and_image_input(tmp_path, shipped):
     r = export_bundle(shipped, tmp_path / "c", ExportOptions(formats=("coreml",), coreml_precision="fp16",
                                                               coreml_input="image"))
-    assert r.ok, [x.error for x in r.records]
-    c = r.manifest["artifacts"][0]
-    assert c["details"]["precision"] == "fp16" and c["details"]["input_kind"] == "image"
-    assert "cast" in c["details"]["op_types"]
+    assert all(x.ok for x in r.records), [x.error for x in r.records]
+    c = r.manifest.artifacts[0]
+    assert c.details["precision"] == "fp16" and c.details["input_kind"] == "image"
+    assert "cast" in c.details["op_types"]
 
 
 def test_a_failing_stage_is_recorded_and_the_others_still_run(tmp_path, shipped, monkeypatch):
@@ -134,7 +136,7 @@ def test_a_failing_stage_is_recorded_and_the_others_still_run(tmp_path, shipped,
     monkeypatch.setattr(onnxsim, "simplify", broken)
     r = export_bundle(shipped, tmp_path / "f", ExportOptions(formats=("onnx", "ort")))
     by = {x.format: x for x in r.records}
-    assert not r.ok and r.manifest["passed"] is False
+    assert not r.ok and r.manifest.verdict == "failed"
     assert by["onnx-simplified"].status.value == "failed" and "simulated onnxsim crash" in by["onnx-simplified"].error
     assert by["onnx"].ok and by["ort"].ok and by["ort"].details["source"] == "onnx"
 
@@ -143,8 +145,8 @@ def test_interrupt_leaves_nothing_behind(tmp_path, shipped, monkeypatch):
     def interrupted(ctx):
         raise KeyboardInterrupt
 
-    stages = tuple(Stage(s.name, interrupted, s.wanted) if s.name == "ort" else s for s in STAGES)
-    monkeypatch.setattr(bundle_mod, "STAGES", stages)
+    from dataclasses import replace
+    monkeypatch.setitem(FORMATS, "ort", replace(FORMATS["ort"], stage=interrupted))
     with pytest.raises(KeyboardInterrupt):
         export_bundle(shipped, tmp_path / "out", ExportOptions(formats=("onnx", "ort")))
     assert list(tmp_path.iterdir()) == []
@@ -156,6 +158,6 @@ def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, shipped):
     from bsconv_export.models import UserInputError
     with pytest.raises(UserInputError, match="already exists; pass --force"):
         export_bundle(shipped, out, ExportOptions(formats=("onnx",)))
-    export_bundle(shipped, out, ExportOptions(formats=("onnx",), force=True))
+    export_bundle(shipped, out, ExportOptions(formats=("onnx",), force=True, replace_anyway=True))
     assert not (out / "model.mlpackage").exists() and (out / "model.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

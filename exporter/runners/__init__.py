@@ -1,16 +1,21 @@
-"""Runners: one small class per backend, one contract.
+"""Runners: one small class per backend, one contract, one registry.
 
-A runner loads an artifact (or holds a PyTorch model) and maps named inputs to
-named outputs, all NumPy arrays: ``infer({"input": x}) -> {"logits": y}``.
-Checks and benchmarks use runners and nothing else, so a new backend is one
-class. Use them as context managers. A runner that cannot work here (no macOS
-for CoreML, no CUDA for the CUDA provider) says why through ``unavailable()``.
+A runner loads an artifact and maps named inputs to named outputs, all NumPy
+arrays: ``infer({"input": x}) -> {"logits": y}``. Each runner class declares the
+artifact *kinds* it loads (``"onnx"``, ``"ort"``, ``"mlpackage"``; a format row
+in :mod:`exporter.formats` names its kind) and, per instance, why it cannot run
+here (:meth:`Runner.unavailable_reason`). The check and the benchmark pick
+runners from this registry and from nothing else, so a new backend is one
+class with ``@register_runner``. Use runners as context managers.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
+
+from ..context import INPUT_NAME
 
 
 class RunnerUnavailable(RuntimeError):
@@ -23,15 +28,35 @@ class UnsupportedOp(RuntimeError):
 
 class Runner(ABC):
     name: str = "runner"
+    #: artifact kinds this runner loads (see the ``kind`` column of the format table)
+    kinds: tuple[str, ...] = ()
+    #: the check runs artifacts through it
+    verifies: bool = True
+    #: ``bench`` may time it (an interpreter that exists only to verify says False)
+    timeable: bool = True
+    #: one instance per execution provider (``bench --providers``); others ignore the provider
+    per_provider: bool = False
     #: batch size the artifact was built for, or None when any batch works
     fixed_batch: int | None = None
     #: largest batch to hand over at once (memory), or None for no limit
     max_batch: int | None = None
+    #: after ``load``: input and output names, and the input's shape (ints, or str for a free dim)
+    input_names: list[str] = []
+    output_names: list[str] = []
+    input_shape: tuple = ()
 
-    @classmethod
-    def unavailable(cls) -> str | None:
-        """None when the runner can run here, else the reason it cannot."""
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
+        self.path = Path(path)
+        self.provider = provider
+        self.threads = threads
+
+    def unavailable_reason(self) -> str | None:
+        """None when this runner can run here, else the reason it cannot."""
         return None
+
+    def label(self) -> str:
+        """The name reports show: the runner, and its provider where it has several."""
+        return f"{self.name}-{self.provider}" if self.per_provider else self.name
 
     def load(self) -> "Runner":
         return self
@@ -50,7 +75,34 @@ class Runner(ABC):
         self.close()
 
 
-def infer_batched(runner: Runner, x: np.ndarray, input_name: str = "input") -> dict[str, np.ndarray]:
+_RUNNERS: list[type[Runner]] = []
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    """Class decorator: make ``cls`` available to the check and the benchmark."""
+    if any(r.name == cls.name for r in _RUNNERS):
+        raise ValueError(f"a runner named {cls.name!r} is registered twice")
+    _RUNNERS.append(cls)
+    return cls
+
+
+def unregister_runner(cls: type[Runner]) -> None:
+    _RUNNERS.remove(cls)
+
+
+def _ensure_loaded() -> None:
+    # Importing the modules registers their runners; they import their backends lazily.
+    from . import mil, onnx_runner  # noqa: F401
+
+
+def runners_for(kind: str, *, purpose: str = "verify") -> list[type[Runner]]:
+    """Registered runner classes for an artifact kind, for ``"verify"`` (check) or ``"time"`` (bench)."""
+    _ensure_loaded()
+    attr = "verifies" if purpose == "verify" else "timeable"
+    return [r for r in _RUNNERS if kind in r.kinds and getattr(r, attr)]
+
+
+def infer_batched(runner: Runner, x: np.ndarray, input_name: str = INPUT_NAME) -> dict[str, np.ndarray]:
     """Run ``x`` through ``runner`` in chunks of its fixed batch (the last chunk padded)."""
     b = runner.fixed_batch
     if b is None and runner.max_batch is not None and len(x) > runner.max_batch:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import Runner, RunnerUnavailable, UnsupportedOp
+from . import Runner, RunnerUnavailable, UnsupportedOp, register_runner
 
 
 def _pads(pad_type: str, pad, x_hw, k_hw, strides, dilations) -> list[tuple[int, int]]:
@@ -176,8 +176,27 @@ class MilProgram:
         for op in self.ops:
             if op.op_type == "classify":
                 self.classes = [str(c) for c in op.inputs["classes"].val]
-        if spec.description.input[0].type.WhichOneof("Type") == "imageType":
-            raise UnsupportedOp("image inputs (export with --coreml-input tensor to check CoreML on Linux)")
+        desc = spec.description
+        self.output_names = [o.name for o in desc.output]
+        self.scores_name = desc.predictedProbabilitiesName or self.output_names[-1]
+        self.metadata = dict(desc.metadata.userDefined)
+        self.image = desc.input[0].type.imageType if desc.input[0].type.WhichOneof("Type") == "imageType" else None
+
+    def image_pixels(self, x: np.ndarray) -> np.ndarray:
+        """What an app hands an image-input model for the float tensor ``x`` (the ONNX files'
+        input, RGB in the model's value range): pixels 0..255 in the image's colour order.
+        Pixels stay float, not rounded to 8 bits, so the comparison measures the program's
+        preprocessing (scale, bias, colour order), not the app's quantisation."""
+        import json
+        lo, hi = json.loads(self.metadata.get("input_spec", "{}")).get("value_range", (0.0, 1.0))
+        pixels = (x.astype(np.float32) - lo) * (255.0 / (hi - lo))
+        space = self.image.colorSpace
+        names = {10: "GRAYSCALE", 20: "RGB", 30: "BGR"}
+        if names.get(space) == "BGR":
+            return np.ascontiguousarray(pixels[:, ::-1])
+        if names.get(space) != "RGB":
+            raise UnsupportedOp(f"image colour space {names.get(space, space)}")
+        return pixels
 
     def unsupported_ops(self) -> list[str]:
         return [t for t in self.op_types
@@ -188,6 +207,8 @@ class MilProgram:
         missing = self.unsupported_ops()
         if missing:
             raise UnsupportedOp(f"op {', '.join(missing)} not supported")
+        if self.image is not None:
+            x = self.image_pixels(x)
         in_var = self.function.inputs[self.input_names[0]]
         if "fp16" in str(in_var.dtype):  # an fp16 program input (iOS16+ fp16 models)
             x = x.astype(np.float16)
@@ -225,55 +246,69 @@ class MilProgram:
         return np.asarray(env[outputs[-1].name], dtype=np.float32)
 
 
+@register_runner
 class MilReferenceRunner(Runner):
-    """CoreML ``.mlpackage`` run by the NumPy MIL interpreter (any OS)."""
+    """CoreML ``.mlpackage`` run by the NumPy MIL interpreter (any OS). It verifies; it is not
+    timed (an interpreter's speed says nothing about a phone's)."""
 
     name = "coreml-mil-reference"
+    kinds = ("mlpackage",)
+    timeable = False
     max_batch = 2  # the interpreter's im2col views grow with the batch: bound peak memory
 
-    def __init__(self, path: str | Path, output_name: str = "logits"):
-        self.path = Path(path)
-        self.output_name = output_name
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
+        super().__init__(path, provider=provider, threads=threads)
         self.program: MilProgram | None = None
+
+    def unavailable_reason(self) -> str | None:
+        from importlib.util import find_spec
+        return None if find_spec("coremltools") else "coremltools is not installed"
 
     def load(self) -> "MilReferenceRunner":
         self.program = MilProgram(self.path)
+        self.input_names = list(self.program.input_names)
+        self.output_names = list(self.program.output_names)
+        self.input_shape = self.program.input_shapes[self.input_names[0]]
         return self
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.program is None:
             self.load()
         (x,) = inputs.values()
-        return {self.output_name: self.program.run(np.asarray(x, dtype=np.float32))}
+        return {self.program.scores_name: self.program.run(np.asarray(x, dtype=np.float32))}
 
 
+@register_runner
 class CoreMLRunner(Runner):
     """CoreML ``.mlpackage`` run by Apple's runtime (``MLModel.predict``): macOS only."""
 
     name = "coreml-apple"
+    kinds = ("mlpackage",)
 
-    def __init__(self, path: str | Path, output_name: str = "logits"):
-        self.path = Path(path)
-        self.output_name = output_name
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
+        super().__init__(path, provider=provider, threads=threads)
         self.model = None
         self.classes: list[str] = []
 
-    @classmethod
-    def unavailable(cls) -> str | None:
+    def unavailable_reason(self) -> str | None:
         import platform
         if platform.system() != "Darwin":
             return f"Apple's CoreML runtime runs on macOS only (this is {platform.system()})"
         return None
 
     def load(self) -> "CoreMLRunner":
-        reason = self.unavailable()
+        reason = self.unavailable_reason()
         if reason:
             raise RunnerUnavailable(reason)
         from ..coreml import import_coremltools
         ct = import_coremltools()
         self.model = ct.models.MLModel(str(self.path))
-        self.classes = MilProgram(self.path).classes or []
-        self.fixed_batch = int(self.model.get_spec().description.input[0].type.multiArrayType.shape[0])
+        program = MilProgram(self.path)
+        self.classes = program.classes or []
+        self.scores_name = program.scores_name
+        self.input_names, self.output_names = program.input_names, program.output_names
+        self.input_shape = program.input_shapes[self.input_names[0]]
+        self.fixed_batch = int(self.input_shape[0])
         return self
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -282,6 +317,6 @@ class CoreMLRunner(Runner):
         (name, x), = inputs.items()
         rows = []
         for i in range(0, len(x), self.fixed_batch):
-            out = self.model.predict({name: x[i:i + self.fixed_batch]})[self.output_name]
+            out = self.model.predict({name: x[i:i + self.fixed_batch]})[self.scores_name]
             rows.append([out[c] for c in self.classes])
-        return {self.output_name: np.asarray(rows, dtype=np.float32)}
+        return {self.scores_name: np.asarray(rows, dtype=np.float32)}

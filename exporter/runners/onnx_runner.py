@@ -1,11 +1,12 @@
-"""ONNX Runtime runners: one per execution provider, and the ``.ort`` format."""
+"""ONNX Runtime runners: ONNX files on any execution provider, and the ``.ort`` format."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from . import Runner, RunnerUnavailable
+from . import Runner, RunnerUnavailable, register_runner
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider", "coreml": "CoreMLExecutionProvider",
@@ -17,36 +18,47 @@ def provider_name(short: str) -> str:
     return PROVIDERS.get(short.lower(), short)
 
 
-def available_providers() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def onnxruntime():
+    """onnxruntime, imported once with its telemetry turned off (this tool makes no network calls)."""
     import onnxruntime as ort
-    return list(ort.get_available_providers())
+    if hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
+    return ort
 
 
+def available_providers() -> list[str]:
+    return list(onnxruntime().get_available_providers())
+
+
+@register_runner
 class OnnxRunner(Runner):
-    """An ONNX (or ORT-format) file on one execution provider."""
+    """An ONNX file on one execution provider."""
+
+    name = "onnxruntime"
+    kinds = ("onnx",)
+    per_provider = True
 
     def __init__(self, path: str | Path, provider: str = "cpu", *, threads: int | None = None,
                  session_options: dict | None = None):
-        self.path = Path(path)
-        self.provider = provider_name(provider)
-        self.name = f"onnxruntime-{provider.lower()}"
-        self.threads = threads
+        super().__init__(path, provider=provider.lower(), threads=threads)
+        self.provider_full = provider_name(provider)
         self.session_options = session_options or {}
         self.session = None
 
     def unavailable_reason(self) -> str | None:
         have = available_providers()
-        if self.provider not in have:
-            return (f"{self.provider} is not available in this onnxruntime build "
-                    f"(available: {', '.join(have)})")
+        if self.provider_full not in have:
+            return (f"{self.provider_full} is not available in this onnxruntime build "
+                    f"(available: {', '.join(have)}); install onnxruntime-gpu on a machine with a GPU for cuda")
         return None
 
     def load(self) -> "OnnxRunner":
-        import onnxruntime as ort
+        ort = onnxruntime()
         reason = self.unavailable_reason()
         if reason:
             raise RunnerUnavailable(reason)
-        if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and hasattr(ort, "preload_dlls"):
+        if self.provider_full in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and hasattr(ort, "preload_dlls"):
             # pip's onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels only once preloaded
             ort.preload_dlls()
         so = ort.SessionOptions()
@@ -57,28 +69,29 @@ class OnnxRunner(Runner):
                 so.graph_optimization_level = value
             else:
                 so.add_session_config_entry(key, str(value))
-        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=[self.provider])
-        if self.provider not in self.session.get_providers():
-            raise RunnerUnavailable(f"{self.provider} could not be initialised here "
+        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=[self.provider_full])
+        if self.provider_full not in self.session.get_providers():
+            raise RunnerUnavailable(f"{self.provider_full} could not be initialised here "
                                     f"(the session fell back to {self.session.get_providers()})")
-        shape = self.session.get_inputs()[0].shape
-        self.input_shape = tuple(shape)
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_shape = tuple(inputs[0].shape)
+        self.fixed_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
         return self
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
             self.load()
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, inputs)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
 
     def close(self) -> None:
         self.session = None
 
 
+@register_runner
 class OrtFormatRunner(OnnxRunner):
-    """A ``.ort`` file: onnxruntime loads it like ONNX, on the CPU provider by default."""
+    """A ``.ort`` file: onnxruntime loads it like ONNX."""
 
-    def __init__(self, path: str | Path, provider: str = "cpu", **kw):
-        super().__init__(path, provider, **kw)
-        self.name = f"ort-format-{provider.lower()}"
+    name = "ort-format"
+    kinds = ("ort",)

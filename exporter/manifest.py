@@ -1,0 +1,350 @@
+"""The bundle's manifest: one type, one reader, one writer, one place that decides ``passed``.
+
+A bundle may come from someone else, so everything read here is untrusted: the
+file's size is bounded before it is parsed, every field is type-checked, sizes
+that later stages allocate from are bounded, and every artifact path must stay
+inside the bundle (relative, no ``..``, no symbolic links anywhere on the way or
+inside an ``.mlpackage``). Files are written into a bundle by creating a
+temporary file and renaming it over the name, so a planted symlink is replaced,
+never followed.
+
+Schema history: 1 stored ``passed`` as written by the exporter and let ``check``
+overwrite it; 2 derives the verdict from the stage records and the export's own
+check, and keeps re-checks with user options apart (``user_checks``). A version-1
+manifest is migrated on read; a newer one is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..models.errors import UserInputError
+from ..models.registry import InputSpec
+from .records import ArtifactRecord, CheckRecord, CheckReport, Status
+
+SCHEMA_VERSION = 2
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_ARTIFACT_BYTES = 2 << 30            # ONNX's own protobuf limit; nothing larger is loaded
+MAX_INPUT_SIZE = 4096                   # pixels per side
+MAX_CHANNELS = 16
+MAX_CLASSES = 100_000
+MAX_BATCH = 1024
+
+
+@dataclass
+class ModelInfo:
+    arch: str
+    num_classes: int
+    params: int
+    macs: int
+    input_spec: InputSpec
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    trained: bool
+
+    @property
+    def labels(self) -> list[str]:
+        return self.input_spec.class_labels()
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "num_classes": self.num_classes, "params": self.params, "macs": self.macs,
+                "input_spec": self.input_spec.to_dict(), "labels": self.labels, "checkpoint": self.checkpoint,
+                "checkpoint_sha256": self.checkpoint_sha256, "trained": self.trained}
+
+
+@dataclass
+class ExportInfo:
+    input_shape: list[int]
+    dynamic_batch: bool
+    opset: int | None
+    coreml_precision: str
+    coreml_input: str
+    simplify: bool
+    formats: list[str]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Manifest:
+    model: ModelInfo
+    export: ExportInfo
+    artifacts: list[ArtifactRecord]
+    tools: dict[str, str]
+    command: str
+    check: CheckReport | None = None                 # the export's own check, default rules
+    user_checks: list[CheckReport] = field(default_factory=list)  # re-checks with user options
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def verdict(self) -> str:
+        """``passed`` only when every stage succeeded and the export's own check verified the
+        bundle; ``failed`` when a stage or that check failed; ``unverified`` when nothing checked it."""
+        if any(a.status is Status.FAILED for a in self.artifacts):
+            return "failed"
+        if self.check is not None and not self.check.passed:
+            return "failed"
+        if self.check is None or not self.artifacts:
+            return "unverified"
+        return "passed"
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def artifact(self, fmt: str) -> ArtifactRecord | None:
+        return next((a for a in self.artifacts if a.format == fmt), None)
+
+    def record_check(self, report: CheckReport) -> None:
+        """The export's own rules replace its check; a re-check with user options is kept beside it."""
+        if report.user_options:
+            self.user_checks.append(report)
+        else:
+            self.check = report
+
+    def to_dict(self) -> dict:
+        return {"schema_version": self.schema_version, "model": self.model.to_dict(),
+                "export": self.export.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
+                "verdict": self.verdict, "passed": self.passed, "tools": self.tools, "command": self.command,
+                "check": self.check.to_dict() if self.check else None,
+                "user_checks": [c.to_dict() for c in self.user_checks]}
+
+
+# --- reading: every field checked -------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, where: str):
+        self.where = where
+
+    def bad(self, what: str) -> UserInputError:
+        return UserInputError(f"{self.where}: {what}; re-export the bundle with 'bsconv-export export'")
+
+    def get(self, d: Any, key: str, types: type | tuple, *, optional: bool = False, default: Any = None) -> Any:
+        if not isinstance(d, dict):
+            raise self.bad(f"expected an object around '{key}'")
+        if key not in d or d[key] is None:
+            if optional:
+                return default
+            raise self.bad(f"'{key}' is missing")
+        v = d[key]
+        if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.bad(f"'{key}' must be {_names(types)}, not a boolean")
+        if not isinstance(v, types):
+            raise self.bad(f"'{key}' must be {_names(types)}, not {type(v).__name__}")
+        return v
+
+    def bounded(self, d: Any, key: str, low: int, high: int) -> int:
+        v = self.get(d, key, int)
+        if not low <= v <= high:
+            raise self.bad(f"'{key}' is {v}, outside {low}..{high}")
+        return v
+
+
+def _names(types: type | tuple) -> str:
+    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def _spec(r: _Reader, d: Any) -> InputSpec:
+    r.bounded(d, "size", 1, MAX_INPUT_SIZE)
+    r.bounded(d, "num_classes", 1, MAX_CLASSES)
+    r.bounded(d, "channels", 1, MAX_CHANNELS)
+    vr = r.get(d, "value_range", list)
+    if len(vr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vr) or vr[0] >= vr[1]:
+        raise r.bad("'value_range' must be two increasing numbers")
+    labels = r.get(d, "labels", list, optional=True, default=[])
+    if not all(isinstance(x, str) for x in labels):
+        raise r.bad("'labels' must be strings")
+    for key in ("mean", "std"):
+        vals = r.get(d, key, list, optional=True, default=[])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            raise r.bad(f"'{key}' must be numbers")
+    try:
+        return InputSpec.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise r.bad(f"'input_spec' is invalid ({e})") from None
+
+
+def _artifact(r: _Reader, d: Any) -> ArtifactRecord:
+    status = r.get(d, "status", str)
+    try:
+        st = Status(status)
+    except ValueError:
+        raise r.bad(f"artifact status {status!r} is unknown") from None
+    path = r.get(d, "path", str, optional=True)
+    if path is not None:
+        check_relative(path, r.where)
+    ints = {k: r.get(d, k, int, optional=True) for k in ("bytes", "nodes", "opset")}
+    return ArtifactRecord(format=r.get(d, "format", str), status=st, path=path,
+                          sha256=r.get(d, "sha256", str, optional=True),
+                          seconds=float(r.get(d, "seconds", (int, float), optional=True, default=0.0)),
+                          deployment_target=r.get(d, "deployment_target", str, optional=True),
+                          error=r.get(d, "error", str, optional=True),
+                          details=r.get(d, "details", dict, optional=True, default={}), **ints)
+
+
+def _check_report(r: _Reader, d: Any) -> CheckReport:
+    records = []
+    for rec in r.get(d, "results", list):
+        try:
+            st = Status(r.get(rec, "status", str))
+        except ValueError:
+            raise r.bad("a check result has an unknown status") from None
+        metrics = r.get(rec, "metrics", dict, optional=True, default={})
+        records.append(CheckRecord(
+            artifact=r.get(rec, "artifact", str), runner=r.get(rec, "runner", str), status=st,
+            reason=r.get(rec, "reason", str, optional=True), precision=r.get(rec, "precision", str, optional=True,
+                                                                         default="fp32"),
+            tolerance=r.get(rec, "tolerance", str, optional=True, default=""),
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            accuracy=r.get(rec, "accuracy", (int, float), optional=True),
+            reference_accuracy=r.get(rec, "reference_accuracy", (int, float), optional=True),
+            first_divergence=r.get(rec, "first_divergence", dict, optional=True),
+            seconds=float(r.get(rec, "seconds", (int, float), optional=True, default=0.0))))
+    return CheckReport(inputs=r.get(d, "inputs", str), samples=r.get(d, "samples", int), records=records,
+                       options=r.get(d, "options", dict, optional=True, default={}),
+                       reference_error=r.get(d, "reference_error", dict, optional=True, default={}))
+
+
+def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
+    r = _Reader(where)
+    version = r.get(d, "schema_version", int)
+    if version > SCHEMA_VERSION:
+        raise UserInputError(f"{where}: schema_version {version} is newer than this bsconv-export reads "
+                             f"({SCHEMA_VERSION}); upgrade bsconv-export")
+    if version < 1:
+        raise r.bad(f"schema_version {version} is unknown")
+    m = r.get(d, "model", dict)
+    e = r.get(d, "export", dict)
+    shape = r.get(e, "input_shape", list)
+    if len(shape) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise r.bad("'input_shape' must be four positive integers")
+    if shape[0] > MAX_BATCH or shape[1] > MAX_CHANNELS or max(shape[2:]) > MAX_INPUT_SIZE:
+        raise r.bad(f"'input_shape' {shape} is beyond this tool's bounds")
+    spec = _spec(r, r.get(m, "input_spec", dict))
+    artifacts = [_artifact(r, a) for a in r.get(d, "artifacts", list)]
+    check = r.get(d, "check", dict, optional=True)
+    user_checks = [_check_report(r, c) for c in r.get(d, "user_checks", list, optional=True, default=[])]
+    return Manifest(
+        model=ModelInfo(arch=r.get(m, "arch", str), num_classes=r.bounded(m, "num_classes", 1, MAX_CLASSES),
+                        params=r.get(m, "params", int), macs=r.get(m, "macs", int), input_spec=spec,
+                        checkpoint=r.get(m, "checkpoint", str, optional=True),
+                        checkpoint_sha256=r.get(m, "checkpoint_sha256", str, optional=True),
+                        trained=r.get(m, "trained", bool, optional=True, default=False)),
+        export=ExportInfo(input_shape=shape, dynamic_batch=r.get(e, "dynamic_batch", bool),
+                          opset=r.get(e, "opset", int, optional=True),
+                          coreml_precision=r.get(e, "coreml_precision", str, optional=True, default="fp32"),
+                          coreml_input=r.get(e, "coreml_input", str, optional=True, default="tensor"),
+                          simplify=r.get(e, "simplify", bool, optional=True, default=True),
+                          # version 1 did not record the chosen formats: every built one was chosen
+                          formats=r.get(e, "formats", list, optional=True,
+                                        default=[a.format for a in artifacts])),
+        artifacts=artifacts, tools=r.get(d, "tools", dict, optional=True, default={}),
+        command=r.get(d, "command", str, optional=True, default=""),
+        check=_check_report(r, check) if check is not None else None, user_checks=user_checks,
+        schema_version=SCHEMA_VERSION)
+
+
+def read_manifest(bundle: str | os.PathLike) -> Manifest:
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise UserInputError(f"{bundle} is not a bundle directory; create one with 'bsconv-export export'")
+    path = bundle / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise UserInputError(f"{bundle} is not a bundle: no {MANIFEST} (or it is a link); "
+                             "create one with 'bsconv-export export'")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserInputError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest of ours")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
+    return manifest_from_dict(d, str(path))
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    write_bundle_file(bundle, MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
+
+
+# --- paths inside a bundle ---------------------------------------------------------------------
+
+def check_relative(rel: str, where: str = MANIFEST) -> PurePosixPath:
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or "\0" in rel or rel.startswith("~"):
+        raise UserInputError(f"{where}: artifact path {rel!r} leaves the bundle; refusing to read it")
+    return p
+
+
+def inside(bundle: Path, rel: str, where: str = MANIFEST) -> Path:
+    """``bundle/rel`` after checking that it stays inside the bundle: no component is a
+    symbolic link, and a directory (an .mlpackage) holds no link and no item path that leaves."""
+    parts = check_relative(rel, where).parts
+    path = bundle
+    for part in parts:
+        path = path / part
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise UserInputError(f"{where}: artifact {rel} is missing from the bundle") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise UserInputError(f"{where}: artifact {rel} is (or passes through) a symbolic link; "
+                                 "refusing to follow it out of the bundle")
+    if path.is_dir():
+        _check_tree(path, rel, where)
+    elif path.stat().st_size > MAX_ARTIFACT_BYTES:
+        raise UserInputError(f"{where}: artifact {rel} is {path.stat().st_size >> 20} MiB, over the "
+                             f"{MAX_ARTIFACT_BYTES >> 30} GiB this tool loads")
+    return path
+
+
+def _check_tree(root: Path, rel: str, where: str) -> None:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                raise UserInputError(f"{where}: {rel} holds a symbolic link ({p.relative_to(root)}); refusing it")
+            if name in filenames:
+                total += p.stat().st_size
+    if total > MAX_ARTIFACT_BYTES:
+        raise UserInputError(f"{where}: artifact {rel} is over the {MAX_ARTIFACT_BYTES >> 30} GiB this tool loads")
+    manifest = root / "Manifest.json"
+    if manifest.is_file():  # an .mlpackage names its items by path: each must stay inside
+        try:
+            entries = json.loads(manifest.read_text(encoding="utf-8")).get("itemInfoEntries", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise UserInputError(f"{where}: {rel}/Manifest.json is not valid JSON") from None
+        for entry in (entries.values() if isinstance(entries, dict) else []):
+            item = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(item, str):
+                raise UserInputError(f"{where}: {rel}/Manifest.json has an item without a path")
+            check_relative(item, f"{rel}/Manifest.json")
+
+
+def write_bundle_file(bundle: Path, name: str, data: str | bytes) -> Path:
+    """Write ``bundle/name`` atomically without following a link planted at that name."""
+    check_relative(name, str(bundle))
+    dest = bundle / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(name).name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

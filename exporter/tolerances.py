@@ -1,0 +1,81 @@
+"""The check's pass rules, in one place.
+
+fp32 — against a float64 run of the PyTorch original (the exact answer, up to
+float64 rounding). Per sample, PyTorch's own fp32 error ``e_ref = max|torch32 −
+torch64|`` says how well conditioned the network is on that input; an artifact
+passes when its error against float64 is within
+
+    bound = max(FP32_FACTOR · e_ref,  FP32_ATOL + FP32_RTOL · max|torch64|)
+
+so an artifact may be about as inexact as PyTorch fp32 itself (the factor allows
+another runtime's summation order), and a floor keeps well-conditioned networks
+from being held to less than fp32 rounding can guarantee. A user's ``--atol`` /
+``--rtol`` replace the floor and drop the factor (a plain element-wise bound).
+
+fp16 and int8 — per sample cosine and top-1 agreement with PyTorch fp32. An
+agreement rule over few inputs says little (one flip in 38 is 97.4 %), so it is
+decided on a one-sided 95 % Clopper–Pearson interval: an artifact fails only when
+even the interval's upper end is below the required agreement, i.e. when the
+inputs show it flips more often than allowed. The check draws at least
+``REDUCED_MIN_SAMPLES`` inputs for reduced-precision artifacts so the interval
+is narrow enough to matter (at 256 inputs and 99 %, 6 flips fail).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FP32_ATOL = 1e-5
+FP32_RTOL = 2e-5
+FP32_FACTOR = 16.0
+#: the loosest a correct fp32 rewrite may be, for stage-internal sanity checks (onnxsim's)
+FP32_RTOL_MAX = 1e-3
+
+REDUCED_MIN_SAMPLES = 256
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float | None = None
+    rtol: float | None = None
+    factor: float | None = None            # times PyTorch fp32's own error against float64
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.atol is not None:
+            floor = f"{self.atol:g} + {self.rtol or 0:g}*max|r64|"
+            parts.append(f"|a-r64| <= max({self.factor:g}*|torch32-r64|, {floor})" if self.factor
+                         else f"|a-r64| <= {floor}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        if self.min_top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1_agreement:.0%} ({CONFIDENCE:.0%} upper bound)")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop * 100:g} points")
+        return ", ".join(parts)
+
+
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(atol=FP32_ATOL, rtol=FP32_RTOL, factor=FP32_FACTOR),
+    "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.005),
+    "int8": Tolerance(min_top1_agreement=0.99, max_accuracy_drop=0.005),
+}
+
+
+def user_tolerance(atol: float | None, rtol: float | None) -> Tolerance | None:
+    """A user's --atol/--rtol: a plain element-wise bound for every artifact, whatever its precision."""
+    if atol is None and rtol is None:
+        return None
+    return Tolerance(atol=FP32_ATOL if atol is None else atol, rtol=FP32_RTOL if rtol is None else rtol)
+
+
+def agreement_interval(agree: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """One-sided Clopper–Pearson bounds (lower, upper) on a proportion of ``agree`` in ``n``."""
+    from scipy.stats import beta
+    alpha = 1.0 - confidence
+    lower = 0.0 if agree == 0 else float(beta.ppf(alpha, agree, n - agree + 1))
+    upper = 1.0 if agree == n else float(beta.ppf(1 - alpha, agree + 1, n - agree))
+    return lower, upper
