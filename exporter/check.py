@@ -158,6 +158,7 @@ def verdict(out: np.ndarray, ref: Reference, m: dict[str, float], tol: Tolerance
     if tol.atol is not None:
         bound = fp32_bound(ref, tol)
         err = np.abs(out.astype(np.float64) - ref.r64)
+        m["bound_used"] = float((err / bound).max()) if np.isfinite(err).all() else float("inf")
         bad = err > bound
         if bad.any():
             worst = int(np.argmax((err / bound).max(axis=1)))

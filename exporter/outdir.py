@@ -151,6 +151,7 @@ class OutClaim:
 
     def commit(self, tmp: Path) -> None:
         """Rename the finished bundle into place (the old one, if any, goes last)."""
+        share(tmp)
         out = self.out
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -159,6 +160,18 @@ class OutClaim:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
+
+
+def share(root: Path) -> None:
+    """Give every file and folder of a built bundle the user's umask: some converters write
+    private (0600) files, and a bundle is made to be read by CI users and app builds."""
+    mask = current_umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
 
 
 def glob_escape(text: str) -> str:

@@ -11,6 +11,7 @@ from torch import nn
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.check import CheckOptions, Reference, check_inputs, compare, run_check, verdict
 from bsconv_export.exporter.manifest import read_manifest
+from helpers import rehash
 from bsconv_export.exporter.tolerances import Tolerance
 from bsconv_export.exporter.context import ExportOptions
 from bsconv_export.exporter.records import Status
@@ -62,18 +63,6 @@ def _check(bundle, shipped, **kw):
 
 def _failed(report):
     return {r.artifact for r in report.records if r.status is Status.FAILED}
-
-
-def rehash(bundle):
-    """Record the artifacts' current sha256 in the manifest: a planted fault then looks like
-    an export bug (consistent bundle, wrong numbers), not a tampered file."""
-    from bsconv_export.exporter.manifest import write_manifest
-    from bsconv_export.exporter.records import path_sha256
-    m = read_manifest(bundle)
-    for a in m.artifacts:
-        if a.path:
-            a.sha256 = path_sha256(bundle / a.path)
-    write_manifest(bundle, m)
 
 
 def _edit_onnx(path, edit):
