@@ -57,22 +57,18 @@ def register_format(fmt: Format) -> Format:
 
 
 def get_format(name: str) -> Format | None:
-    _ensure_loaded()
     return FORMATS.get(name)
 
 
 def selectable() -> list[str]:
-    _ensure_loaded()
     return [f.name for f in FORMATS.values() if f.selectable]
 
 
 def default_formats() -> tuple[str, ...]:
-    _ensure_loaded()
     return tuple(f.name for f in FORMATS.values() if f.default)
 
 
 def formats_help() -> str:
-    _ensure_loaded()
     rows = [f"{f.name} ({f.help})" for f in FORMATS.values() if f.selectable]
     return f"Comma-separated formats: {'; '.join(rows)}. Default: {','.join(default_formats())}."
 
@@ -88,7 +84,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
 def plan(opts: ExportOptions) -> list[Format]:
     """The rows to build for ``opts``, in stage order: the chosen formats, what they require,
     and the non-selectable rows whose requirement is planned and whose condition holds."""
-    _ensure_loaded()
     wanted: set[str] = set()
 
     def add(name: str) -> None:
@@ -183,7 +178,6 @@ def preferred(records: Iterable[Any], base: str) -> Any | None:
 
 def benchmark_targets(records: Iterable[Any]) -> list[Any]:
     """The OK artifacts ``bench`` times: benchmarkable rows, minus those a present build supersedes."""
-    _ensure_loaded()
     records = [r for r in records if r.ok and r.path]
     present = {r.format for r in records}
     superseded = {FORMATS[n].supersedes for n in present if n in FORMATS and FORMATS[n].supersedes}
@@ -191,5 +185,5 @@ def benchmark_targets(records: Iterable[Any]) -> list[Any]:
             and r.format not in superseded]
 
 
-def _ensure_loaded() -> None:
-    from . import builtin_formats  # noqa: F401  (registers the built-in rows)
+# The built-in rows register themselves on import; the table is complete once this module is.
+from . import builtin_formats  # noqa: E402,F401

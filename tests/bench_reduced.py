@@ -33,7 +33,7 @@ def main() -> None:
             bundle = Path(tmp) / arch
             r = export_bundle(resolve_model(arch), bundle, ExportOptions(formats=("onnx", "int8", "fp16"),
                                                                           input_size=224, calibration="random"))
-            by = {a["format"]: a for a in r.manifest["artifacts"]}
+            by = {a["format"]: a for a in r.manifest.to_dict()["artifacts"]}
             fp32 = bundle / by["onnx-simplified"]["path"]
             row = {"arch": arch}
             for fmt in ("int8", "fp16"):
