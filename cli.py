@@ -21,6 +21,7 @@ from rich.table import Column, Table
 from typer.core import TyperGroup
 
 from .models.errors import StageError, UserInputError
+from .models.registry import DEFAULT_ARCH
 
 #: errno values that mean "the environment refused" (a full disk, a read-only folder), not a bug
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EISDIR,
@@ -203,7 +204,7 @@ def evaluate_cmd(
 @app.command("train")
 def train_cmd(
     output: Path = typer.Option(..., "--out", "-o", help="Where to write the checkpoint (.pt or .safetensors)."),
-    arch: str = typer.Option("cifar_mobilenetv2_w1d4_bsconvs_p1d6", "--arch", help="Architecture to train (a CIFAR-flavour, 32x32 model fits the digits)."),
+    arch: str = typer.Option(DEFAULT_ARCH, "--arch", help="Architecture to train (a CIFAR-flavour, 32x32 model fits the digits)."),
     epochs: int = typer.Option(30, "--epochs", min=1, help="Passes over the 1,437 training digits."),
     seed: int = typer.Option(0, "--seed", help="Seed for weights, shuffling and augmentation."),
     lr: float = typer.Option(0.05, "--lr", min=0.0, help="Peak learning rate of the one-cycle schedule."),

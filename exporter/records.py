@@ -16,8 +16,17 @@ class Status(str, Enum):
     UNVERIFIED = "unverified"   # an artifact that no runner could check: fails the check
 
 
+class _Record:
+    """to_dict for a record dataclass with a ``status``: the enum written as its value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+
 @dataclass
-class ArtifactRecord:
+class ArtifactRecord(_Record):
     """One artifact (or attempted artifact) of a bundle. ``path`` is relative to the bundle."""
 
     format: str
@@ -36,14 +45,9 @@ class ArtifactRecord:
     def ok(self) -> bool:
         return self.status is Status.OK
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["status"] = self.status.value
-        return d
-
 
 @dataclass
-class CheckRecord:
+class CheckRecord(_Record):
     """One artifact run by one runner (or the verdict that nothing could run it)."""
 
     artifact: str
@@ -57,11 +61,6 @@ class CheckRecord:
     reference_accuracy: float | None = None
     first_divergence: dict | None = None
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status.value
-        return d
 
 
 @dataclass

@@ -73,9 +73,39 @@ def user_tolerance(atol: float | None, rtol: float | None) -> Tolerance | None:
 
 
 def agreement_interval(agree: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """One-sided Clopper–Pearson bounds (lower, upper) on a proportion of ``agree`` in ``n``."""
-    from scipy.stats import beta
+    """One-sided Clopper–Pearson bounds (lower, upper) on a proportion of ``agree`` in ``n``:
+    the ``p`` at which seeing at least (at most) ``agree`` agreements has probability 1 − confidence."""
     alpha = 1.0 - confidence
-    lower = 0.0 if agree == 0 else float(beta.ppf(alpha, agree, n - agree + 1))
-    upper = 1.0 if agree == n else float(beta.ppf(1 - alpha, agree + 1, n - agree))
+    lower = 0.0 if agree == 0 else _solve(lambda p: _binom_sf(agree, n, p) - alpha)
+    upper = 1.0 if agree == n else _solve(lambda p: alpha - _binom_cdf(agree, n, p))
     return lower, upper
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (n up to a few thousand)."""
+    import math
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0 if k < n else 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+            for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k)."""
+    return 1.0 - _binom_cdf(k - 1, n, p) if k > 0 else 1.0
+
+
+def _solve(f, lo: float = 0.0, hi: float = 1.0) -> float:
+    """The root of an increasing ``f`` on [lo, hi], by bisection (60 halvings: below 1e-15)."""
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2

@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, UserInputError
-from .registry import InputSpec, create_model, get_entry
+from .registry import DEFAULT_ARCH, InputSpec, create_model, get_entry
 
 FORMAT = "bsconv-export"
-DEFAULT_ARCH = "cifar_mobilenetv2_w1d4_bsconvs_p1d6"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / f"digits_{DEFAULT_ARCH}.pt"
 FORMAT_VERSION = 1
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")

@@ -16,6 +16,8 @@ from torch import nn
 from .errors import UnknownModelError
 
 NORMALIZATIONS = ("data_bn", "mean_std", "none")
+#: the architecture of the shipped trained model, and what ``train`` trains by default
+DEFAULT_ARCH = "cifar_mobilenetv2_w1d4_bsconvs_p1d6"
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from .data import DIGIT_LABELS, digits_to_input, load_holdout, split_digits
-from .registry import create_model
+from .registry import DEFAULT_ARCH, create_model
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "cifar_mobilenetv2_w1d4_bsconvs_p1d6"
+    arch: str = DEFAULT_ARCH
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.05

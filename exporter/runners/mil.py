@@ -59,6 +59,12 @@ def conv(x, weight, bias=None, strides=(1, 1), pad_type="valid", pad=(0, 0, 0, 0
     if g == 1:
         y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))  # [N, Ho, Wo, O]
         y = y.transpose(0, 3, 1, 2)
+    elif g == c and cg == 1 and o == c:
+        # depthwise: kh·kw shifted multiply-adds over strided views, no im2col copy
+        y = np.zeros((n, c, ho, wo), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                y += win[:, :, :, :, i, j] * weight[None, :, 0, i, j, None, None]
     elif g == c and cg == 1:
         m = o // c
         w = weight.reshape(c, m, kh, kw)

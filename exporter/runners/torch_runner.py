@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..context import OUTPUT_NAME
 from . import Runner
 
 
@@ -12,7 +13,7 @@ class TorchRunner(Runner):
     name = "torch-cpu"
     max_batch = 8  # bound peak memory on large inputs
 
-    def __init__(self, model: nn.Module, output_name: str = "logits"):
+    def __init__(self, model: nn.Module, output_name: str = OUTPUT_NAME):
         self.model = model.eval()
         self.output_name = output_name
 
