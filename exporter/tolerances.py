@@ -1,16 +1,23 @@
 """The check's pass rules, in one place.
 
 fp32 — against a float64 run of the PyTorch original (the exact answer, up to
-float64 rounding). Per sample, PyTorch's own fp32 error ``e_ref = max|torch32 −
-torch64|`` says how well conditioned the network is on that input; an artifact
-passes when its error against float64 is within
+float64 rounding). Per sample, the network's own fp32 noise ``noise32`` is the
+larger error of two PyTorch fp32 runs against float64: the original, and one with
+every weight moved by up to one float32 ulp (what folding a BatchNorm into a
+convolution does). It says how strongly that input amplifies rounding. With
+``floor = FP32_ATOL + FP32_RTOL · max|torch64|`` (fp32 rounding cannot promise
+less on a well-conditioned network), an artifact passes when
 
-    bound = max(FP32_FACTOR · e_ref,  FP32_ATOL + FP32_RTOL · max|torch64|)
+* every sample is within ``max(FP32_FACTOR · noise32, floor)`` — another runtime's
+  summation order and fusions may be worse than PyTorch's on the inputs that
+  amplify rounding most (onnxruntime's full optimisation measured 27x on a
+  saturated single-channel input of MobileNetV3-small BSConv-U), and
+* the median sample is within ``max(FP32_TYPICAL_FACTOR · noise32,
+  FP32_TYPICAL_FLOOR · floor)`` — a systematic error (an input scaled by
+  1/sqrt(1 + 1e-5), a bias moved) shows on the typical input, where rounding
+  noise is small.
 
-so an artifact may be about as inexact as PyTorch fp32 itself (the factor allows
-another runtime's summation order), and a floor keeps well-conditioned networks
-from being held to less than fp32 rounding can guarantee. A user's ``--atol`` /
-``--rtol`` replace the floor and drop the factor (a plain element-wise bound).
+A user's ``--atol`` / ``--rtol`` replace both with a plain element-wise bound.
 
 fp16 and int8 — per sample cosine and top-1 agreement with PyTorch fp32. An
 agreement rule over few inputs says little (one flip in 38 is 97.4 %), so it is
@@ -26,7 +33,9 @@ from dataclasses import dataclass
 
 FP32_ATOL = 5e-5
 FP32_RTOL = 5e-6
-FP32_FACTOR = 16.0
+FP32_FACTOR = 64.0         # every sample: within 64x the network's own fp32 noise
+FP32_TYPICAL_FACTOR = 3.0  # the median sample: within 3x
+FP32_TYPICAL_FLOOR = 0.1   # ... and its floor is a tenth of every sample's
 #: the loosest a correct fp32 rewrite may be, for stage-internal sanity checks (onnxsim's)
 FP32_RTOL_MAX = 1e-3
 
@@ -38,7 +47,8 @@ CONFIDENCE = 0.95
 class Tolerance:
     atol: float | None = None
     rtol: float | None = None
-    factor: float | None = None            # times PyTorch fp32's own error against float64
+    factor: float | None = None            # times PyTorch fp32's own noise, for every sample
+    typical_factor: float | None = None    # times that noise, for the median sample
     min_cosine: float | None = None
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
@@ -47,7 +57,9 @@ class Tolerance:
         parts = []
         if self.atol is not None:
             floor = f"{self.atol:g} + {self.rtol or 0:g}*max|r64|"
-            parts.append(f"|a-r64| <= max({self.factor:g}*|torch32-r64|, {floor})" if self.factor
+            parts.append(f"|a-r64| <= max({self.factor:g}*noise32, {floor}) on every sample and "
+                         f"max({self.typical_factor:g}*noise32, {FP32_TYPICAL_FLOOR:g}*({floor})) on the median sample"
+                         if self.factor
                          else f"|a-r64| <= {floor}")
         if self.min_cosine is not None:
             parts.append(f"cosine >= {self.min_cosine:g}")
@@ -59,7 +71,7 @@ class Tolerance:
 
 
 DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(atol=FP32_ATOL, rtol=FP32_RTOL, factor=FP32_FACTOR),
+    "fp32": Tolerance(atol=FP32_ATOL, rtol=FP32_RTOL, factor=FP32_FACTOR, typical_factor=FP32_TYPICAL_FACTOR),
     "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.005),
     "int8": Tolerance(min_top1_agreement=0.99, max_accuracy_drop=0.005),
 }
