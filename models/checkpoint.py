@@ -65,8 +65,12 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
-        header = json.loads(meta["bsconv_export"]) if "bsconv_export" in meta else {}
-        return tensors, header
+        try:
+            header = json.loads(meta["bsconv_export"]) if "bsconv_export" in meta else {}
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: its 'bsconv_export' metadata is not valid JSON; "
+                                  "re-save the checkpoint") from None
+        return tensors, _checked_header(header, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices on foreign files
@@ -86,7 +90,28 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
     header = {k: obj[k] for k in ("format", "format_version", "arch", "num_classes", "input_spec")
               if k in obj} if obj.get("format") == FORMAT else {}
-    return obj, header
+    return obj, _checked_header(header, path)
+
+
+def _checked_header(header: Any, path: Path) -> dict[str, Any]:
+    """The project header with every field of the type later code relies on."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: its header is a {type(header).__name__}, not a mapping; re-save the checkpoint")
+    expected = {"arch": str, "num_classes": int, "input_spec": dict, "format_version": int}
+    for key, kind in expected.items():
+        value = header.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise CheckpointError(f"{path}: header field '{key}' is a {type(value).__name__}, not a "
+                                  f"{kind.__name__}; re-save the checkpoint")
+    n = header.get("num_classes")
+    if n is not None and not 1 <= n <= 100_000:
+        raise CheckpointError(f"{path}: header num_classes {n} is outside 1..100000")
+    if header.get("input_spec"):
+        try:
+            InputSpec.from_dict(header["input_spec"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: header input_spec is invalid ({e}); re-save the checkpoint") from None
+    return header
 
 
 def _first_line(e: BaseException) -> str:

@@ -41,6 +41,17 @@ class InputSpec:
     labels: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        for name in ("size", "num_classes", "channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        numbers = (*self.mean, *self.std, *self.value_range)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise ValueError("mean, std and value_range must be numbers")
+        if len(self.value_range) != 2 or self.value_range[0] >= self.value_range[1]:
+            raise ValueError(f"value_range must be two increasing numbers, got {self.value_range!r}")
+        if not all(isinstance(x, str) for x in self.labels):
+            raise ValueError("labels must be strings")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.labels and len(self.labels) != self.num_classes:

@@ -429,3 +429,17 @@ def test_export_check_and_bench_make_no_network_connection(tmp_path):
     calls = [line for line in log.read_text().splitlines() if "AF_INET" in line]
     outside = [c for c in calls if "127.0.0.1" not in c and "::1" not in c]
     assert outside == [], outside[:5]
+
+
+@pytest.mark.parametrize("field,value", [("arch", 7), ("num_classes", "ten"), ("input_spec", [1, 2]),
+                                         ("input_spec", {"size": "big", "num_classes": 10})])
+def test_checkpoint_headers_of_the_wrong_type_are_bad_input(tmp_path, field, value):
+    ckpt = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+    ckpt[field] = value
+    p = tmp_path / "h.pt"
+    torch.save(ckpt, p)
+    one_line_exit_2(invoke("info", "--checkpoint", p), "header")
+    from safetensors.torch import save_file
+    st = tmp_path / "h.safetensors"
+    save_file({k: v.contiguous() for k, v in ckpt["state_dict"].items()}, st, metadata={"bsconv_export": "{"})
+    one_line_exit_2(invoke("info", "--checkpoint", st), "not valid JSON")
