@@ -19,9 +19,7 @@ from bsconv_export.exporter.runners import infer_batched
 from bsconv_export.exporter.runners.mil import CoreMLRunner, MilProgram, MilReferenceRunner
 from bsconv_export.exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunner
 from bsconv_export.exporter.runners.torch_runner import TorchRunner
-from bsconv_export.models import list_models
 from bsconv_export.models.checkpoint import resolve_model
-from bsconv_export.models.registry import InputSpec
 
 
 @pytest.fixture(scope="module")

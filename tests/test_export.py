@@ -86,9 +86,10 @@ def test_ort_format_runs_the_held_out_digits_like_torch(shipped_bundle, shipped)
     np.testing.assert_allclose(got, _torch(shipped.model, x[:1]), atol=1e-4)
 
 
-SPREAD = ["mobilenetv1_w1d4_bsconvu", "cifar_mobilenetv1_w1d2_bsconvs_p1d6", "mobilenetv2_w1d4",
-          "cifar_mobilenetv2_w1d2_bsconvs_p1d6", "mobilenetv3_small_w7d20_bsconvs_p1d6",
-          "cifar_mobilenetv3_large_w1d2_bsconvu", "mobilenetv3_large_w7d20"]
+# Structure (no BN/Identity/shape nodes, metadata, hashes) on one model per family; that every
+# family exports and passes the check at native size is tests/test_zoo_check.py's job.
+SPREAD = ["mobilenetv1_w1d4_bsconvu", "cifar_mobilenetv2_w1d2_bsconvs_p1d6", "cifar_mobilenetv3_large_w1d2_bsconvu",
+          "mobilenetv3_small_w7d20_bsconvs_p1d6"]
 
 
 @pytest.mark.parametrize("arch", SPREAD)

@@ -7,8 +7,6 @@ or first convolution broken, and faults on a MobileNetV3 without held-out data.
 Each bundle stays self-consistent (hashes re-recorded), as an exporter bug would
 leave it, so the numbers are what catches the fault, not the hash.
 """
-import copy
-import json
 import shutil
 
 import numpy as np

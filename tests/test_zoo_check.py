@@ -60,7 +60,7 @@ def export_and_check(arch, tmp_path):
     torch.manual_seed(0)
     loaded = resolve_model(arch)
     realistic_statistics(loaded.model, loaded.input_spec)
-    r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=FP32_FORMATS), check=CheckOptions(samples=8))
+    r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=FP32_FORMATS), check=CheckOptions(samples=4))
     report = os.environ.get("ZOO_REPORT")
     if report:
         with open(report, "a") as f:
