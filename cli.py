@@ -120,13 +120,8 @@ def models_cmd(
 @app.command("formats")
 def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """The format table: what each --formats name builds, what checks it and what bench times."""
-    from .exporter.formats import FORMATS, default_formats
-    from .exporter.runners import runners_for
-    rows = [{"name": f.name, "file": f.filename, "precision": f.precision, "requires": list(f.requires),
-             "selectable": f.selectable, "default": f.name in default_formats(),
-             "verified_by": [r.name for r in runners_for(f.kind)],
-             "timed_by": [r.name for r in runners_for(f.kind, purpose="time")] if f.benchmark else [],
-             "options": list(f.options), "description": f.help} for f in FORMATS.values()]
+    from .exporter.formats import describe_formats
+    rows = describe_formats()
     if as_json:
         emit_json({"formats": rows})
         return

@@ -62,7 +62,8 @@ register_format(Format(
     note=_usability))
 register_format(Format(
     "coreml", export_coreml, COREML_NAME, "mlpackage", "CoreML ML Program", default=True,
-    options=("coreml_precision", "coreml_input"), batch_one=True, validate=_validate_coreml, note=_coreml_note))
+    options=("coreml_precision", "coreml_input"), precision_option="coreml_precision", batch_one=True,
+    validate=_validate_coreml, note=_coreml_note))
 register_format(Format(
     "int8", export_int8, INT8_NAME, "onnx", "ONNX, ORT static QDQ int8", precision="int8", requires=("onnx",),
     options=("calibration", "keep_fp32"), validate=_validate_int8,

@@ -254,7 +254,7 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
         if not artifact.ok:
             continue
         fmt = get_format(artifact.format)
-        precision = artifact.details.get("precision", fmt.precision if fmt else "fp32")
+        precision = artifact_precision(fmt, manifest)
         tol = tolerance_override or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
         base = dict(artifact=artifact.format, precision=precision, tolerance=tol.describe(),
                     reference_accuracy=ref_acc)
@@ -296,6 +296,17 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
                        reference_error={"torch_fp32_vs_fp64_max": float(ref.e32.max()),
                                         "torch_fp32_vs_fp64_median": float(np.median(ref.e32)),
                                         "logit_scale_max": float(np.abs(ref.r64).max())})
+
+
+def artifact_precision(fmt, manifest) -> str:
+    """The precision an artifact is judged at: the format table's, or the export option the
+    row names (``--coreml-precision`` for coreml). Never the artifact's own details, which a bundle
+    someone sent could set to loosen its gate."""
+    if fmt is None:
+        return "fp32"
+    if fmt.precision_option:
+        return str(getattr(manifest.export, fmt.precision_option, fmt.precision))
+    return fmt.precision
 
 
 def _sub(ref: Reference, rows) -> Reference:
@@ -358,8 +369,7 @@ def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions
               progress: Callable[[CheckRecord], None] | None = None) -> CheckReport:
     from .formats import get_format
     spec = manifest.model.input_spec
-    reduced = any(a.ok and (get_format(a.format) and get_format(a.format).precision != "fp32")
-                  for a in manifest.artifacts)
+    reduced = any(a.ok and artifact_precision(get_format(a.format), manifest) != "fp32" for a in manifest.artifacts)
     inputs = check_inputs(spec, opts.data, opts.samples, reduced=reduced)
     report = check_bundle(bundle, manifest, model, inputs, user_tolerance(opts.atol, opts.rtol),
                           opts.localize, progress)

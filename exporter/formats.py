@@ -30,6 +30,7 @@ class Format:
     kind: str                               # what runners load; see runners.runners_for
     help: str
     precision: str = "fp32"                 # decides the check's tolerance
+    precision_option: str | None = None     # an ExportOptions field that sets the precision instead
     requires: tuple[str, ...] = ()          # formats whose records the stage reads
     selectable: bool = True                 # named in --formats (else it follows its requirement)
     default: bool = False                   # in the default --formats
@@ -71,6 +72,16 @@ def default_formats() -> tuple[str, ...]:
 def formats_help() -> str:
     rows = [f"{f.name} ({f.help})" for f in FORMATS.values() if f.selectable]
     return f"Comma-separated formats: {'; '.join(rows)}. Default: {','.join(default_formats())}."
+
+
+def describe_formats() -> list[dict]:
+    """The table as plain rows, with the runners that check and time each format."""
+    from .runners import runners_for
+    return [{"name": f.name, "file": f.filename, "precision": f.precision, "requires": list(f.requires),
+             "selectable": f.selectable, "default": f.default,
+             "verified_by": [r.name for r in runners_for(f.kind)],
+             "timed_by": [r.name for r in runners_for(f.kind, purpose="time")] if f.benchmark else [],
+             "options": list(f.options), "description": f.help} for f in FORMATS.values()]
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

@@ -442,3 +442,11 @@ def test_checkpoint_headers_of_the_wrong_type_are_bad_input(tmp_path, field, val
     st = tmp_path / "h.safetensors"
     save_file({k: v.contiguous() for k, v in ckpt["state_dict"].items()}, st, metadata={"bsconv_export": "{"})
     one_line_exit_2(invoke("info", "--checkpoint", st), "not valid JSON")
+
+
+def test_a_bundle_cannot_loosen_its_own_gate(bundle):
+    """Precision comes from the format table, never from the artifact's details in the manifest."""
+    edit_manifest(bundle, lambda d: [a["details"].update(precision="int8") for a in d["artifacts"]])
+    r = invoke("check", bundle, "--json")
+    assert r.exit_code == 0, r.output
+    assert {x["precision"] for x in json.loads(r.stdout)["results"]} == {"fp32"}
