@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-zoo install train bench-export bench-latency bench-gate bench-reduced bench-check clean
+.PHONY: run test test-zoo install train bench-export bench-latency bench-gate bench-reduced clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
