@@ -81,7 +81,7 @@ def describe_formats() -> list[dict]:
              "selectable": f.selectable, "default": f.default,
              "verified_by": [r.name for r in runners_for(f.kind)],
              "timed_by": [r.name for r in runners_for(f.kind, purpose="time")] if f.benchmark else [],
-             "options": list(f.options), "description": f.help} for f in FORMATS.values()]
+             "options": [OPTION_FLAGS[o] for o in f.options], "description": f.help} for f in FORMATS.values()]
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

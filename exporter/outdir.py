@@ -40,6 +40,9 @@ def bundle_entries(out: Path) -> set[str]:
 
 
 def refuse_unless_ours(out: Path) -> None:
+    if not (out / MANIFEST).is_file() or (out / MANIFEST).is_symlink():
+        raise UserInputError(f"--force replaces only a bundle made by bsconv-export, and {out} holds no "
+                             f"{MANIFEST}; choose another --out or remove it yourself")
     try:
         allowed = bundle_entries(out)
     except UserInputError as e:

@@ -69,7 +69,7 @@ def test_force_never_deletes_a_folder_that_is_not_our_bundle(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    one_line_exit_2(invoke("export", "--out", mine, "--force", "--formats", "onnx"), "not one")
+    one_line_exit_2(invoke("export", "--out", mine, "--force", "--formats", "onnx"), "holds no manifest.json")
     assert (mine / "thesis.tex").read_text() == "years of work"
 
 
