@@ -99,9 +99,6 @@ class Manifest:
     def passed(self) -> bool:
         return self.verdict == "passed"
 
-    def artifact(self, fmt: str) -> ArtifactRecord | None:
-        return next((a for a in self.artifacts if a.format == fmt), None)
-
     def record_check(self, report: CheckReport) -> None:
         """The export's own rules replace its check; a re-check with user options is kept beside it."""
         if report.user_options:

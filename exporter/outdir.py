@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import shutil
 import tempfile
@@ -143,7 +144,7 @@ class OutClaim:
 
     def _remove_leftovers(self) -> None:
         for prefix in (f".{self.out.name}.building-", f".{self.out.name}.old-"):
-            for p in self.out.parent.glob(f"{glob_escape(prefix)}*"):
+            for p in self.out.parent.glob(f"{glob.escape(prefix)}*"):
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
 
@@ -175,8 +176,3 @@ def share(root: Path) -> None:
             p = os.path.join(dirpath, name)
             if not os.path.islink(p):
                 os.chmod(p, 0o666 & ~mask)
-
-
-def glob_escape(text: str) -> str:
-    import glob
-    return glob.escape(text)
