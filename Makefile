@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/bsconv-export evaluate
 	mkdir -p $(BUILD)
 	$(VENV)/bin/bsconv-export export --out $(BUILD)/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6 --force \
-		--formats onnx,ort,coreml,int8,fp16,coreml-fp16
+		--formats pt2,onnx,ort,coreml,pte,int8,fp16,coreml-fp16
 
 test: $(STAMP)
 	$(PY) -m pytest -q

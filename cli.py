@@ -243,11 +243,12 @@ def export_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
-    formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated formats (list them with 'bsconv-export formats'); default onnx,ort,coreml."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated formats (list them with 'bsconv-export formats'); default pt2,onnx,ort,coreml,pte."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own)."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size (ONNX and ORT; CoreML takes 1)."),
-    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX/ORT take any batch size (not with coreml)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the newest the installed onnxruntime runs)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size (CoreML takes 1)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX, ORT, pt2 and pte take any batch size (not with coreml; a .pte is planned for batches up to 15)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18, the dynamo exporter's own; below 18 needs --legacy-exporter)."),
+    legacy_exporter: bool = typer.Option(False, "--legacy-exporter", help="ONNX and CoreML from torch.jit.trace (TorchScript exporter) instead of the torch.export program: deprecated by torch, needed only for --opset below 18."),
     coreml_precision: str = typer.Option("fp32", "--coreml-precision", help="coreml: fp32 or fp16 compute precision."),
     coreml_input: str = typer.Option("tensor", "--coreml-input", help="coreml: tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim; ORT converts the plain ONNX."),
@@ -274,7 +275,8 @@ def export_cmd(
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                          coreml_precision=coreml_precision, coreml_input=coreml_input, simplify=not no_simplify,
                          force=force, calibration=calibration, keep_fp32=tuple(keep_fp32),
-                         palettize_bits=palettize_bits, replace_anyway=replace_anyway)
+                         palettize_bits=palettize_bits, replace_anyway=replace_anyway,
+                         legacy_exporter=legacy_exporter)
     loaded = resolve_model(arch, checkpoint)
     if loaded.metadata.get("untrained"):
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)

@@ -5,10 +5,12 @@ from ..models.errors import UserInputError
 from ..models.registry import InputSpec
 from .context import COREML_INPUTS, COREML_PRECISIONS, ExportOptions
 from .coreml import COREML_NAME, export_coreml
+from .executorch_export import PTE_NAME, export_pte
 from .formats import Format, register_format
 from .fp16 import COREML_FP16_NAME, FP16_NAME, export_coreml_fp16, export_fp16
 from .onnx_export import ONNX_NAME, export_onnx
 from .ort_format import ORT_NAME, export_ort
+from .program_export import PT2_NAME, export_pt2
 from ..models.data import is_digits_model
 from .quantize import INT8_NAME, export_int8
 from .records import ArtifactRecord
@@ -45,14 +47,25 @@ def _usability(r: ArtifactRecord) -> str:
     return " ".join(f"{short.get(k, k)}:{v}" for k, v in r.details.get("mobile_usability", {}).items())
 
 
+def _pte_note(r: ArtifactRecord) -> str:
+    d = r.details
+    outside = ", ".join(f"{op.split('.')[-2] if op.count('.') >= 2 else op} ×{n}"
+                        for op, n in d.get("outside_ops", {}).items())
+    return f"XNNPACK runs {d.get('delegated_nodes')} nodes; outside: {outside or 'none'}"
+
+
 def _coreml_note(r: ArtifactRecord) -> str:
     d = r.details
     return f"{r.deployment_target}, {d.get('precision')}, {d.get('input_kind')} input"
 
 
 register_format(Format(
-    "onnx", export_onnx, ONNX_NAME, "onnx", "ONNX, TorchScript exporter, checked", default=True,
-    options=("opset", "simplify")))
+    "pt2", export_pt2, PT2_NAME, "pt2", "the torch.export program every format comes from", default=True,
+    benchmark=False, note=lambda r: f"{r.nodes} ATen nodes, captured in {r.details.get('capture_seconds')} s"))
+register_format(Format(
+    "onnx", export_onnx, ONNX_NAME, "onnx", "ONNX from the program (dynamo exporter), checked", default=True,
+    options=("opset", "simplify", "legacy_exporter"),
+    note=lambda r: f"opset {r.opset}, {r.details.get('exporter')} exporter"))
 register_format(Format(
     "onnx-simplified", simplify_onnx, SIM_NAME, "onnx", "onnxsim on the ONNX file", requires=("onnx",),
     selectable=False, supersedes="onnx", included_when=lambda o: o.simplify,
@@ -62,8 +75,10 @@ register_format(Format(
     note=_usability))
 register_format(Format(
     "coreml", export_coreml, COREML_NAME, "mlpackage", "CoreML ML Program", default=True,
-    options=("coreml_precision", "coreml_input"), precision_option="coreml_precision", batch_one=True,
+    options=("coreml_precision", "coreml_input", "legacy_exporter"), precision_option="coreml_precision", batch_one=True,
     validate=_validate_coreml, note=_coreml_note))
+register_format(Format(
+    "pte", export_pte, PTE_NAME, "pte", "ExecuTorch program, XNNPACK-delegated", default=True, note=_pte_note))
 register_format(Format(
     "int8", export_int8, INT8_NAME, "onnx", "ONNX, ORT static QDQ int8", precision="int8", requires=("onnx",),
     options=("calibration", "keep_fp32"), validate=_validate_int8,

@@ -123,7 +123,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
     if claim.check() and check is None and not opts.replace_anyway:
         raise UserInputError(f"--no-check would leave the new bundle unverified, so it would not replace {out}; "
                              "drop --no-check, or add --replace-anyway")
-    opset = resolve_opset(opts.opset)
+    opset = resolve_opset(opts.opset, legacy=opts.legacy_exporter)
     with claim:
         prepared = prepare_for_export(loaded.model)
         profile = profile_model(loaded.model, size)

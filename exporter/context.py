@@ -9,6 +9,7 @@ from torch import nn
 
 from ..models.registry import InputSpec
 
+from .capture import Capture, capture_program
 from .records import ArtifactRecord
 
 COREML_PRECISIONS = ("fp32", "fp16")
@@ -34,6 +35,7 @@ class ExportOptions:
     keep_fp32: tuple[str, ...] = ()         # ONNX node names int8 leaves in float
     palettize_bits: int | None = None       # coreml-fp16 weight palettisation
     replace_anyway: bool = False            # with force: replace even when the new bundle did not pass
+    legacy_exporter: bool = False           # ONNX and CoreML from torch.jit.trace instead of the captured program
 
 
 @dataclass
@@ -49,6 +51,21 @@ class ExportContext:
     params: int
     macs: int
     records: dict[str, ArtifactRecord] = field(default_factory=dict)
+    capture: Capture | None = None
+    capture_error: Exception | None = None
+
+    def program(self) -> "torch.export.ExportedProgram":
+        """The bundle's one ``torch.export`` capture, made on first use (see capture.py)."""
+        if self.capture_error is not None:
+            raise self.capture_error
+        if self.capture is None:
+            try:
+                self.capture = capture_program(self.model, self.example, dynamic_batch=self.options.dynamic_batch)
+            except Exception as e:  # noqa: BLE001 - every stage that needs the program fails with this
+                self.capture_error = RuntimeError(f"torch.export could not capture the model: "
+                                                  f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+                raise self.capture_error from e
+        return self.capture.program
 
     def onnx_source(self) -> tuple[str, Path]:
         """The best ONNX artifact built so far: simplified if it succeeded, else plain."""

@@ -1,7 +1,10 @@
 """CoreML stage: ``coremltools.convert`` to an ML Program ``.mlpackage``.
 
-Source: a ``torch.jit.trace`` of the prepared model (coremltools' most mature
-PyTorch path; ``torch.export`` support there is newer and still partial).
+Source: the bundle's ``torch.export`` capture after ``run_decompositions({})``
+(coremltools refuses the raw TRAINING dialect; an empty decomposition table
+gives the ATen inference IR it converts). The MIL program is the same as from
+``torch.jit.trace`` (same op histogram) and the conversion is faster.
+``--legacy-exporter`` converts a ``torch.jit.trace`` instead, as before.
 
 Input: a plain float tensor named ``input`` by default, the same contract as
 the ONNX files (RGB in [0, 1], normalisation inside the model), so one check
@@ -35,7 +38,8 @@ DEPLOYMENT_TARGET = "iOS16"   # ML Programs need iOS 15; 16 adds fp16 I/O and ne
 
 def import_coremltools():
     """Import coremltools quietly (on Linux it logs that its native runtime is missing)."""
-    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+    from .quiet import quiet_logs
+    with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import coremltools as ct
     return ct
@@ -66,9 +70,12 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
     ct = import_coremltools()
     if ctx.options.dynamic_batch:
         raise ValueError("CoreML export takes a fixed batch; drop --dynamic-batch or the coreml format")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # see the module docstring for why tracing
-        traced = torch.jit.trace(ctx.model, ctx.example)
+    if ctx.options.legacy_exporter:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch deprecates tracing: see the docstring
+            source = torch.jit.trace(ctx.model, ctx.example)
+    else:
+        source = ctx.program().run_decompositions({})
     precision = ct.precision.FLOAT16 if ctx.options.coreml_precision == "fp16" else ct.precision.FLOAT32
     labels = ctx.spec.class_labels()
     pipeline = ct.PassPipeline.DEFAULT
@@ -78,10 +85,11 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
         pipeline.append_pass("compression::palettize_weights")
         pipeline.set_options("compression::palettize_weights", {"config": OptimizationConfig(
             global_config=OpPalettizerConfig(mode="kmeans", nbits=palettize_bits, weight_threshold=512))})
-    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+    from .quiet import quiet_logs
+    with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(
-            traced, inputs=[_input_type(ct, ctx)],
+            source, inputs=[_input_type(ct, ctx)],
             classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL_OUTPUT),
             convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
             compute_precision=precision, pass_pipeline=pipeline)

@@ -1,15 +1,24 @@
-"""ONNX stage: ``torch.onnx.export`` with named input/output, metadata and a full check.
+"""ONNX stage: the captured program through the dynamo exporter, named I/O, metadata, a full check.
 
-We use the TorchScript-based exporter (``dynamo=False``, i.e. ``torch.jit.trace``):
-our MobileNets have no data-dependent control flow, so tracing captures them
-completely; it needs no extra dependency (the torch.export-based exporter needs
-onnxscript), and it writes byte-identical files for the same weights.
+By default the file comes from the bundle's ``torch.export`` capture
+(``torch.onnx.export(program, dynamo=True)``, which needs ``onnxscript``): the
+same graph every other format starts from. That exporter writes opset 18 and
+newer. ``--legacy-exporter`` switches to the TorchScript exporter
+(``torch.jit.trace``, ``dynamo=False``), which torch deprecates but which is the
+only way to an opset below 18 (runtimes that predate 2023); it is never chosen
+silently. Both write byte-identical files for the same weights.
+
+The dynamo exporter annotates every node with the exporting machine's stack
+trace and module paths; those are removed (they are local file paths, not
+model), and its progress chatter never reaches stdout.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
+import sys
 import time
 import warnings
 
@@ -24,8 +33,9 @@ from .context import INPUT_NAME, OUTPUT_NAME, ExportContext
 from .records import ArtifactRecord, Status
 
 ONNX_NAME = "model.onnx"
-MIN_OPSET = 11
-TORCH_MAX_OPSET = 20  # the TorchScript exporter's newest opset in torch 2.x
+MIN_OPSET = 11          # the TorchScript exporter's oldest useful opset
+DYNAMO_MIN_OPSET = 18   # the dynamo exporter writes 18 when asked for less
+TORCH_MAX_OPSET = 20    # the newest opset both exporters write without a version conversion
 
 
 def _tiny_model(opset: int) -> bytes:
@@ -52,13 +62,18 @@ def newest_runnable_opset() -> int:
     raise RuntimeError("onnxruntime loads no opset the exporter writes")
 
 
-def resolve_opset(requested: int | None) -> int:
+def resolve_opset(requested: int | None, *, legacy: bool = False) -> int:
+    """The opset to write: the dynamo exporter's own (18) unless asked; below 18 needs --legacy-exporter."""
     newest = newest_runnable_opset()
+    lowest = MIN_OPSET if legacy else DYNAMO_MIN_OPSET
     if requested is None:
-        return newest
-    if not MIN_OPSET <= requested <= newest:
+        return newest if legacy else DYNAMO_MIN_OPSET
+    if not legacy and MIN_OPSET <= requested < DYNAMO_MIN_OPSET:
+        raise UserInputError(f"--opset {requested} needs the TorchScript exporter: add --legacy-exporter "
+                             f"(the torch.export-based exporter writes opset {DYNAMO_MIN_OPSET} and newer)")
+    if not lowest <= requested <= newest:
         raise UserInputError(f"--opset {requested} is out of range: this exporter and the installed "
-                             f"onnxruntime run opsets {MIN_OPSET}..{newest}")
+                             f"onnxruntime run opsets {lowest}..{newest}")
     return requested
 
 
@@ -76,14 +91,7 @@ def metadata_props(ctx: ExportContext) -> dict[str, str]:
 
 def export_onnx(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
-    dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if ctx.options.dynamic_batch else None
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy-exporter notice, see module doc
-        torch.onnx.export(ctx.model, (ctx.example,), buf, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=ctx.opset, dynamic_axes=dynamic,
-                          do_constant_folding=True, dynamo=False)
-    model = onnx.load_from_string(buf.getvalue())
+    model = _legacy_onnx(ctx) if ctx.options.legacy_exporter else _dynamo_onnx(ctx)
     for k, v in metadata_props(ctx).items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     model.doc_string = f"{ctx.arch} exported by bsconv-export"
@@ -91,9 +99,49 @@ def export_onnx(ctx: ExportContext) -> ArtifactRecord:
     onnx.save(model, ctx.workdir / ONNX_NAME)
     return ArtifactRecord(format="onnx", status=Status.OK, path=ONNX_NAME, seconds=time.perf_counter() - t0,
                           nodes=len(model.graph.node), opset=ctx.opset,
-                          details={"op_types": op_histogram(model),
+                          details={"exporter": "torchscript" if ctx.options.legacy_exporter else "dynamo",
+                                   "op_types": op_histogram(model),
                                    "input_shape": io_shape(model.graph.input[0]),
                                    "output_shape": io_shape(model.graph.output[0])})
+
+
+def _dynamo_onnx(ctx: ExportContext) -> onnx.ModelProto:
+    from .quiet import quiet_logs
+    program = ctx.program()
+    with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
+        onnx_program = torch.onnx.export(program, (ctx.example,), input_names=[INPUT_NAME],
+                                         output_names=[OUTPUT_NAME], opset_version=ctx.opset, dynamo=True,
+                                         verbose=False, optimize=True, external_data=False)
+    model = onnx_program.model_proto
+    if ctx.options.dynamic_batch:
+        for value in (model.graph.input[0], model.graph.output[0]):
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    _strip_provenance(model)
+    return model
+
+
+def _strip_provenance(model: onnx.ModelProto) -> None:
+    """Drop what describes the exporting machine, not the model: per-node stack traces and
+    module paths, value-info annotations, the producer's own metadata."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info, *model.graph.initializer]:
+        if hasattr(value, "metadata_props"):
+            del value.metadata_props[:]
+        value.doc_string = ""
+    del model.metadata_props[:]
+
+
+def _legacy_onnx(ctx: ExportContext) -> onnx.ModelProto:
+    dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if ctx.options.dynamic_batch else None
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy-exporter notice, see module doc
+        torch.onnx.export(ctx.model, (ctx.example,), buf, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=ctx.opset, dynamic_axes=dynamic,
+                          do_constant_folding=True, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

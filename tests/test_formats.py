@@ -135,6 +135,8 @@ def test_the_wheel_installs_one_import_root(tmp_path):
 def test_help_does_not_import_heavy_backends():
     code = ("import sys; from bsconv_export.cli import app; from typer.testing import CliRunner; "
             "CliRunner().invoke(app, ['--help']); CliRunner().invoke(app, ['models']); "
-            "print(sorted(m for m in ('coremltools', 'onnxruntime', 'onnxsim', 'executorch') if m in sys.modules))")
+            "CliRunner().invoke(app, ['export', '--help']); "
+            "print(sorted(m for m in ('coremltools', 'onnxruntime', 'onnxsim', 'executorch', 'onnxscript', "
+            "'torchao') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr[-1000:]

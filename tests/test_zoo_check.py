@@ -20,11 +20,15 @@ from torch import nn
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.check import CheckOptions
 from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.formats import FORMATS
 from bsconv_export.models import list_models
 from bsconv_export.models.checkpoint import resolve_model
 
 STATS_SEED = 12345   # the check draws with seed 0
-FP32_FORMATS = ("onnx", "ort", "coreml")
+# make test's sample leaves the .pte out (ExecuTorch's lowering takes ~15 s per model on 2 cores;
+# tests/test_export.py lowers one model per family); the whole-zoo sweep takes every fp32 format.
+SAMPLE_FORMATS = ("pt2", "onnx", "ort", "coreml")
+FP32_FORMATS = tuple(f.name for f in FORMATS.values() if f.selectable and f.precision == "fp32")
 
 
 def realistic_statistics(model: nn.Module, spec, n: int = 16) -> None:
@@ -56,11 +60,11 @@ def representative() -> list[str]:
     return sorted(chosen.values())
 
 
-def export_and_check(arch, tmp_path):
+def export_and_check(arch, tmp_path, formats):
     torch.manual_seed(0)
     loaded = resolve_model(arch)
     realistic_statistics(loaded.model, loaded.input_spec)
-    r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=FP32_FORMATS), check=CheckOptions(samples=4))
+    r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=formats), check=CheckOptions(samples=4))
     report = os.environ.get("ZOO_REPORT")
     if report:
         with open(report, "a") as f:
@@ -75,13 +79,17 @@ def export_and_check(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", representative())
 def test_representative_zoo_sample_passes_at_native_size(tmp_path, arch):
-    export_and_check(arch, tmp_path)
+    export_and_check(arch, tmp_path, SAMPLE_FORMATS)
 
 
 @pytest.mark.zoo
 @pytest.mark.parametrize("arch", list_models())
 def test_whole_zoo_passes_at_native_size(tmp_path, arch):
-    export_and_check(arch, tmp_path)
+    export_and_check(arch, tmp_path, FP32_FORMATS)
+
+
+def test_every_fp32_format_is_in_the_sweep():
+    assert {"pt2", "onnx", "ort", "coreml", "pte"} <= set(FP32_FORMATS)
 
 
 def test_sample_covers_every_family_and_variant():

@@ -92,7 +92,7 @@ def unregister_runner(cls: type[Runner]) -> None:
 
 def _ensure_loaded() -> None:
     # Importing the modules registers their runners; they import their backends lazily.
-    from . import mil, onnx_runner  # noqa: F401
+    from . import executorch_runner, mil, onnx_runner, torch_program  # noqa: F401
 
 
 def runners_for(kind: str, *, purpose: str = "verify") -> list[type[Runner]]:
