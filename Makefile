@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-zoo install train bench-export bench-latency bench-gate bench-reduced clean
+.PHONY: run test test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-export: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(PY) tests/bench_latency.py
+
+bench-pte: $(STAMP)
+	$(PY) tests/bench_pte.py
 
 bench-gate: $(STAMP)
 	$(PY) tests/bench_gate.py

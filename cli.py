@@ -421,7 +421,7 @@ def _csv(text: str, cast=str) -> tuple:
 
 @app.command("bench")
 def bench_cmd(
-    target: Path = typer.Argument(..., help="A bundle directory, or one .onnx/.ort/.mlpackage artifact."),
+    target: Path = typer.Argument(..., help="A bundle directory, or one .onnx/.ort/.pte/.mlpackage artifact."),
     providers: str = typer.Option("cpu", "--providers", help="Comma-separated onnxruntime execution providers: cpu, cuda, tensorrt, coreml, … (unavailable ones are reported as skipped)."),
     batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8."),
     threads: str = typer.Option("default", "--threads", help="Intra-op threads: a number, 'auto' (the fastest measured) or 'default' (onnxruntime's)."),
@@ -432,7 +432,11 @@ def bench_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write the results JSON here (default for a bundle: BUNDLE/bench.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON."),
 ) -> None:
-    """Latency p50/p90/p99, mean, std and throughput per artifact, runner, provider and batch size."""
+    """Latency p50/p90/p99, mean, std and throughput per artifact, runner, provider and batch size.
+
+    A bundle's .pte is also interleaved with its ONNX file on onnxruntime (ABBA pairs in one
+    process) and the paired ratio printed: quote that ratio, not two separate medians.
+    """
     from .exporter.bench import BenchOptions, run_bench, usable_cores
     n_threads = parse_threads(threads, usable_cores())
     batches = _csv(batch, int)
@@ -449,6 +453,11 @@ def bench_cmd(
         model = load_original(read_manifest(target))
 
     def progress(row: dict) -> None:
+        if row.get("paired"):
+            lo, hi = row["ratio_ci95"]
+            err.print(f"  {row['artifact']} vs {row['baseline']} (onnxruntime), b{row['batch']}, interleaved: "
+                      f"{row['ratio_median']:.2f}x [{lo:.2f}, {hi:.2f}]", highlight=False)
+            return
         if row["status"] == "ok":
             extra = f", {row['vs_torch']['ratio_median']:.2f}x torch" if row.get("vs_torch") else ""
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: p50 {row['latency']['p50_ms']:.3f} ms{extra}",
@@ -481,6 +490,14 @@ def bench_cmd(
     out.print(table)
     for line in skipped:
         out.print(f"skipped {line}", highlight=False)
+    for pair in results["paired"]:
+        if pair["status"] == "ok":
+            lo, hi = pair["ratio_ci95"]
+            out.print(f"{pair['artifact']} ({pair['runner']}) / {pair['baseline']} (onnxruntime-cpu), batch "
+                      f"{pair['batch']}, {pair['pairs']} interleaved pairs: median ratio {pair['ratio_median']:.2f} "
+                      f"(95% CI {lo:.2f}–{hi:.2f})", highlight=False)
+        else:
+            out.print(f"{pair['artifact']} vs {pair['baseline']}: skipped — {pair['reason']}", highlight=False)
     if dest:
         out.print(f"results: {dest}", highlight=False)
 

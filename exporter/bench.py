@@ -5,6 +5,12 @@ windows of ``window`` iterations until the last three window medians agree
 within 5 % (stable) or the time limit is reached. ``--vs-torch`` interleaves
 PyTorch eager with the artifact in the same process (ABBA order) and reports the
 median of the paired ratios with a bootstrap interval.
+
+When a bundle holds an ONNX file and artifacts of another runtime (the
+ExecuTorch ``.pte``), each of those is also paired with onnxruntime on the CPU
+(the same ABBA interleaving, both loaded in this process): ``paired`` in the
+results holds the ratio ``other / onnxruntime`` with its interval, which is the
+number to quote; separate medians from separate windows drift with the machine.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class BenchOptions:
     iters: int | None = None             # exact iteration count instead of "until stable"
     window: int = 20
     vs_torch: bool = False
+    pair_with_onnx: bool = True          # pair other runtimes' CPU artifacts with onnxruntime (ABBA)
 
 
 @dataclass
@@ -49,7 +56,9 @@ class Target:
     kind: str               # which runners load it
 
 
-FILE_KINDS = {".onnx": "onnx", ".ort": "ort", ".mlpackage": "mlpackage"}
+FILE_KINDS = {".onnx": "onnx", ".ort": "ort", ".mlpackage": "mlpackage", ".pte": "pte", ".pt2": "pt2"}
+#: kinds that onnxruntime loads: the baseline of the paired comparison, never paired themselves
+ONNX_KINDS = ("onnx", "ort")
 
 
 def resolve_targets(path: str | Path):
@@ -251,8 +260,50 @@ def run_bench(target_path: str | Path, opts: BenchOptions, torch_model=None,
                         results.append(row)
                         if progress:
                             progress(row)
+        paired = pair_with_onnxruntime(targets, results, opts, Path(tmp), progress) if opts.pair_with_onnx else []
     return {"schema": SCHEMA, "target": str(target_path),
             "model": manifest.model.to_dict() if manifest else None,
             "machine": machine, "fingerprint": fingerprint(machine),
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
-            "results": results}
+            "results": results, "paired": paired}
+
+
+def pair_with_onnxruntime(targets: list[Target], results: list[dict], opts: BenchOptions, workdir: Path,
+                          progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Each CPU artifact of a non-onnxruntime runner, interleaved (ABBA) with the bundle's ONNX file
+    on onnxruntime's CPU provider at the same batch and threads: ``ratio = artifact / onnxruntime``."""
+    from .runners.onnx_runner import OnnxRunner
+    onnx_target = next((t for t in targets if t.kind == "onnx"), None)
+    if onnx_target is None:
+        return []
+    by_path = {t.name: t for t in targets}
+    out = []
+    for row in results:
+        target = by_path.get(row["artifact"])
+        if row["status"] != "ok" or target is None or target.kind in ONNX_KINDS:
+            continue
+        cls = next(c for c in runners_for(target.kind, purpose="time") if c.name == row["runner"])
+        threads = row.get("threads") if isinstance(row.get("threads"), int) else None
+        batch = row["batch"]
+        try:
+            other = cls(target.path, threads=threads).load()
+            base = OnnxRunner(with_batch(onnx_target.path, batch, workdir), "cpu", threads=threads).load()
+        except Exception as e:  # noqa: BLE001 - recorded, the single rows above still stand
+            out.append({"artifact": row["artifact"], "baseline": onnx_target.name, "batch": batch,
+                        "status": "skipped", "reason": str(e).splitlines()[0][:200] if str(e) else type(e).__name__})
+            continue
+        x = example_for(base, batch)
+        a, b = measure_paired(lambda: other.infer({INPUT_NAME: x}), lambda: base.infer({INPUT_NAME: x}), opts)
+        ratios = a / b
+        low, high = bootstrap_ci(ratios)
+        pair = {"artifact": row["artifact"], "runner": row["runner"], "baseline": onnx_target.name,
+                "baseline_runner": "onnxruntime-cpu", "batch": batch, "status": "ok", "threads": threads,
+                "ratio_median": float(np.median(ratios)), "ratio_ci95": [low, high], "pairs": int(ratios.size),
+                "latency": summarize(a, batch), "baseline_latency": summarize(b, batch),
+                "method": "ABBA-interleaved pairs in one process; ratio = artifact / onnxruntime"}
+        other.close()
+        base.close()
+        out.append(pair)
+        if progress:
+            progress({**pair, "paired": True})
+    return out

@@ -116,8 +116,40 @@ def _dynamo_onnx(ctx: ExportContext) -> onnx.ModelProto:
     if ctx.options.dynamic_batch:
         for value in (model.graph.input[0], model.graph.output[0]):
             value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    _scope_node_names(model)
     _strip_provenance(model)
     return model
+
+
+def _scope_node_names(model: onnx.ModelProto) -> None:
+    """Name nodes by the module that made them, ``/backbone/stage1/unit1/conv1/conv/Conv``, as the
+    TorchScript exporter did: the check's localisation, ``--keep-fp32`` and the int8 report's
+    weakest layers speak in these names. The dynamo exporter keeps the module path only in
+    node metadata (``name_scopes``: the module path, then the FX node's own name). A
+    convolution with its BatchNorm folded in carries the BatchNorm's scope there, so a node
+    with a ``<module>.weight`` initializer is named after that module instead."""
+    import ast
+    weights = {i.name[:-len(".weight")] for i in model.graph.initializer if i.name.endswith(".weight")}
+    taken: set[str] = set()
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        owner = next((i[:-len(".weight")] for i in node.input[1:2] if i[:-len(".weight")] in weights
+                      and i.endswith(".weight")), None)
+        try:
+            parts = [s for s in ast.literal_eval(scopes)[:-1] if s] if scopes is not None else []
+        except (ValueError, SyntaxError):
+            parts = []
+        module = owner or (parts[-1] if parts else "")
+        if not module:
+            taken.add(node.name)
+            continue
+        base = "/" + "/".join([*module.split("."), node.op_type]) if module else f"/{node.op_type}"
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        node.name = name
+        taken.add(name)
 
 
 def _strip_provenance(model: onnx.ModelProto) -> None:

@@ -16,7 +16,8 @@ So this module reads the archive itself, into memory once (no second read of a
 file that may change), and refuses all of that before torch sees it: only the
 entries ``torch.export.save`` writes for one program, only raw (unpickled)
 tensor payloads, only ATen operators (plus ``getitem``) that exist in this
-torch, only identifier names, only arithmetic on ``s0``-style symbols, only
+torch, only identifier names, only arithmetic on ``s0``-style symbols (in
+sympy's ``Symbol('s0', positive=True, integer=True)`` spelling too), only
 plain tuple/list/dict tree specs. Node metadata (stack traces, module paths)
 and guard code are dropped from the JSON, the archive is rebuilt in memory from
 what passed, and ``torch.export.load`` reads that copy with every ``torch.load``
@@ -43,11 +44,13 @@ MAX_ENTRIES = 100_000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FQN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$|^$")
 _ATEN = re.compile(r"^torch\.ops\.aten\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
-_EXPR_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|([-+*/%(),<>=!]+))")
+_EXPR_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|([-+*/%(),<>=!]+)|'([su]\d+)')")
 _SYMBOL = re.compile(r"^[su]\d+$")
 _EXPR_FUNCTIONS = {"Mod", "PythonMod", "FloorDiv", "CeilDiv", "Max", "Min", "Abs", "Eq", "Ne", "Le", "Lt",
                    "Ge", "Gt", "And", "Or", "Not", "True", "False", "oo", "IntTrueDiv", "FloatTrueDiv",
-                   "ToFloat", "TruncToInt", "CleanDiv"}
+                   "ToFloat", "TruncToInt", "CleanDiv",
+                   # torch writes symbols as sympy's srepr: Symbol('s77', positive=True, integer=True)
+                   "Symbol", "Integer", "positive", "integer", "nonnegative"}
 _TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _TOP_FILES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
 _ALLOWED_OTHER_TARGETS = {"_operator.getitem"}
