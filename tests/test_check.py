@@ -25,7 +25,8 @@ from bsconv_export.models.checkpoint import resolve_model
 @pytest.fixture(scope="module")
 def good_bundle(tmp_path_factory, shipped):
     out = tmp_path_factory.mktemp("chk") / "good"
-    r = export_bundle(shipped, out, ExportOptions(), check=CheckOptions())
+    # the formats the planted faults below edit; the .pt2 and .pte are tests/test_program.py's
+    r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "ort", "coreml")), check=CheckOptions())
     assert r.ok, r.manifest.check
     return out
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.formats import FORMATS
+from bsconv_export.exporter.formats import FORMATS, default_formats
 from bsconv_export.exporter.manifest import read_manifest
 from bsconv_export.exporter.context import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
@@ -26,7 +26,7 @@ def _torch(model, x):
         return model(torch.from_numpy(x)).numpy()
 
 
-def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
+def validate_bundle(root, loaded, formats=None):
     m = read_manifest(root)
     assert m.schema_version == 2 and m.verdict in ("passed", "unverified")
     assert m.model.arch == loaded.arch and m.model.num_classes == loaded.input_spec.num_classes
@@ -34,7 +34,7 @@ def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
     assert len(m.model.labels) == loaded.input_spec.num_classes
     assert m.command.startswith("bsconv-export export") and "torch" in m.tools
     by_fmt = {a.format: a for a in m.artifacts}
-    expected = {"onnx", "onnx-simplified"} | set(formats)
+    expected = {"onnx", "onnx-simplified"} | set(formats or m.export.formats)
     assert set(by_fmt) == expected
     from bsconv_export.exporter.records import path_sha256
     for a in m.artifacts:
@@ -58,6 +58,13 @@ def validate_bundle(root, loaded, formats=("onnx", "ort", "coreml")):
         c = by_fmt["coreml"]
         assert c.deployment_target == "iOS16" and c.details["outputs"] == ["classLabel", "logits"]
         assert (root / c.path / "Manifest.json").exists()
+    if "pte" in by_fmt:
+        from bsconv_export.exporter.runners.executorch_runner import ExecuTorchRunner
+        with ExecuTorchRunner(root / by_fmt["pte"].path) as r:
+            np.testing.assert_allclose(r.infer({"input": x})["logits"], ref, atol=1e-4 * scale, rtol=0)
+        assert by_fmt["pte"].details["delegated_nodes"] > by_fmt["pte"].details["outside_nodes"]
+    if "pt2" in by_fmt:
+        assert by_fmt["pt2"].details["op_types"].get("aten.conv2d.default", 0) > 0
     if "ort" in by_fmt:
         assert (root / "model.required_operators.config").exists() and (root / "mobile_usability.txt").exists()
         assert set(by_fmt["ort"].details["mobile_usability"]) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
@@ -92,6 +99,11 @@ SPREAD = ["mobilenetv1_w1d4_bsconvu", "cifar_mobilenetv2_w1d2_bsconvs_p1d6", "ci
           "mobilenetv3_small_w7d20_bsconvs_p1d6"]
 
 
+# ExecuTorch's lowering costs ~15 s a model, so make test lowers one V3 here (its squeeze-excitation
+# blocks leave layout copies outside XNNPACK) and the digits V2 in tests/test_program.py.
+WITH_PTE = {"mobilenetv3_small_w7d20_bsconvs_p1d6"}
+
+
 @pytest.mark.parametrize("arch", SPREAD)
 def test_zoo_spread_exports_to_every_format(tmp_path, arch):
     loaded = resolve_model(arch)
@@ -99,7 +111,8 @@ def test_zoo_spread_exports_to_every_format(tmp_path, arch):
         for name, buf in loaded.model.named_buffers():
             if name.endswith("running_mean"):
                 buf.uniform_(-0.1, 0.1)
-    result = export_bundle(loaded, tmp_path / "b")
+    formats = default_formats() if arch in WITH_PTE else tuple(f for f in default_formats() if f != "pte")
+    result = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=formats))
     assert all(r.ok for r in result.records), [r.error for r in result.records]
     validate_bundle(tmp_path / "b", loaded)
 

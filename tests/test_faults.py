@@ -116,11 +116,16 @@ def _value(spec, op, key):
     return arg.value
 
 
+def _const(spec, name):
+    """A MIL const by its module path name; torch.export names parameters ``p_…``, buffers ``b_…``."""
+    return next(o for o in _ops(spec) if o.type == "const" and o.outputs[0].name in (name, f"p_{name}", f"b_{name}"))
+
+
 def _bump_weight(bundle, spec, const_name, index, delta, package="model.mlpackage"):
     """Add ``delta`` to one value of a constant, inline or in the package's weight file
     (a MIL blob: metadata ``<sentinel, dtype, size, data offset>`` at the recorded offset)."""
     import struct
-    const = next(o for o in _ops(spec) if o.type == "const" and o.outputs[0].name == const_name)
+    const = _const(spec, const_name)
     val = const.attributes["val"]
     if val.WhichOneof("value") == "immediateValue":
         val.immediateValue.tensor.floats.values[index] += delta
@@ -208,7 +213,7 @@ def test_image_input_colour_order_fault_is_caught(image_bundle, copy_of, shipped
 def test_image_input_first_conv_fault_is_caught(image_bundle, copy_of, shipped):
     b = copy_of(image_bundle)
     path, spec = _mlprogram(b)
-    scale = next(o for o in _ops(spec) if o.type == "const" and o.outputs[0].name == "backbone_data_bn_scale")
+    scale = _const(spec, "backbone_data_bn_scale")
     scale.attributes["val"].immediateValue.tensor.floats.values[0] *= 1.01   # the first layer, red channel
     _save(path, spec, b)
     assert ("coreml", "coreml-mil-reference") in failed(check(b, shipped.model))
