@@ -93,4 +93,5 @@ def export_pte(ctx: ExportContext) -> ArtifactRecord:
                           nodes=summary["delegated_nodes"] + summary["outside_nodes"],
                           details={**summary, "executorch": et_version,
                                    "dynamic_batch": ctx.options.dynamic_batch,
-                                   "input_shape": list(ctx.example.shape)})
+                                   "input_shape": ["batch", *ctx.example.shape[1:]] if ctx.options.dynamic_batch
+                                   else list(ctx.example.shape)})
