@@ -23,12 +23,13 @@ run: $(STAMP)
 	$(VENV)/bin/bsconv-export export --out $(BUILD)/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6 --force \
 		--formats pt2,onnx,ort,coreml,pte,int8,fp16,coreml-fp16
 
+# One pytest worker per core (pytest-xdist); tests/conftest.py keeps each worker to one torch thread.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # Every zoo architecture at native size, every fp32 format, checked (about 11 minutes on 2 cores).
 test-zoo: $(STAMP)
-	$(PY) -m pytest -q -m zoo tests/test_zoo_check.py
+	$(PY) -m pytest -q -n auto -m zoo tests/test_zoo_check.py tests/test_reference.py tests/test_zoo.py
 
 train: $(STAMP)
 	$(VENV)/bin/bsconv-export train --force --out models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt

@@ -60,6 +60,19 @@ COLOUR = {"ok": "green", "failed": "red", "skipped": "yellow", "unverified": "re
 
 ARCH_HELP = "Architecture name (see 'bsconv-export models'). Omit it, and --checkpoint, for the shipped trained model."
 CKPT_HELP = "Checkpoint file: .pt/.pth state_dict (raw, {'model_state_dict': ...}, {'state_dict': ...}) or .safetensors."
+# The three model sources, the same options on every command that takes a model (see models/source.py).
+MODEL_OPT = typer.Option(None, "--model", help="Your own network: package.module:factory, a function returning an nn.Module. "
+                         "This IMPORTS AND RUNS that Python code (the current folder is importable). Weights from "
+                         "--checkpoint, or from the factory itself; needs an input spec.")
+MODEL_ARG_OPT = typer.Option([], "--model-arg", help="key=value passed to the --model factory (repeatable); values are "
+                             "read as Python literals (2, 0.5, True, 'x') where they parse, else as text.")
+PROGRAM_OPT = typer.Option(None, "--program", help="An ExportedProgram saved by torch.export.save (.pt2), loaded "
+                           "without unpickling or running code from it; needs an input spec.")
+SPEC_OPT = typer.Option(None, "--input-spec", help="JSON input spec for --model/--program: size, channels, mean, std, "
+                        "value_range, color_order, labels, num_classes.")
+MEAN_OPT = typer.Option(None, "--mean", help="--model/--program: per-channel mean the app subtracts, e.g. 0.485,0.456,0.406.")
+STD_OPT = typer.Option(None, "--std", help="--model/--program: per-channel std the app divides by.")
+LABELS_OPT = typer.Option(None, "--labels", help="--model/--program: text file, one class label per line.")
 
 
 def quiet_third_party_logs() -> None:
@@ -67,6 +80,17 @@ def quiet_third_party_logs() -> None:
     # warnings at import; they say nothing about this run.
     for name in ("coremltools", "ort_format_model", "ort_format_model.utils"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def model_request(arch, checkpoint, model, model_arg, program, input_spec=None, input_size=None,
+                  mean=None, std=None, labels=None):
+    """The model options of a command, as one request (models/source.py resolves it)."""
+    from .models.source import ModelRequest, SpecOptions, parse_floats
+    outside = model is not None or program is not None
+    spec = SpecOptions(spec_file=input_spec, input_size=input_size if outside else None,
+                       mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), labels_file=labels)
+    return ModelRequest(arch=arch, checkpoint=checkpoint, entry_point=model, model_args=tuple(model_arg),
+                        program=program, spec=spec)
 
 
 def emit_json(obj: Any) -> None:
@@ -140,19 +164,31 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JS
 def info_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Profile at this input size (default: the model's own)."),
+    model: Optional[str] = MODEL_OPT,
+    model_arg: list[str] = MODEL_ARG_OPT,
+    program: Optional[Path] = PROGRAM_OPT,
+    input_spec: Optional[Path] = SPEC_OPT,
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Profile at this input size (default: the model's own; for --model/--program, the input spec's size)."),
+    mean: Optional[str] = MEAN_OPT,
+    std: Optional[str] = STD_OPT,
+    labels: Optional[Path] = LABELS_OPT,
+    replace: Optional[str] = typer.Option(None, "--replace", help="Also report what BSConv's replacer would do: bsconvu or bsconvs (p=1/6 here)."),
     layers: bool = typer.Option(False, "--layers", help="Also print every layer's parameters and MACs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Parameters and MACs of a model, in total and per layer."""
-    from .models.checkpoint import resolve_model
-    from .models.profile import profile_model
-    loaded = resolve_model(arch, checkpoint)
+    """Parameters and MACs of a model, in total and per layer, and which convolutions are BSConv."""
+    from .models.profile import conv_inventory, profile_model, replacement_preview
+    from .models.source import resolve_request
+    loaded = resolve_request(model_request(arch, checkpoint, model, model_arg, program, input_spec, input_size,
+                                           mean, std, labels))
     prof = profile_model(loaded.model, input_size)
+    convs = conv_inventory(loaded.model)
+    preview = replacement_preview(loaded.model, replace) if replace else None
     if as_json:
-        emit_json({**prof.to_dict(), "input_spec": loaded.input_spec.to_dict(),
+        emit_json({**prof.to_dict(), "input_spec": loaded.input_spec.to_dict(), "source": loaded.source.to_dict(),
                    "checkpoint": str(loaded.path) if loaded.sha256 else None,
-                   "checkpoint_sha256": loaded.sha256 or None})
+                   "checkpoint_sha256": loaded.sha256 or None, "convolutions": convs,
+                   **({"replacement": preview} if preview else {})})
         return
     out.print(f"[bold]{prof.arch}[/bold]  input {prof.input_size}x{prof.input_size}  "
               f"params {prof.params:,} ({human(prof.params)})  MACs {prof.macs:,} ({human(prof.macs)})")
@@ -162,6 +198,13 @@ def info_cmd(
               f"{' ...' if spec.num_classes > 10 else ''}", highlight=False)
     if loaded.sha256:
         out.print(f"checkpoint {loaded.path}  sha256 {loaded.sha256[:16]}…", highlight=False)
+    out.print("convolutions: " + ", ".join(f"{n} {k}" for k, n in convs["counts"].items()), highlight=False)
+    if convs["plain"]:
+        out.print(f"plain k×k convolutions left: {', '.join(convs['plain'][:8])}"
+                  f"{' …' if len(convs['plain']) > 8 else ''}", highlight=False)
+    if preview:
+        out.print(f"{preview['kind']} replacer would replace {len(preview['replaced'])} convolutions: params "
+                  f"{preview['params_before']:,} → {preview['params_after']:,} ({preview['ratio']:.1%})", highlight=False)
     if layers:
         table = Table("layer", "type", "params", "MACs", "output")
         for layer in prof.layers:
@@ -173,14 +216,23 @@ def info_cmd(
 def evaluate_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
+    model: Optional[str] = MODEL_OPT,
+    model_arg: list[str] = MODEL_ARG_OPT,
+    program: Optional[Path] = PROGRAM_OPT,
+    input_spec: Optional[Path] = SPEC_OPT,
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="--model/--program: the input size."),
+    mean: Optional[str] = MEAN_OPT,
+    std: Optional[str] = STD_OPT,
+    labels: Optional[Path] = LABELS_OPT,
     data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 and 'label' [N]; default: the shipped held-out digits."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
-    from .models.checkpoint import resolve_model
     from .models.data import load_holdout, load_npz_inputs
+    from .models.source import resolve_request
     from .models.train import accuracy
-    loaded = resolve_model(arch, checkpoint)
+    loaded = resolve_request(model_request(arch, checkpoint, model, model_arg, program, input_spec, input_size,
+                                           mean, std, labels))
     if data is None:
         x, y = load_holdout(loaded.input_spec.size)
         source = "shipped held-out digits"
@@ -242,9 +294,16 @@ def _terminate_cleanly(*_: Any) -> None:
 def export_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
+    model: Optional[str] = MODEL_OPT,
+    model_arg: list[str] = MODEL_ARG_OPT,
+    program: Optional[Path] = PROGRAM_OPT,
+    input_spec: Optional[Path] = SPEC_OPT,
+    mean: Optional[str] = MEAN_OPT,
+    std: Optional[str] = STD_OPT,
+    labels: Optional[Path] = LABELS_OPT,
     out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
     formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated formats (list them with 'bsconv-export formats'); default pt2,onnx,ort,coreml,pte."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own; for --model/--program, the input spec's size)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size (CoreML takes 1)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX, ORT, pt2 and pte take any batch size (not with coreml; a .pte is planned for batches up to 15)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18, the dynamo exporter's own; below 18 needs --legacy-exporter)."),
@@ -269,7 +328,7 @@ def export_cmd(
     from .exporter.check import CheckOptions
     from .exporter.context import ExportOptions
     from .exporter.formats import default_formats, parse_formats
-    from .models.checkpoint import resolve_model
+    from .models.source import resolve_request
     quiet_third_party_logs()
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
@@ -277,7 +336,8 @@ def export_cmd(
                          force=force, calibration=calibration, keep_fp32=tuple(keep_fp32),
                          palettize_bits=palettize_bits, replace_anyway=replace_anyway,
                          legacy_exporter=legacy_exporter)
-    loaded = resolve_model(arch, checkpoint)
+    loaded = resolve_request(model_request(arch, checkpoint, model, model_arg, program, input_spec, input_size,
+                                           mean, std, labels))
     if loaded.metadata.get("untrained"):
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
 
@@ -319,6 +379,8 @@ def check_progress(rec) -> None:
 def check_cmd(
     bundle: Path = typer.Argument(..., help="A bundle directory made by 'export'."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original checkpoint, if the manifest's path is not valid here."),
+    model: Optional[str] = typer.Option(None, "--model", help="For a bundle exported with --model: the same package.module:factory, to confirm that importing and running it is intended (a bundle never imports code on its own)."),
+    program: Optional[Path] = typer.Option(None, "--program", help="For a bundle exported with --program: the .pt2, if the manifest's path is not valid here (sha256 verified)."),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 in the model's value range (and optional 'label' [N]); default: the shipped held-out digits for a digits model, else random inputs."),
     samples: int = typer.Option(32, "--samples", min=1, max=4096, help="Random inputs to draw when there is no real data (reduced-precision artifacts get at least 256)."),
     atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="Element-wise absolute tolerance for every artifact, replacing the default rules (see the README)."),
@@ -335,8 +397,8 @@ def check_cmd(
     from .exporter.manifest import read_manifest, write_manifest
     quiet_third_party_logs()
     manifest = read_manifest(bundle)
-    model = load_original(manifest, checkpoint)
-    report = run_check(bundle, manifest, model, CheckOptions(data=str(data) if data else None, samples=samples,
+    original = load_original(manifest, checkpoint, entry_point=model, program=program)
+    report = run_check(bundle, manifest, original, CheckOptions(data=str(data) if data else None, samples=samples,
                                                              atol=atol, rtol=rtol, localize=localize),
                        progress=check_progress)
     manifest.record_check(report)
@@ -429,6 +491,8 @@ def bench_cmd(
     duration: float = typer.Option(5.0, "--duration", min=0.1, help="Time limit per configuration, in seconds; stops earlier once stable."),
     iters: Optional[int] = typer.Option(None, "--iters", min=5, help="Exact number of timed runs instead of 'until stable'."),
     vs_torch: bool = typer.Option(False, "--vs-torch", help="Interleave PyTorch eager in the same process and report the paired ratio (bundles only)."),
+    model: Optional[str] = typer.Option(None, "--model", help="--vs-torch on a bundle exported with --model: the same package.module:factory, to confirm running it."),
+    program: Optional[Path] = typer.Option(None, "--program", help="--vs-torch on a bundle exported with --program: the .pt2, if the manifest's path is not valid here."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write the results JSON here (default for a bundle: BUNDLE/bench.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results JSON."),
 ) -> None:
@@ -444,13 +508,13 @@ def bench_cmd(
         raise UserInputError("--batch sizes must be at least 1")
     opts = BenchOptions(providers=_csv(providers), batches=batches, threads=n_threads, warmup=warmup,
                         duration=duration, iters=iters, vs_torch=vs_torch)
-    model = None
+    original = None
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
         from .exporter.check import load_original
         from .exporter.manifest import read_manifest
-        model = load_original(read_manifest(target))
+        original = load_original(read_manifest(target), entry_point=model, program=program)
 
     def progress(row: dict) -> None:
         if row.get("paired"):
@@ -466,7 +530,7 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
-    results = run_bench(target, opts, model, progress)
+    results = run_bench(target, opts, original, progress)
     from .exporter.manifest import write_bundle_file
     dest = out_file or (target / "bench.json" if results["model"] else None)
     if dest:

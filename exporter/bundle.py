@@ -51,9 +51,14 @@ class BundleResult:
         return self.manifest.artifacts
 
 
-def model_source_args(loaded: LoadedCheckpoint) -> list[str]:
-    """How the reproduce command names the model: its checkpoint, else its architecture."""
-    return ["--checkpoint", str(loaded.path)] if loaded.sha256 else [loaded.arch]
+def model_source_args(loaded: LoadedCheckpoint, spec_args: list[str] = ()) -> list[str]:
+    """How the reproduce command names the model: a zoo checkpoint, else its architecture; an
+    entry point or program with its checkpoint and the input-spec options it was given."""
+    src = loaded.source
+    if src.kind == "zoo":
+        return ["--checkpoint", str(loaded.path)] if loaded.sha256 else [loaded.arch]
+    ckpt = ["--checkpoint", str(loaded.path)] if src.kind == "entry_point" and loaded.sha256 else []
+    return [*src.cli_args(), *ckpt, *spec_args]
 
 
 def check_input_size(opts: ExportOptions, loaded: LoadedCheckpoint) -> int:
@@ -66,6 +71,18 @@ def check_input_size(opts: ExportOptions, loaded: LoadedCheckpoint) -> int:
     if size > MAX_INPUT_SIZE:
         raise UserInputError(f"--input-size {size} is over this tool's limit of {MAX_INPUT_SIZE}")
     return size
+
+
+def check_program_batch(opts: ExportOptions, loaded: LoadedCheckpoint) -> None:
+    """A --program captured at a fixed batch exports at that batch only."""
+    shape = getattr(loaded.model, "program_input_shape", None)
+    if not shape or not shape[0]:
+        return   # a dynamic program: reused for --dynamic-batch, captured again at a fixed --batch
+    if opts.dynamic_batch:
+        raise UserInputError(f"{loaded.arch} was captured at a fixed batch of {shape[0]}, so it cannot be exported "
+                             "with --dynamic-batch; capture it with a Dim batch or drop --dynamic-batch")
+    if opts.batch != shape[0]:
+        raise UserInputError(f"{loaded.arch} was captured at batch {shape[0]}; pass --batch {shape[0]}")
 
 
 def tool_versions() -> dict[str, str]:
@@ -119,7 +136,9 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
     if size != spec.size:
         spec = type(spec).from_dict({**spec.to_dict(), "size": size})
     validate_options(opts, spec)
-    claim = OutClaim(out, force=opts.force, inputs=(loaded.path,) if loaded.sha256 else ())
+    check_program_batch(opts, loaded)
+    inputs = tuple(Path(p) for p in (loaded.path if loaded.sha256 else None, loaded.source.program or None) if p)
+    claim = OutClaim(out, force=opts.force, inputs=inputs)
     if claim.check() and check is None and not opts.replace_anyway:
         raise UserInputError(f"--no-check would leave the new bundle unverified, so it would not replace {out}; "
                              "drop --no-check, or add --replace-anyway")
@@ -140,7 +159,8 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
                     ctx.records[fmt.name] = _run_stage(fmt, ctx)
                     if progress:
                         progress(fmt.name, ctx.records[fmt.name])
-            manifest = build_manifest(ctx, loaded, reproduce_command(model_source_args(loaded), opts, out, size))
+            manifest = build_manifest(ctx, loaded, reproduce_command(
+                model_source_args(loaded, loaded.metadata.get("spec_args", [])), opts, out, size))
             if check is not None:
                 if progress:
                     progress("check", None)
@@ -161,7 +181,7 @@ def build_manifest(ctx: ExportContext, loaded: LoadedCheckpoint, command: str) -
         model=ModelInfo(arch=ctx.arch, num_classes=ctx.spec.num_classes, params=ctx.params, macs=ctx.macs,
                         input_spec=ctx.spec, checkpoint=str(loaded.path) if loaded.sha256 else None,
                         checkpoint_sha256=loaded.sha256 or None,
-                        trained=not loaded.metadata.get("untrained", False)),
+                        trained=not loaded.metadata.get("untrained", False), source=loaded.source),
         export=ExportInfo(input_shape=list(ctx.example.shape), dynamic_batch=ctx.options.dynamic_batch,
                           opset=ctx.opset, coreml_precision=ctx.options.coreml_precision,
                           coreml_input=ctx.options.coreml_input, simplify=ctx.options.simplify,

@@ -10,6 +10,10 @@ A fixed batch is captured as it is; ``--dynamic-batch`` captures a ``Dim`` batch
 from 1 to :data:`MAX_BATCH`. The example input then has batch 2, because
 ``torch.export`` specialises a dimension whose example is 1.
 
+A model read from a ``--program`` file whose batch is already a ``Dim`` is not
+captured again for ``--dynamic-batch``: its own program (with its own bounds) is
+the bundle's program.
+
 The program keeps no example inputs (they would be a pickle of a whole input
 tensor in ``model.pt2``) and no source provenance (stack traces name the files
 of whoever exported it, and the ``from_node`` chains only slow lowering down).
@@ -38,6 +42,9 @@ class Capture:
 def capture_program(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> Capture:
     """``torch.export.export`` of ``model`` (prepared, eval mode) on ``example``'s shape."""
     t0 = time.perf_counter()
+    given = getattr(model, "exported", None)
+    if given is not None and dynamic_batch:
+        return Capture(program=given, seconds=time.perf_counter() - t0, dynamic_batch=True)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] < 2:

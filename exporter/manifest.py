@@ -25,6 +25,7 @@ from typing import Any
 
 from ..models.errors import UserInputError
 from ..models.registry import InputSpec
+from ..models.source import ModelSource
 from .records import ArtifactRecord, CheckRecord, CheckReport, Status
 
 SCHEMA_VERSION = 2
@@ -47,6 +48,11 @@ class ModelInfo:
     checkpoint: str | None
     checkpoint_sha256: str | None
     trained: bool
+    source: ModelSource | None = None     # None: a zoo model (manifests before the source was recorded)
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = ModelSource("zoo", arch=self.arch)
 
     @property
     def labels(self) -> list[str]:
@@ -55,7 +61,8 @@ class ModelInfo:
     def to_dict(self) -> dict:
         return {"arch": self.arch, "num_classes": self.num_classes, "params": self.params, "macs": self.macs,
                 "input_spec": self.input_spec.to_dict(), "labels": self.labels, "checkpoint": self.checkpoint,
-                "checkpoint_sha256": self.checkpoint_sha256, "trained": self.trained}
+                "checkpoint_sha256": self.checkpoint_sha256, "trained": self.trained,
+                "source": self.source.to_dict()}
 
 
 @dataclass
@@ -168,6 +175,22 @@ def _spec(r: _Reader, d: Any) -> InputSpec:
         raise r.bad(f"'input_spec' is invalid ({e})") from None
 
 
+def _source(r: _Reader, d: Any, arch: str) -> ModelSource:
+    if d is None:
+        return ModelSource("zoo", arch=arch)
+    kind = r.get(d, "kind", str)
+    if kind == "zoo":
+        return ModelSource("zoo", arch=r.get(d, "arch", str))
+    if kind == "entry_point":
+        args = r.get(d, "model_args", dict, optional=True, default={})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
+            raise r.bad("'model_args' must map names to strings")
+        return ModelSource("entry_point", entry_point=r.get(d, "entry_point", str), model_args=tuple(args.items()))
+    if kind == "program":
+        return ModelSource("program", program=r.get(d, "program", str), program_sha256=r.get(d, "program_sha256", str))
+    raise r.bad(f"model source kind {kind!r} is unknown")
+
+
 def _artifact(r: _Reader, d: Any) -> ArtifactRecord:
     status = r.get(d, "status", str)
     try:
@@ -233,7 +256,8 @@ def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
                         params=r.get(m, "params", int), macs=r.get(m, "macs", int), input_spec=spec,
                         checkpoint=r.get(m, "checkpoint", str, optional=True),
                         checkpoint_sha256=r.get(m, "checkpoint_sha256", str, optional=True),
-                        trained=r.get(m, "trained", bool, optional=True, default=False)),
+                        trained=r.get(m, "trained", bool, optional=True, default=False),
+                        source=_source(r, r.get(m, "source", dict, optional=True), r.get(m, "arch", str))),
         export=ExportInfo(input_shape=shape, dynamic_batch=r.get(e, "dynamic_batch", bool),
                           opset=r.get(e, "opset", int, optional=True),
                           coreml_precision=r.get(e, "coreml_precision", str, optional=True, default="fp32"),

@@ -18,7 +18,7 @@ import os
 import pickle
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ class LoadedCheckpoint:
     sha256: str
     input_spec: InputSpec
     metadata: dict[str, Any]
+    source: "ModelSource" = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            from .source import ModelSource
+            self.source = ModelSource("zoo", arch=self.arch)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -161,14 +167,27 @@ def _fit(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, arch: str) -
     model.load_state_dict(sd, strict=True)
 
 
-def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedCheckpoint:
-    """Load a checkpoint into a fresh model in eval mode; ``arch`` may come from the file."""
-    path = Path(path)
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; pass the file")
-    obj, header = _read(path)
+    return _read(path)
+
+
+def load_state_into(model: nn.Module, path: str | os.PathLike, label: str) -> tuple[str, dict[str, Any]]:
+    """Load a checkpoint's weights into a model built elsewhere (a --model factory), strictly;
+    returns the file's sha256 and its project header (which may hold an input spec)."""
+    path = Path(path)
+    obj, header = _read_file(path)
+    _fit(model, extract_state_dict(obj, path), path, label)
+    return file_sha256(path), header
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint into a fresh model in eval mode; ``arch`` may come from the file."""
+    path = Path(path)
+    obj, header = _read_file(path)
     sd = extract_state_dict(obj, path)
     arch_name = arch or header.get("arch")
     if not arch_name:

@@ -72,6 +72,26 @@ class BSConvS(nn.Sequential):
         return orthonormality_penalty(self.pw1.weight)
 
 
+class BackboneClassifier(nn.Module):
+    """The zoo's one interface: ``backbone`` (ending in global pooling) and ``classifier``.
+
+    ``forward_features`` returns pooled features [N, C, 1, 1]; ``forward_head`` maps them
+    to logits [N, num_classes].
+    """
+
+    backbone: nn.Module
+    classifier: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 class RegLossMixin:
     """Adds ``reg_loss(alpha)``: alpha times the sum of every submodule's orthonormality loss."""
 

@@ -32,7 +32,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .layers import BSConvS, BSConvU, Classifier, ConvBlock, RegLossMixin, SEUnit, make_activation
+from .layers import BackboneClassifier, BSConvS, BSConvU, Classifier, ConvBlock, RegLossMixin, SEUnit, make_activation
 from .layers import orthonormality_penalty
 from .registry import register_model
 
@@ -197,7 +197,7 @@ def _bottleneck(variant: str, in_channels: int, mid: int, out: int, stride: int,
 
 # --------------------------------------------------------------------------- network
 
-class MobileNet(RegLossMixin, nn.Module):
+class MobileNet(RegLossMixin, BackboneClassifier):
     """A MobileNet: ``backbone`` (ending in global pooling) and ``classifier``.
 
     ``forward_features`` returns pooled features [N, C, 1, 1]; ``forward_head``
@@ -262,15 +262,6 @@ class MobileNet(RegLossMixin, nn.Module):
                     nn.init.zeros_(m.bias)
         nn.init.xavier_normal_(self.classifier.conv.weight, gain=1.0)
         nn.init.zeros_(self.classifier.conv.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------- registry

@@ -47,7 +47,7 @@ def profile_model(model: nn.Module, input_size: int | None = None) -> ModelProfi
     for module, name in names.items():
         if name and not list(module.children()):
             hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: shapes.__setitem__(name, list(o.shape))))
+                lambda m, i, o, name=name: isinstance(o, torch.Tensor) and shapes.__setitem__(name, list(o.shape))))
     x = torch.zeros(1, spec.channels, size, size)
     was_training = model.training
     model.eval()
@@ -71,3 +71,69 @@ def profile_model(model: nn.Module, input_size: int | None = None) -> ModelProfi
         layers.append(LayerProfile(name, type(module).__name__, params, flops // 2, shapes[name]))
     return ModelProfile(arch=getattr(model, "arch", root), input_size=size, params=count_params(model),
                         macs=counter.get_total_flops() // 2, layers=layers)
+
+
+def _conv_kind(in_ch: int, out_ch: int, groups: int, kernel: tuple[int, ...]) -> str:
+    if groups == in_ch == out_ch and groups > 1:
+        return "depthwise"
+    if groups > 1:
+        return "grouped"
+    return "pointwise 1x1" if all(k == 1 for k in kernel) else "plain kxk"
+
+
+def conv_inventory(model: nn.Module) -> dict:
+    """Which convolutions are BSConv-U / BSConv-S and which plain ones remain.
+
+    Modules are recognised by class name, so the reference package's ``BSConvU``/``BSConvS``
+    count as well as ours; the convolutions inside a BSConv are part of it. A model loaded
+    from a program file has no modules left: its graph's convolutions are classified instead.
+    """
+    counts: dict[str, int] = {}
+    plain: list[str] = []
+    graph = getattr(getattr(model, "program", None), "graph", None)
+    if graph is not None:
+        for node in graph.nodes:
+            target = str(node.target)
+            if node.op != "call_function" or not ("aten.convolution" in target or "aten.conv2d" in target):
+                continue
+            w = getattr(node.args[1], "meta", {}).get("val")
+            if w is None or w.ndim != 4:
+                continue
+            groups_at = 8 if "convolution" in target else 6
+            groups = int(node.args[groups_at]) if len(node.args) > groups_at else int(node.kwargs.get("groups", 1))
+            kind = _conv_kind(int(w.shape[1]) * groups, int(w.shape[0]), groups, tuple(w.shape[2:]))
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "plain kxk":
+                plain.append(node.name)
+        return {"counts": counts, "plain": plain, "from": "graph"}
+    inside: set[str] = set()
+    for name, m in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside):
+            continue
+        cls = type(m).__name__
+        if cls in ("BSConvU", "BSConvS"):
+            kind = "BSConv-U" if cls == "BSConvU" else "BSConv-S"
+            inside.add(name)
+        elif isinstance(m, nn.Conv2d):
+            kind = _conv_kind(m.in_channels, m.out_channels, m.groups, tuple(m.kernel_size))
+            if kind == "plain kxk":
+                plain.append(name)
+        else:
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
+    return {"counts": counts, "plain": plain, "from": "modules"}
+
+
+def replacement_preview(model: nn.Module, kind: str) -> dict:
+    """What :func:`.replace.replace_convs` would do to a copy of ``model`` (the original is untouched)."""
+    import copy
+
+    from .errors import UserInputError
+    from .replace import replace_convs
+    if kind not in ("bsconvu", "bsconvs"):
+        raise UserInputError(f"--replace must be bsconvu or bsconvs, not {kind!r}")
+    if getattr(model, "program", None) is not None:
+        raise UserInputError("--replace needs modules to replace; a program file holds only a graph")
+    report = replace_convs(copy.deepcopy(model), kind=kind, p=1.0 / 6.0, with_bn=kind == "bsconvs")
+    return {"kind": kind, "replaced": report.replaced, "params_before": report.params_before,
+            "params_after": report.params_after, "ratio": report.ratio}

@@ -135,4 +135,4 @@ def create_model(name: str, *, num_classes: int | None = None, labels: tuple[str
 
 def _ensure_zoo_loaded() -> None:
     # Importing the zoo registers its builders; done lazily to avoid an import cycle.
-    from . import mobilenet  # noqa: F401
+    from . import mobilenet, resnet  # noqa: F401

@@ -24,6 +24,8 @@ from bsconv_export.exporter.formats import FORMATS
 from bsconv_export.models import list_models
 from bsconv_export.models.checkpoint import resolve_model
 
+from zoo_sample import family, representative
+
 STATS_SEED = 12345   # the check draws with seed 0
 # make test's sample leaves the .pte out (ExecuTorch's lowering takes ~15 s per model on 2 cores;
 # tests/test_export.py lowers one model per family); the whole-zoo sweep takes every fp32 format.
@@ -42,22 +44,6 @@ def realistic_statistics(model: nn.Module, spec, n: int = 16) -> None:
     with torch.no_grad():
         model(x)
     model.eval()
-
-
-def family(name: str) -> str:
-    return re.sub(r"_w[0-9d]+", "_W", name)
-
-
-def representative() -> list[str]:
-    """One width of each flavour × family × variant: the narrowest, which is the fastest."""
-    width = {"w1d4": 0, "w7d20": 0, "w1d2": 1, "w3d4": 2, "w1": 3}
-    chosen: dict[str, str] = {}
-    for name in list_models():
-        w = re.search(r"_(w[0-9d]+)", name).group(1)
-        key = family(name)
-        if key not in chosen or width.get(w, 9) < width.get(re.search(r"_(w[0-9d]+)", chosen[key]).group(1), 9):
-            chosen[key] = name
-    return sorted(chosen.values())
 
 
 def export_and_check(arch, tmp_path, formats):
@@ -94,4 +80,4 @@ def test_every_fp32_format_is_in_the_sweep():
 
 def test_sample_covers_every_family_and_variant():
     assert {family(n) for n in representative()} == {family(n) for n in list_models()}
-    assert len(representative()) == 24
+    assert len(representative()) == 24 + 15   # MobileNets, then ResNet/pre-ResNet (×2 flavours) and WRN

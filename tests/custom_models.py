@@ -1,0 +1,36 @@
+"""A small BSConv classifier defined outside the zoo, for the --model and --program tests."""
+import torch
+from torch import nn
+
+from bsconv_export.models import BSConvS, BSConvU
+
+
+class TinyBSConvNet(nn.Module):
+    """Stem conv, a BSConv-U and a BSConv-S stage, global pooling and a linear head."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8, in_channels: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            BSConvU(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            BSConvS(2 * width, 4 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def tiny(num_classes: int = 10, width: int = 8, seed: int = 0) -> nn.Module:
+    """The factory --model names: seeded weights, BatchNorm statistics that are not the identity."""
+    torch.manual_seed(seed)
+    model = TinyBSConvNet(num_classes, width)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def not_a_module(**_):
+    return "a string"
