@@ -268,10 +268,20 @@ def run_bench(target_path: str | Path, opts: BenchOptions, torch_model=None,
             "results": results, "paired": paired}
 
 
+#: onnxruntime's options in a paired run (see pair_with_onnxruntime)
+PAIRED_ORT_OPTIONS = {"session.intra_op.allow_spinning": "0"}
+
+
 def pair_with_onnxruntime(targets: list[Target], results: list[dict], opts: BenchOptions, workdir: Path,
                           progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Each CPU artifact of a non-onnxruntime runner, interleaved (ABBA) with the bundle's ONNX file
-    on onnxruntime's CPU provider at the same batch and threads: ``ratio = artifact / onnxruntime``."""
+    on onnxruntime's CPU provider at the same batch and threads: ``ratio = artifact / onnxruntime``.
+
+    onnxruntime runs here with its thread spinning off (:data:`PAIRED_ORT_OPTIONS`): its spinning
+    pool keeps the cores busy after each run and slows whatever runs next in the process (measured
+    on 2 cores: an XNNPACK .pte ran 1.9x slower right after a spinning onnxruntime, 0.8x after a
+    non-spinning one). An app runs one runtime, so neither should pay for the other. What spinning
+    is worth to onnxruntime alone is timed as a second pair, spinning on / off."""
     from .runners.onnx_runner import OnnxRunner
     onnx_target = next((t for t in targets if t.kind == "onnx"), None)
     if onnx_target is None:
@@ -287,7 +297,8 @@ def pair_with_onnxruntime(targets: list[Target], results: list[dict], opts: Benc
         batch = row["batch"]
         try:
             other = cls(target.path, threads=threads).load()
-            base = OnnxRunner(with_batch(onnx_target.path, batch, workdir), "cpu", threads=threads).load()
+            base = OnnxRunner(with_batch(onnx_target.path, batch, workdir), "cpu", threads=threads,
+                              session_options=PAIRED_ORT_OPTIONS).load()
         except Exception as e:  # noqa: BLE001 - recorded, the single rows above still stand
             out.append({"artifact": row["artifact"], "baseline": onnx_target.name, "batch": batch,
                         "status": "skipped", "reason": str(e).splitlines()[0][:200] if str(e) else type(e).__name__})
@@ -300,8 +311,15 @@ def pair_with_onnxruntime(targets: list[Target], results: list[dict], opts: Benc
                 "baseline_runner": "onnxruntime-cpu", "batch": batch, "status": "ok", "threads": threads,
                 "ratio_median": float(np.median(ratios)), "ratio_ci95": [low, high], "pairs": int(ratios.size),
                 "latency": summarize(a, batch), "baseline_latency": summarize(b, batch),
-                "method": "ABBA-interleaved pairs in one process; ratio = artifact / onnxruntime"}
+                "method": "ABBA-interleaved pairs in one process; ratio = artifact / onnxruntime "
+                          "(spinning off, see baseline_spinning)"}
         other.close()
+        spinning = OnnxRunner(with_batch(onnx_target.path, batch, workdir), "cpu", threads=threads).load()
+        s_on, s_off = measure_paired(lambda: spinning.infer({INPUT_NAME: x}), lambda: base.infer({INPUT_NAME: x}), opts)
+        on_off = s_on / s_off
+        pair["baseline_spinning"] = {"ratio_on_over_off": float(np.median(on_off)),
+                                     "ratio_ci95": list(bootstrap_ci(on_off)), "latency_on": summarize(s_on, batch)}
+        spinning.close()
         base.close()
         out.append(pair)
         if progress:

@@ -3,7 +3,8 @@
 For each model: export ``onnx`` and ``pte`` at 224 from one capture (untrained
 weights: latency does not depend on their values), then time the ``.pte``
 (ExecuTorch, XNNPACK) and the simplified ONNX (onnxruntime CPU, default
-threads) interleaved in ABBA order in this one process, batch 1. The ratio is
+threads, thread spinning off — a spinning pool slows whatever runs next in the
+process; ``ort_spinning_on_over_off`` says what spinning is worth to onnxruntime alone) interleaved in ABBA order in this one process, batch 1. The ratio is
 the median of the paired ratios ``pte / onnxruntime`` with a 95 % bootstrap
 interval; the row also says what XNNPACK did not take (ops left to ExecuTorch's
 portable kernels), which is what holds a ``.pte`` back.
@@ -45,6 +46,7 @@ def main() -> None:
                          "ort_p50_ms": round(pair["baseline_latency"]["p50_ms"], 3),
                          "ratio_median": round(pair["ratio_median"], 3),
                          "ratio_ci95": [round(v, 3) for v in pair["ratio_ci95"]], "pairs": pair["pairs"],
+                         "ort_spinning_on_over_off": round(pair["baseline_spinning"]["ratio_on_over_off"], 3),
                          "lowering_seconds": round(pte.seconds, 1),
                          "xnnpack_nodes": pte.details["delegated_nodes"], "outside_ops": pte.details["outside_ops"]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

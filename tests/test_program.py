@@ -271,3 +271,15 @@ def test_a_file_that_is_no_program_is_one_clear_error(tmp_path, content, message
         load_program(p)
     with pytest.raises(ProgramError, match="does not exist"):
         load_program(tmp_path / "missing.pt2")
+
+
+def test_bench_pairs_the_pte_with_a_non_spinning_onnxruntime(program_bundle, tmp_path):
+    from bsconv_export.exporter.bench import PAIRED_ORT_OPTIONS, BenchOptions, run_bench
+    bundle = tmp_path / "b"
+    shutil.copytree(program_bundle, bundle)
+    res = run_bench(bundle, BenchOptions(iters=6, warmup=1))
+    (pair,) = res["paired"]
+    assert pair["status"] == "ok" and pair["artifact"] == "pte" and pair["baseline"] == "onnx-simplified"
+    assert pair["pairs"] >= 6 and pair["ratio_ci95"][0] <= pair["ratio_median"] <= pair["ratio_ci95"][1]
+    assert PAIRED_ORT_OPTIONS == {"session.intra_op.allow_spinning": "0"}
+    assert pair["baseline_spinning"]["ratio_on_over_off"] > 0
