@@ -11,6 +11,7 @@ export with nothing written.
 """
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import shutil
@@ -83,6 +84,20 @@ def check_program_batch(opts: ExportOptions, loaded: LoadedCheckpoint) -> None:
                              "with --dynamic-batch; capture it with a Dim batch or drop --dynamic-batch")
     if opts.batch != shape[0]:
         raise UserInputError(f"{loaded.arch} was captured at batch {shape[0]}; pass --batch {shape[0]}")
+
+
+def release_export_memory(ctx: ExportContext) -> None:
+    """Drop what only the stages needed (the program, the prepared copy) before the check runs in
+    the same process, and hand freed heap back to the system: the V2 export at 224 peaked at
+    2.9 GiB with them kept."""
+    ctx.capture = None
+    ctx.model = None  # type: ignore[assignment]
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass   # not glibc: the memory is still free for this process to reuse
 
 
 def tool_versions() -> dict[str, str]:
@@ -161,6 +176,8 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
                         progress(fmt.name, ctx.records[fmt.name])
             manifest = build_manifest(ctx, loaded, reproduce_command(
                 model_source_args(loaded, loaded.metadata.get("spec_args", [])), opts, out, size))
+            release_export_memory(ctx)
+            del prepared
             if check is not None:
                 if progress:
                     progress("check", None)
