@@ -82,17 +82,6 @@ def quiet_third_party_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def model_request(arch, checkpoint, model, model_arg, program, input_spec=None, input_size=None,
-                  mean=None, std=None, labels=None):
-    """The model options of a command, as one request (models/source.py resolves it)."""
-    from .models.source import ModelRequest, SpecOptions, parse_floats
-    outside = model is not None or program is not None
-    spec = SpecOptions(spec_file=input_spec, input_size=input_size if outside else None,
-                       mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), labels_file=labels)
-    return ModelRequest(arch=arch, checkpoint=checkpoint, entry_point=model, model_args=tuple(model_arg),
-                        program=program, spec=spec)
-
-
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -178,8 +167,8 @@ def info_cmd(
 ) -> None:
     """Parameters and MACs of a model, in total and per layer, and which convolutions are BSConv."""
     from .models.profile import conv_inventory, profile_model, replacement_preview
-    from .models.source import resolve_request
-    loaded = resolve_request(model_request(arch, checkpoint, model, model_arg, program, input_spec, input_size,
+    from .models.source import request_from_options, resolve_request
+    loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
                                            mean, std, labels))
     prof = profile_model(loaded.model, input_size)
     convs = conv_inventory(loaded.model)
@@ -229,9 +218,9 @@ def evaluate_cmd(
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
     from .models.data import load_holdout, load_npz_inputs
-    from .models.source import resolve_request
+    from .models.source import request_from_options, resolve_request
     from .models.train import accuracy
-    loaded = resolve_request(model_request(arch, checkpoint, model, model_arg, program, input_spec, input_size,
+    loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
                                            mean, std, labels))
     if data is None:
         x, y = load_holdout(loaded.input_spec.size)
@@ -328,7 +317,7 @@ def export_cmd(
     from .exporter.check import CheckOptions
     from .exporter.context import ExportOptions
     from .exporter.formats import default_formats, parse_formats
-    from .models.source import resolve_request
+    from .models.source import request_from_options, resolve_request
     quiet_third_party_logs()
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
@@ -336,7 +325,7 @@ def export_cmd(
                          force=force, calibration=calibration, keep_fp32=tuple(keep_fp32),
                          palettize_bits=palettize_bits, replace_anyway=replace_anyway,
                          legacy_exporter=legacy_exporter)
-    loaded = resolve_request(model_request(arch, checkpoint, model, model_arg, program, input_spec, input_size,
+    loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
                                            mean, std, labels))
     if loaded.metadata.get("untrained"):
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)

@@ -432,15 +432,14 @@ def _recorded_checkpoint(m) -> Path | None:
 
 
 def _original_program(src, program: str | Path | None) -> nn.Module:
-    from ..models.program import load_program
-    from ..models.source import program_module
+    from ..models.source import load_program_module
     path = Path(program) if program is not None else Path(src.program)
     if path.suffix != ".pt2":
         raise UserInputError(f"{path} is not a .pt2 program file; pass --program PATH")
     if not path.is_file():
         raise UserInputError(f"the bundle's program {path} is not here; pass --program PATH")
-    prog, digest = load_program(path)
+    model, digest = load_program_module(path)
     if digest != src.program_sha256:
         raise UserInputError(f"{path} is not the program this bundle was exported from (sha256 differs); "
                              "pass the original with --program or re-export")
-    return program_module(prog, path.name).eval()
+    return model.eval()

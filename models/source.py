@@ -111,6 +111,17 @@ class SpecOptions:
         return args
 
 
+def request_from_options(arch, checkpoint, model, model_arg, program, input_spec=None, input_size=None,
+                         mean=None, std=None, labels=None) -> "ModelRequest":
+    """A command's model options as one request; ``--input-size`` is part of the spec only for a
+    model outside the zoo (a zoo model keeps its own spec and exports at that size)."""
+    outside = model is not None or program is not None
+    spec = SpecOptions(spec_file=input_spec, input_size=input_size if outside else None,
+                       mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), labels_file=labels)
+    return ModelRequest(arch=arch, checkpoint=checkpoint, entry_point=model, model_args=tuple(model_arg),
+                        program=program, spec=spec)
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     """Everything a command was told about its model."""
@@ -152,9 +163,7 @@ def resolve_request(req: ModelRequest):
             raise UserInputError("--program holds its weights; drop --checkpoint")
         if req.model_args:
             raise UserInputError("--model-arg goes with --model, not --program")
-        from .program import load_program
-        program, digest = load_program(req.program)
-        model = program_module(program, req.program.name)
+        model, digest = load_program_module(req.program)
         source = ModelSource("program", program=str(req.program), program_sha256=digest)
         spec = spec_for(model, req.spec, None, label=req.program.name,
                         fixed_shape=model.program_input_shape)
@@ -237,6 +246,13 @@ def call_entry_point(entry_point: str, kwargs: dict[str, Any]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserInputError(f"--model: {entry_point} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def load_program_module(path: Path) -> tuple[nn.Module, str]:
+    """A .pt2 read by the safe loader, as a runnable module, and the file's sha256."""
+    from .program import load_program
+    program, digest = load_program(path)
+    return program_module(program, path.name), digest
 
 
 def program_module(program, label: str) -> nn.Module:
