@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced clean
+.PHONY: run test test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced bench-compare clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench-latency: $(STAMP)
 
 bench-pte: $(STAMP)
 	$(PY) tests/bench_pte.py
+
+# OpenVINO beside our files, for this benchmark only (never a product dependency). --no-deps leaves
+# out openvino-telemetry: with it, `import openvino` sends a Google Analytics event; without it,
+# OpenVINO falls back to its own no-op stub (checked with strace: no connect).
+bench-compare: $(STAMP)
+	$(PY) -m pip install -q --no-deps -c constraints.txt openvino
+	$(PY) tests/bench_compare.py
 
 bench-gate: $(STAMP)
 	$(PY) tests/bench_gate.py

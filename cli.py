@@ -304,6 +304,7 @@ def export_cmd(
     replace_anyway: bool = typer.Option(False, "--replace-anyway", help="With --force: replace the old bundle even when the new one fails or is not checked."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="int8 calibration: an .npz with an 'input' array of real samples, or 'random' (latency work only). Default: the digits' training split for a digits model."),
     keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="int8: ONNX node name left in float (repeatable); the manifest's weakest_layers suggests candidates."),
+    int8_plan: str = typer.Option("measured", "--int8-plan", help="int8: 'measured' (default) profiles float and int8 per block on onnxruntime, keeps in float the blocks int8 makes slower, then more until the output agrees with float; 'uniform' quantises every node (except --keep-fp32)."),
     palettize_bits: Optional[int] = typer.Option(None, "--palettize-bits", help="coreml-fp16: palettise weights to this many bits (k-means)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check: the bundle is then 'unverified', not passed (run 'check' later)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -322,7 +323,7 @@ def export_cmd(
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                          coreml_precision=coreml_precision, coreml_input=coreml_input, simplify=not no_simplify,
-                         force=force, calibration=calibration, keep_fp32=tuple(keep_fp32),
+                         force=force, calibration=calibration, keep_fp32=tuple(keep_fp32), int8_plan=int8_plan,
                          palettize_bits=palettize_bits, replace_anyway=replace_anyway,
                          legacy_exporter=legacy_exporter)
     loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,

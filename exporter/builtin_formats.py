@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..models.errors import UserInputError
 from ..models.registry import InputSpec
-from .context import COREML_INPUTS, COREML_PRECISIONS, ExportOptions
+from .context import COREML_INPUTS, COREML_PRECISIONS, INT8_PLANS, ExportOptions
 from .coreml import COREML_NAME, export_coreml
 from .executorch_export import PTE_NAME, export_pte
 from .formats import Format, register_format
@@ -34,6 +34,8 @@ def _validate_coreml_fp16(opts: ExportOptions, spec: InputSpec) -> None:
 
 def _validate_int8(opts: ExportOptions, spec: InputSpec) -> None:
     from pathlib import Path
+    if opts.int8_plan not in INT8_PLANS:
+        raise UserInputError(f"--int8-plan must be one of {', '.join(INT8_PLANS)}, not {opts.int8_plan}")
     if opts.calibration not in (None, "random") and not Path(opts.calibration).is_file():
         raise UserInputError(f"--calibration {opts.calibration} does not exist; pass an .npz with an "
                              "'input' array or 'random'")
@@ -81,7 +83,7 @@ register_format(Format(
     "pte", export_pte, PTE_NAME, "pte", "ExecuTorch program, XNNPACK-delegated", default=True, note=_pte_note))
 register_format(Format(
     "int8", export_int8, INT8_NAME, "onnx", "ONNX, ORT static QDQ int8", precision="int8", requires=("onnx",),
-    options=("calibration", "keep_fp32"), validate=_validate_int8,
+    options=("calibration", "keep_fp32", "int8_plan"), validate=_validate_int8,
     note=lambda r: f"{r.details.get('bytes_ratio_to_fp32')}x fp32 bytes; calibration: {r.details.get('calibration')}"))
 register_format(Format(
     "fp16", export_fp16, FP16_NAME, "onnx", "ONNX with fp16 weights and arithmetic", precision="fp16",

@@ -14,6 +14,7 @@ from .records import ArtifactRecord
 
 COREML_PRECISIONS = ("fp32", "fp16")
 COREML_INPUTS = ("tensor", "image")
+INT8_PLANS = ("measured", "uniform")
 # The app's contract: every artifact takes ``input`` and returns ``logits`` (CoreML adds ``classLabel``).
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -33,6 +34,7 @@ class ExportOptions:
     force: bool = False
     calibration: str | None = None          # .npz path, "random", or None (real data where it exists)
     keep_fp32: tuple[str, ...] = ()         # ONNX node names int8 leaves in float
+    int8_plan: str = "measured"             # "measured": float where int8 is slower or fails the gate; "uniform"
     palettize_bits: int | None = None       # coreml-fp16 weight palettisation
     replace_anyway: bool = False            # with force: replace even when the new bundle did not pass
     legacy_exporter: bool = False           # ONNX and CoreML from torch.jit.trace instead of the captured program

@@ -117,7 +117,7 @@ def plan(opts: ExportOptions) -> list[Format]:
 #: the flag of each ExportOptions field (the CLI's spelling), for messages and the reproduce command
 OPTION_FLAGS = {"input_size": "--input-size", "batch": "--batch", "dynamic_batch": "--dynamic-batch",
                 "opset": "--opset", "coreml_precision": "--coreml-precision", "coreml_input": "--coreml-input",
-                "simplify": "--no-simplify", "calibration": "--calibration", "keep_fp32": "--keep-fp32",
+                "simplify": "--no-simplify", "calibration": "--calibration", "keep_fp32": "--keep-fp32", "int8_plan": "--int8-plan",
                 "palettize_bits": "--palettize-bits", "legacy_exporter": "--legacy-exporter"}
 _DEFAULTS = {f.name: f.default for f in fields(ExportOptions)}
 

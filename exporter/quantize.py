@@ -35,11 +35,13 @@ from ..models.data import digits_to_input, is_digits_model, load_npz_inputs, spl
 from ..models.errors import UserInputError
 
 from .context import INPUT_NAME, ExportContext
+from .tolerances import DEFAULT_TOLERANCES
 from .onnx_export import op_histogram
 from .records import ArtifactRecord, Status
 
 INT8_NAME = "model.int8.onnx"
 CALIBRATION_SAMPLES = 256
+GATE_SAMPLES = 128
 
 
 def _reader_base():
@@ -85,35 +87,161 @@ def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, str]:
         return x, str(source)
     if is_digits_model(spec):
         images, _, _, _ = split_digits()
-        idx = np.random.default_rng(0).permutation(len(images))[:CALIBRATION_SAMPLES]
+        idx = _digits_order(len(images))[:CALIBRATION_SAMPLES]
         return digits_to_input(images[idx], spec.size), f"{len(idx)} digits from the training split"
     raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' array "
                          f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
 
 
-def quantize_int8(src: Path, dst: Path, x: np.ndarray, batch: int, keep_fp32: tuple[str, ...] = (),
-                  preprocessed: Path | None = None) -> None:
-    """Quantise ``src`` into ``dst``; keep the pre-processed float model at ``preprocessed`` if given
-    (the float graph the int8 one is made from, tensor for tensor, for :func:`layer_sensitivity`)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def gate_data(ctx: ExportContext, calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Inputs the mixed-precision gate measures on (labels where they exist), never the check's:
+    for digits, training-split images the calibration did not use; for random calibration, other
+    random samples; for a user's file, its own samples (the only real data there is)."""
+    spec = ctx.spec
+    if ctx.options.calibration == "random":
+        lo, hi = spec.value_range
+        x = np.random.default_rng(1).uniform(lo, hi, (GATE_SAMPLES,) + spec.shape).astype(np.float32)
+        return x, None, f"{GATE_SAMPLES} other random uniform samples"
+    if ctx.options.calibration:
+        x, y = load_npz_inputs(ctx.options.calibration, spec)
+        return x, y, f"the {len(x)} calibration samples"
+    images, labels, _, _ = split_digits()
+    idx = _digits_order(len(images))[CALIBRATION_SAMPLES:CALIBRATION_SAMPLES + 2 * GATE_SAMPLES]
+    return digits_to_input(images[idx], spec.size), labels[idx], f"{len(idx)} other digits from the training split"
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = preprocessed or Path(tmp) / "pre.onnx"
-        quiet = logging.getLogger()
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger
+
+def _digits_order(n: int) -> np.ndarray:
+    return np.random.default_rng(0).permutation(n)
+
+
+def _quietly():
+    """The quantiser logs advice at WARNING on the root logger and prints to stdout."""
+    @contextlib.contextmanager
+    def scope():
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                quant_pre_process(str(src), str(pre))
-                _check_node_names(pre, keep_fp32)
-                quantize_static(str(pre), str(dst), ArrayReader(x, batch), quant_format=QuantFormat.QDQ,
-                                per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax,
-                                nodes_to_exclude=list(keep_fp32) or None,
-                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                yield
         finally:
-            quiet.setLevel(level)
+            root.setLevel(level)
+    return scope()
+
+
+def preprocess(src: Path, dst: Path) -> None:
+    """onnxruntime's pre-processing (shape inference, basic optimisation): the float graph the int8
+    one is made from, node for node (its node names are what ``--keep-fp32`` and the plan name)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with _quietly():
+        quant_pre_process(str(src), str(dst))
+
+
+def quantize_int8(pre: Path, dst: Path, x: np.ndarray | None, batch: int, exclude: tuple[str, ...] = (),
+                  calibration_cache: Path | None = None) -> None:
+    """Quantise the pre-processed float model ``pre`` into ``dst``, leaving the nodes in ``exclude``
+    in float. With ``calibration_cache``, the first call calibrates on ``x`` and writes the ranges
+    there; later calls reuse them (``x`` may then be None)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    cached = calibration_cache is not None and calibration_cache.is_file()
+    with _quietly():
+        quantize_static(str(pre), str(dst), None if cached else ArrayReader(x, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=list(exclude) or None,
+                        calibration_cache_path=str(calibration_cache) if calibration_cache else None,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def shield_float_convs(path: Path) -> int:
+    """Keep the float convolutions of a mixed file float on onnxruntime; returns how many it shielded.
+
+    onnxruntime's ``WeightBiasQuantization`` pass (graph optimisation level 1, on by default)
+    finds a Conv or Gemm whose input comes from a per-tensor DequantizeLinear and whose weight is a
+    float initializer, and quantises that weight at session load: per-tensor, symmetric int8. For a
+    depthwise convolution, whose channels' weights differ by orders of magnitude, that destroys the
+    output (measured: a digits model with one depthwise convolution kept in float agreed with the
+    float model on 47 % of inputs; 100 % once shielded). The shield gives each such convolution its
+    own DequantizeLinear with the same scale repeated per channel (``axis=1``): the same values,
+    but not the per-tensor pattern the pass looks for."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(path)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    inserts = []
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in inits \
+                or inits[n.input[1]].data_type != onnx.TensorProto.FLOAT:
+            continue
+        dq = producer.get(n.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        if scale.size != 1:
+            continue
+        has_zp = len(dq.input) > 2 and dq.input[2] in inits
+        zp = numpy_helper.to_array(inits[dq.input[2]]) if has_zp else np.zeros((), np.uint8)
+        w = list(inits[n.input[1]].dims)
+        if n.op_type == "Conv":
+            channels = w[1] * next((a.i for a in n.attribute if a.name == "group"), 1)
+        else:
+            channels = w[1] if next((a.i for a in n.attribute if a.name == "transB"), 0) else w[0]
+        name = f"{n.input[0]}_for_float_{len(inserts)}"
+        g.initializer.extend([numpy_helper.from_array(np.full(channels, scale.reshape(()), scale.dtype), name + "_scale"),
+                              numpy_helper.from_array(np.full(channels, zp.reshape(()), zp.dtype), name + "_zero_point")])
+        inserts.append((n, helper.make_node("DequantizeLinear", [dq.input[0], name + "_scale", name + "_zero_point"],
+                                            [name], name=name, axis=1)))
+    for consumer, node in inserts:
+        g.node.insert(list(g.node).index(consumer), node)
+        consumer.input[0] = node.output[0]
+    if inserts:
+        onnx.save(model, path)
+    return len(inserts)
+
+
+def compact(src: Path, dst: Path) -> dict:
+    """Rewrite a QDQ file without what it does not need (the same graph, the same outputs):
+    all-zero zero points of dequantised weights and biases (zero is the default), the intermediate
+    shape annotations (value_info), quantiser-generated tensor names (replaced by short ones; the
+    graph's input and output names stay) and the names of QuantizeLinear/DequantizeLinear nodes.
+    Compute nodes keep their names. Returns the bytes each step saved."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(src)
+    g = model.graph
+    before = model.ByteSize()
+    inits = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and len(n.input) == 3 and n.input[0] in inits and n.input[2] in inits:
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            if zp.dtype in (np.int8, np.int32) and not zp.any():
+                del n.input[2]
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    after_zero_points = model.ByteSize()
+    del g.value_info[:]
+    after_value_info = model.ByteSize()
+    io = {v.name for v in g.input} | {v.name for v in g.output}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in io:
+            return name
+        return short.setdefault(name, format(len(short), "x"))
+    for t in g.initializer:
+        t.name = rename(t.name)
+    for n in g.node:
+        n.input[:] = [rename(i) for i in n.input]
+        n.output[:] = [rename(o) for o in n.output]
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            n.name = ""
+    onnx.save(model, dst)
+    return {"zero_points": before - after_zero_points, "value_info": after_zero_points - after_value_info,
+            "names": after_value_info - model.ByteSize()}
 
 
 def _check_node_names(model_path: Path, names: tuple[str, ...]) -> None:
@@ -132,8 +260,11 @@ def _check_node_names(model_path: Path, names: tuple[str, ...]) -> None:
                                     "; the manifest's int8 weakest_layers lists node names"))
 
 
-def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: int, worst: int = 5) -> list[dict]:
-    """The ``worst`` quantised activations by SQNR (dB, lower is worse), with the nodes producing them."""
+def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: int) -> list[dict]:
+    """Every quantised activation by SQNR (dB, lower is worse, worst first), with the node producing it:
+    ``sqnr_db`` against the float model (the error accumulated up to that tensor) and
+    ``local_sqnr_db`` against the same tensor before its own quantise/dequantise pair (the damage
+    int8 does at that point alone)."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
@@ -147,29 +278,113 @@ def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: in
         matching = {k: v for k, v in dbg.create_activation_matching(q_act, f_act).items() if "float" in v}
         errors = dbg.compute_activation_error(matching)
     producers = {out: n.name for n in onnx.load(float_path).graph.node for out in n.output}
-    rows = [{"tensor": t, "node": producers.get(t, t), "sqnr_db": float(e["xmodel_err"])}
+    rows = [{"tensor": t, "node": producers.get(t, t), "sqnr_db": float(e["xmodel_err"]),
+             "local_sqnr_db": float(e.get("qdq_err", np.nan))}
             for t, e in errors.items() if "xmodel_err" in e and np.isfinite(e["xmodel_err"])]
-    return sorted(rows, key=lambda r: r["sqnr_db"])[:worst]
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def float_logits(path: Path, x: np.ndarray, batch: int) -> np.ndarray:
+    from .runners.onnx_runner import onnxruntime
+    ort = onnxruntime()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def paired_ratios(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0, min_rounds: int = 15) -> dict[str, float]:
+    """Median latency of each file over the first one's, the files run in rotating order within
+    each round for ``budget_s`` (onnxruntime's CPU provider, its default threads, no spinning so
+    one session does not slow the next)."""
+    from .runners.onnx_runner import onnxruntime
+    ort = onnxruntime()
+    sessions = {}
+    for name, p in paths.items():
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+    feed = {INPUT_NAME: x}
+    names = list(sessions)
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rounds, deadline = 0, time.perf_counter() + budget_s
+    while rounds < min_rounds or time.perf_counter() < deadline:
+        for n in names[rounds % len(names):] + names[:rounds % len(names)]:
+            t = time.perf_counter()
+            sessions[n].run(None, feed)
+            times[n].append(time.perf_counter() - t)
+        rounds += 1
+    base = np.asarray(times[names[0]])
+    return {n: round(float(np.median(np.asarray(times[n]) / base)), 3) for n in names[1:]}
 
 
 def export_int8(ctx: ExportContext) -> ArtifactRecord:
+    from . import mixed_precision as mp
     t0 = time.perf_counter()
     source_name, src = ctx.onnx_source()
     x, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
     x = x[:len(x) - len(x) % batch] if len(x) >= batch else np.repeat(x, batch, axis=0)[:batch]
     dst = ctx.workdir / INT8_NAME
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quantize_int8(src, dst, x, batch, ctx.options.keep_fp32, preprocessed=pre)
-        sensitivity = layer_sensitivity(pre, dst, x, batch)
+    user_kept = tuple(ctx.options.keep_fp32)
+    details: dict = {}
     import onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pre, cache = tmp / "pre.onnx", tmp / "calibration.json"
+        preprocess(src, pre)
+        _check_node_names(pre, user_kept)
+        groups = mp.GraphGroups.of(onnx.load(pre, load_external_data=False))
+        built: dict[tuple[str, ...], Path] = {}
+
+        def build(kept: list[str]) -> Path:
+            key = tuple(kept)
+            if key not in built:
+                built[key] = tmp / f"int8_{len(built)}.onnx"
+                quantize_int8(pre, built[key], x, batch, user_kept + tuple(groups.nodes(kept)), cache)
+                shield_float_convs(built[key])
+            return built[key]
+        full = build([])
+        sensitivity = layer_sensitivity(pre, full, x, batch)
+        chosen = full
+        if ctx.options.int8_plan == "measured" and groups.groups:
+            gx, gy, gate_origin = gate_data(ctx, x)
+            gx = gx[:len(gx) - len(gx) % batch] if len(gx) >= batch else np.repeat(gx, batch, axis=0)[:batch]
+            gy = gy[:len(gx)] if gy is not None else None
+            reference = float_logits(pre, gx, batch)
+            tol = DEFAULT_TOLERANCES["int8"]
+            local = sorted(sensitivity, key=lambda r: r["local_sqnr_db"] if np.isfinite(r["local_sqnr_db"]) else np.inf)
+            order = list(dict.fromkeys(g for g in (groups.tensor_group.get(r["tensor"]) for r in local) if g))
+            one = ctx.example.detach().cpu().numpy()[:batch].astype(np.float32)
+
+            def time_models(files: dict[str, Path]) -> dict[str, float]:
+                return paired_ratios({"fp32": pre, **files}, one)
+
+            def gate(path: Path) -> dict:
+                return mp.top1_gate(path, reference, gx, batch, tol.min_top1_agreement, gy, tol.max_accuracy_drop)
+            plan, chosen = mp.decide(groups.groups, mp.profile_groups(pre, one, groups, threads=None),
+                                     mp.profile_groups(full, one, groups, threads=None), build, time_models, gate, order,
+                                     weights=groups.weights)
+            details["plan"] = {"method": "measured: onnxruntime's profiler per group (float vs all-int8) proposes "
+                               "float regions at three granularities; the fastest file (timed interleaved with "
+                               "the others, at least 5 % faster than all-int8, at most half its weights in float) "
+                               "is gated on agreement with float", "gate_inputs": gate_origin,
+                               **plan.to_dict()}
+        elif ctx.options.int8_plan == "measured":
+            details["plan"] = {"method": "skipped: the graph's node names carry no module paths to group by",
+                               "chosen": "all int8"}
+        saved = compact(chosen, dst)
     model = onnx.load(dst)
     return ArtifactRecord(
         format="int8", status=Status.OK, path=INT8_NAME, seconds=time.perf_counter() - t0,
         nodes=len(model.graph.node), opset=ctx.opset,
         details={"precision": "int8", "source": source_name, "calibration": origin,
                  "calibration_samples": int(len(x)), "recipe": "QDQ, per-channel int8 weights (symmetric, 7-bit reduced range), "
-                 "uint8 activations (asymmetric), MinMax", "kept_fp32": list(ctx.options.keep_fp32),
-                 "weakest_layers": sensitivity, "op_types": op_histogram(model),
+                 "uint8 activations (asymmetric), MinMax", "kept_fp32": list(user_kept),
+                 **details, "weakest_layers": sensitivity[:5], "op_types": op_histogram(model),
+                 "bytes_saved_by_compaction": saved,
                  "bytes_ratio_to_fp32": round((dst.stat().st_size) / src.stat().st_size, 3)})
