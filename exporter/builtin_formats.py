@@ -5,7 +5,7 @@ from ..models.errors import UserInputError
 from ..models.registry import InputSpec
 from .context import COREML_INPUTS, COREML_PRECISIONS, INT8_PLANS, ExportOptions
 from .coreml import COREML_NAME, export_coreml
-from .executorch_export import PTE_NAME, export_pte
+from .executorch_export import PTE_INT8_NAME, PTE_NAME, export_pte, export_pte_int8
 from .formats import Format, register_format
 from .fp16 import COREML_FP16_NAME, FP16_NAME, export_coreml_fp16, export_fp16
 from .onnx_export import ONNX_NAME, export_onnx
@@ -85,6 +85,10 @@ register_format(Format(
     "int8", export_int8, INT8_NAME, "onnx", "ONNX, ORT static QDQ int8", precision="int8", requires=("onnx",),
     options=("calibration", "keep_fp32", "int8_plan"), validate=_validate_int8,
     note=lambda r: f"{r.details.get('bytes_ratio_to_fp32')}x fp32 bytes; calibration: {r.details.get('calibration')}"))
+register_format(Format(
+    "pte-int8", export_pte_int8, PTE_INT8_NAME, "pte", "ExecuTorch program, XNNPACK int8 (pt2e quantizer)",
+    precision="int8", options=("calibration",), validate=_validate_int8,
+    note=lambda r: f"{_pte_note(r)}; calibration: {r.details.get('calibration')}"))
 register_format(Format(
     "fp16", export_fp16, FP16_NAME, "onnx", "ONNX with fp16 weights and arithmetic", precision="fp16",
     requires=("onnx",)))

@@ -18,10 +18,12 @@ import contextlib
 import sys
 import time
 
+import numpy as np
 import torch
 
 from .capture import op_counts
 from .context import ExportContext
+from .manifest import MAX_BATCH
 from .records import ArtifactRecord, Status
 
 PTE_NAME = "model.pte"
@@ -95,3 +97,53 @@ def export_pte(ctx: ExportContext) -> ArtifactRecord:
                                    "dynamic_batch": ctx.options.dynamic_batch,
                                    "input_shape": ["batch", *ctx.example.shape[1:]] if ctx.options.dynamic_batch
                                    else list(ctx.example.shape)})
+
+
+PTE_INT8_NAME = "model.int8.pte"
+
+
+def quantize_program(program, x, batch: int):
+    """The program's module quantised for XNNPACK: ExecuTorch's XNNPACK quantizer (int8, symmetric,
+    per-channel weights, per-tensor activations), calibrated by running ``x`` through the observed
+    module ``batch`` samples at a time."""
+    from .quiet import quiet_logs
+    try:
+        with quiet_logs():
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as e:
+        raise ExecuTorchUnavailable(abi_hint(e)) from e
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
+        observed = prepare_pt2e(program.module(), quantizer)
+        with torch.no_grad():
+            for i in range(0, len(x) - batch + 1, batch):
+                observed(torch.from_numpy(x[i:i + batch]))
+        return convert_pt2e(observed)
+
+
+def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
+    from .calibration import calibration_data
+    t0 = time.perf_counter()
+    x, origin = calibration_data(ctx)
+    batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
+    if len(x) < batch:
+        x = np.repeat(x, batch, axis=0)[:batch]
+    program = ctx.program()
+    quantized = quantize_program(program, x, batch)
+    example = ctx.example if not ctx.options.dynamic_batch else torch.cat([ctx.example, ctx.example])[:max(2, len(ctx.example))]
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if ctx.options.dynamic_batch else None
+    with torch.no_grad():
+        requantized = torch.export.export(quantized, (example,), dynamic_shapes=dynamic, strict=False)
+    buffer, summary = lower_to_pte(requantized)
+    (ctx.workdir / PTE_INT8_NAME).write_bytes(buffer)
+    fp32 = ctx.records.get("pte")
+    return ArtifactRecord(format="pte-int8", status=Status.OK, path=PTE_INT8_NAME, seconds=time.perf_counter() - t0,
+                          nodes=summary["delegated_nodes"] + summary["outside_nodes"],
+                          details={**summary, "precision": "int8", "calibration": origin,
+                                   "calibration_samples": int(len(x)),
+                                   "recipe": "XNNPACKQuantizer: int8 symmetric per-channel weights, int8 "
+                                             "per-tensor activations (torchao pt2e, MinMax observers)",
+                                   **({"bytes_ratio_to_fp32": round(len(buffer) / (ctx.workdir / fp32.path).stat().st_size, 3)}
+                                      if fp32 is not None and fp32.ok and fp32.path else {})})

@@ -38,6 +38,8 @@ from typing import Callable
 
 import numpy as np
 
+from .stats import bootstrap_ci
+
 #: a path component that names a repeated unit (MobileNet/ResNet ``unitN``, timm ``blocksN``, ``layerN``)
 UNIT = re.compile(r"(unit|block|blocks|layer)\d+$")
 #: suffixes the quantiser and onnxruntime's optimiser add to the float graph's node and tensor names
@@ -122,6 +124,7 @@ class Plan:
     rounds: list[dict] = field(default_factory=list)  # each gate run: kept count, agreement, passed
     passed_gate: bool = False
     candidates: dict[str, float] = field(default_factory=dict)  # proposal -> whole-model latency / fp32
+    over_all_int8: dict[str, float] = field(default_factory=dict)  # the fastest mixed plan / all-int8
     float_weight_share: dict[str, float] = field(default_factory=dict)  # proposal -> weights left in float
     chosen: str = "all int8"
     gate_note: str | None = None
@@ -130,6 +133,7 @@ class Plan:
         groups = sorted(set(self.float_us) | set(self.int8_us), key=lambda g: -self.float_us.get(g, 0.0))
         return {"chosen": self.chosen, "latency_over_fp32": self.candidates,
                 "float_weight_share": self.float_weight_share,
+                **({"fastest_mixed_over_all_int8": self.over_all_int8} if self.over_all_int8 else {}),
                 "kept_fp32_groups": self.kept, "passed_gate": self.passed_gate, "rounds": self.rounds,
                 **({"gate": self.gate_note} if self.gate_note else {}),
                 "groups": [{"group": g, "float_us": round(self.float_us.get(g, 0.0), 1),
@@ -177,7 +181,7 @@ def plan_at(level: str, groups: list[str], float_us: dict[str, float], int8_us: 
 
 
 def decide(groups: list[str], float_us: dict[str, float], int8_us: dict[str, float],
-           build: Callable[[list[str]], Path], time_models: Callable[[dict[str, Path]], dict[str, float]],
+           build: Callable[[list[str]], Path], time_models: Callable[[dict[str, Path]], dict[str, np.ndarray]],
            gate: Callable[[Path], dict], sensitivity: list[str], weights: dict[str, int] | None = None,
            margin: float = 0.05, min_gain: float = 0.05, max_float_weights: float = 0.5,
            max_rounds: int = 6) -> tuple[Plan, Path]:
@@ -185,9 +189,12 @@ def decide(groups: list[str], float_us: dict[str, float], int8_us: dict[str, flo
 
     The per-group profile says where int8 kernels lose, but not what each float island costs at
     its borders (a quantise/dequantise pair, a layout change), so it proposes candidates at three
-    granularities (:data:`LEVELS`) besides all-int8, and ``time_models`` (latency over fp32 of
-    each named file, timed interleaved) decides. A mixed candidate wins only when it is at least
-    ``min_gain`` faster than all-int8 and keeps at most ``max_float_weights`` of the weights
+    granularities (:data:`LEVELS`) besides all-int8, and ``time_models`` decides: it returns the
+    per-round latencies of the named files and of ``"fp32"``, timed interleaved round by round. A
+    mixed candidate wins only when it is faster than all-int8 by at least ``min_gain`` (median of
+    the per-round ratios) and surely faster (the 95 % interval's upper end below 1: a noisy
+    machine must not trade the small file for a gain it did not show), and keeps at most
+    ``max_float_weights`` of the weights
     (``weights``: elements per group) in float: past that the file is no longer the small one
     int8 promises (the fp32 file is in the bundle already). The gate then runs on the winner;
     while it fails, the groups most damaged by int8 (``sensitivity``: lowest SQNR first) go back
@@ -204,12 +211,17 @@ def decide(groups: list[str], float_us: dict[str, float], int8_us: dict[str, flo
             proposals[f"float {level}s where int8 is slower"] = kept
     float_share = {name: sum((weights or {}).get(g, 0) for g in kept) / total for name, kept in proposals.items()}
     files = {name: build(kept) for name, kept in proposals.items()}
-    plan.candidates = time_models(files)
+    latency = time_models(files)
+    plan.candidates = {n: round(float(np.median(latency[n] / latency["fp32"])), 3) for n in proposals}
     plan.float_weight_share = {name: round(v, 3) for name, v in float_share.items()}
     eligible = [n for n in proposals if float_share[n] <= max_float_weights]
     best = min(eligible, key=plan.candidates.get)
-    if plan.candidates[best] > plan.candidates["all int8"] * (1 - min_gain):
-        best = "all int8"
+    if best != "all int8":
+        gain = latency[best] / latency["all int8"]
+        high = bootstrap_ci(gain)[1]
+        plan.over_all_int8 = {"ratio": round(float(np.median(gain)), 3), "ci95_high": round(high, 3)}
+        if np.median(gain) > 1 - min_gain or high >= 1.0:
+            best = "all int8"
     plan.chosen = best
     plan.kept = list(proposals[best])
     plan.reasons = {g: "slower in int8" for g in plan.kept}

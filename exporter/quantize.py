@@ -31,17 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.data import digits_to_input, is_digits_model, load_npz_inputs, split_digits
 from ..models.errors import UserInputError
 
+from .calibration import CALIBRATION_SAMPLES, calibration_data, gate_data
 from .context import INPUT_NAME, ExportContext
 from .tolerances import DEFAULT_TOLERANCES
 from .onnx_export import op_histogram
 from .records import ArtifactRecord, Status
 
 INT8_NAME = "model.int8.onnx"
-CALIBRATION_SAMPLES = 256
-GATE_SAMPLES = 128
 
 
 def _reader_base():
@@ -72,46 +70,6 @@ class ArrayReader(_reader_base()):
 
     def __len__(self) -> int:
         return len(self.x) // self.batch
-
-
-def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, str]:
-    """The calibration inputs for ``ctx`` and where they came from."""
-    source = ctx.options.calibration
-    spec = ctx.spec
-    if source == "random":
-        lo, hi = spec.value_range
-        x = np.random.default_rng(0).uniform(lo, hi, (64,) + spec.shape).astype(np.float32)
-        return x, "random uniform (latency work only)"
-    if source:
-        x, _ = load_npz_inputs(source, spec)
-        return x, str(source)
-    if is_digits_model(spec):
-        images, _, _, _ = split_digits()
-        idx = _digits_order(len(images))[:CALIBRATION_SAMPLES]
-        return digits_to_input(images[idx], spec.size), f"{len(idx)} digits from the training split"
-    raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' array "
-                         f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
-
-
-def gate_data(ctx: ExportContext, calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Inputs the mixed-precision gate measures on (labels where they exist), never the check's:
-    for digits, training-split images the calibration did not use; for random calibration, other
-    random samples; for a user's file, its own samples (the only real data there is)."""
-    spec = ctx.spec
-    if ctx.options.calibration == "random":
-        lo, hi = spec.value_range
-        x = np.random.default_rng(1).uniform(lo, hi, (GATE_SAMPLES,) + spec.shape).astype(np.float32)
-        return x, None, f"{GATE_SAMPLES} other random uniform samples"
-    if ctx.options.calibration:
-        x, y = load_npz_inputs(ctx.options.calibration, spec)
-        return x, y, f"the {len(x)} calibration samples"
-    images, labels, _, _ = split_digits()
-    idx = _digits_order(len(images))[CALIBRATION_SAMPLES:CALIBRATION_SAMPLES + 2 * GATE_SAMPLES]
-    return digits_to_input(images[idx], spec.size), labels[idx], f"{len(idx)} other digits from the training split"
-
-
-def _digits_order(n: int) -> np.ndarray:
-    return np.random.default_rng(0).permutation(n)
 
 
 def _quietly():
@@ -293,10 +251,11 @@ def float_logits(path: Path, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def paired_ratios(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0, min_rounds: int = 15) -> dict[str, float]:
-    """Median latency of each file over the first one's, the files run in rotating order within
-    each round for ``budget_s`` (onnxruntime's CPU provider, its default threads, no spinning so
-    one session does not slow the next)."""
+def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0,
+                          min_rounds: int = 15) -> dict[str, np.ndarray]:
+    """Seconds per run of each file, round by round, every file once per round in rotating order,
+    for ``budget_s`` (onnxruntime's CPU provider, its default threads; spinning off, so that no
+    session's spinning threads slow the next one's run)."""
     from .runners.onnx_runner import onnxruntime
     ort = onnxruntime()
     sessions = {}
@@ -318,8 +277,7 @@ def paired_ratios(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0, 
             sessions[n].run(None, feed)
             times[n].append(time.perf_counter() - t)
         rounds += 1
-    base = np.asarray(times[names[0]])
-    return {n: round(float(np.median(np.asarray(times[n]) / base)), 3) for n in names[1:]}
+    return {n: np.asarray(v) for n, v in times.items()}
 
 
 def export_int8(ctx: ExportContext) -> ArtifactRecord:
@@ -361,8 +319,8 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
             order = list(dict.fromkeys(g for g in (groups.tensor_group.get(r["tensor"]) for r in local) if g))
             one = ctx.example.detach().cpu().numpy()[:batch].astype(np.float32)
 
-            def time_models(files: dict[str, Path]) -> dict[str, float]:
-                return paired_ratios({"fp32": pre, **files}, one)
+            def time_models(files: dict[str, Path]) -> dict[str, np.ndarray]:
+                return interleaved_latencies({"fp32": pre, **files}, one)
 
             def gate(path: Path) -> dict:
                 return mp.top1_gate(path, reference, gx, batch, tol.min_top1_agreement, gy, tol.max_accuracy_drop)
@@ -371,8 +329,8 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
                                      weights=groups.weights)
             details["plan"] = {"method": "measured: onnxruntime's profiler per group (float vs all-int8) proposes "
                                "float regions at three granularities; the fastest file (timed interleaved with "
-                               "the others, at least 5 % faster than all-int8, at most half its weights in float) "
-                               "is gated on agreement with float", "gate_inputs": gate_origin,
+                               "the others; a mixed one must be surely and at least 5 % faster than all-int8 and "
+                               "keep at most half its weights in float) is gated on agreement with float", "gate_inputs": gate_origin,
                                **plan.to_dict()}
         elif ctx.options.int8_plan == "measured":
             details["plan"] = {"method": "skipped: the graph's node names carry no module paths to group by",

@@ -3,19 +3,21 @@
 For each model (224, untrained weights: latency does not depend on their values;
 int8 calibrated and gated on random inputs, as the check uses for untrained models):
 export ``onnx``, ``int8`` (the measured mixed-precision plan) and, unless
-``--no-pte``, ``pte``; and the same model's all-int8 file (``--int8-plan uniform``).
+``--no-pte``, ``pte`` and ``pte-int8``, with the check; and the same model's all-int8 file (``--int8-plan uniform``).
 Then time, interleaved in one process (every round runs every runtime once, in
 rotating order), batch 1, each runtime at its default threads:
 
-- onnxruntime CPU: fp32 (the simplified ONNX), our shipped int8, all-int8;
+- onnxruntime CPU (its defaults: thread spinning on): fp32 (the simplified ONNX), our
+  shipped int8, all-int8;
 - OpenVINO CPU: fp32 (``INFERENCE_PRECISION_HINT=f32``), bf16 where the CPU has it
   (else a row saying why not), and our int8 QDQ file (OpenVINO's low-precision
   transformations run it in int8);
-- ExecuTorch (XNNPACK) on our ``.pte``.
+- ExecuTorch (XNNPACK) on our ``.pte`` and ``.int8.pte``.
 
-onnxruntime runs with thread spinning off, as ``bench`` pairs it: a spinning pool
-slows whatever runs next in the process. Each row: median latency and the median
-of the per-round ratios to onnxruntime fp32, with a 95 % bootstrap interval.
+Each runtime runs a block of calls per round (see :func:`interleaved`). Each row:
+the median block latency and the median of the per-round ratios to onnxruntime
+fp32, with a 95 % bootstrap interval; and what the bundle's check said of each
+artifact (an int8 file that failed its gate is not a verified artifact).
 OpenVINO is not a dependency of the product: ``make bench-compare`` installs it
 first, without openvino-telemetry (see the Makefile).
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bsconv_export.exporter.bundle import export_bundle
+from bsconv_export.exporter.check import CheckOptions
 from bsconv_export.exporter.context import ExportOptions
 from bsconv_export.exporter.machine import machine_info
 from bsconv_export.exporter.stats import bootstrap_ci
@@ -42,9 +45,7 @@ MODELS = ("mobilenetv1_w1_bsconvu", "mobilenetv2_w1_bsconvs_p1d6", "mobilenetv3_
 def ort_session(path: Path):
     from bsconv_export.exporter.runners.onnx_runner import onnxruntime
     ort = onnxruntime()
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # its defaults, as an app gets
     return lambda x: s.run(None, {"input": x})[0]
 
 
@@ -68,28 +69,37 @@ def pte_method(path: Path):
     return lambda x: runner.infer({"input": x})["logits"]
 
 
-def interleaved(fns: dict[str, callable], x: np.ndarray, duration: float, warmup: int = 10) -> dict[str, np.ndarray]:
-    """Seconds per call of each function, round by round, each round in rotated order."""
+def interleaved(fns: dict[str, callable], x: np.ndarray, duration: float, block: int = 8,
+                settle: int = 2) -> dict[str, np.ndarray]:
+    """Per round, the median seconds per call of each function over a block of ``block`` calls
+    (the first ``settle`` dropped), the functions' blocks in rotated order each round. Blocks, not
+    single calls: a runtime whose idle threads spin (onnxruntime's default) slows the call that
+    follows it, so strict call-by-call alternation charges one runtime for another's spinning;
+    within a block each runs as it would alone in an app."""
     names = list(fns)
     for n in names:
-        for _ in range(warmup):
+        for _ in range(10):
             fns[n](x)
-    times = {n: [] for n in names}
+    medians = {n: [] for n in names}
     deadline, r = time.perf_counter() + duration, 0
-    while time.perf_counter() < deadline or r < 30:
+    while time.perf_counter() < deadline or r < 10:
         for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[n](x)
-            times[n].append(time.perf_counter() - t0)
+            calls = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fns[n](x)
+                calls.append(time.perf_counter() - t0)
+            medians[n].append(float(np.median(calls[settle:])))
         r += 1
-    return {n: np.asarray(v) for n, v in times.items()}
+    return {n: np.asarray(v) for n, v in medians.items()}
 
 
 def compare_model(arch: str, tmp: Path, duration: float, with_pte: bool) -> dict:
     loaded = resolve_model(arch)
     bundle, uniform = tmp / arch, tmp / f"{arch}-uniform"
-    formats = ("onnx", "int8") + (("pte",) if with_pte else ())
-    res = export_bundle(loaded, bundle, ExportOptions(formats=formats, input_size=224, calibration="random"))
+    formats = ("onnx", "int8") + (("pte", "pte-int8") if with_pte else ())
+    res = export_bundle(loaded, bundle, ExportOptions(formats=formats, input_size=224, calibration="random"),
+                        check=CheckOptions())
     export_bundle(loaded, uniform, ExportOptions(formats=("onnx", "int8"), input_size=224, calibration="random",
                                                  int8_plan="uniform"))
     by = {r.format: r for r in res.records}
@@ -108,8 +118,9 @@ def compare_model(arch: str, tmp: Path, duration: float, with_pte: bool) -> dict
         fns["openvino on our int8 (all int8)"] = openvino_compiled(uniform / "model.int8.onnx", "f32")
     except ImportError:
         skipped["openvino"] = "openvino is not installed: run `make bench-compare` (it installs it)"
-    if with_pte and by.get("pte") is not None and by["pte"].ok:
-        fns["executorch .pte (fp32, XNNPACK)"] = pte_method(bundle / by["pte"].path)
+    for fmt, name in (("pte", "executorch .pte (fp32, XNNPACK)"), ("pte-int8", "executorch .pte (int8, XNNPACK)")):
+        if with_pte and by.get(fmt) is not None and by[fmt].ok:
+            fns[name] = pte_method(bundle / by[fmt].path)
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
     times = interleaved(fns, x, duration)
     base = times["ort fp32"]
@@ -120,8 +131,10 @@ def compare_model(arch: str, tmp: Path, duration: float, with_pte: bool) -> dict
         rows.append({"runtime": name, "p50_ms": round(float(np.median(t)) * 1e3, 3),
                      "ratio_to_ort_fp32": round(float(np.median(ratio)), 3), "ci95": [round(low, 3), round(high, 3)]})
     rows += [{"runtime": name, "skipped": why} for name, why in skipped.items()]
-    check = {c["artifact"]: c["status"] for c in res.manifest.to_dict()["check"]["results"]}
-    return {"arch": arch, "rounds": int(base.size), "rows": rows, "int8_plan": {k: plan.get(k) for k in
+    check = {c["artifact"]: c["status"] + (f": {c['reason']}" if c.get("reason") else "")
+             for c in res.manifest.to_dict()["check"]["results"]}
+    return {"arch": arch, "rounds": int(base.size), "method": "blocks of 8 calls (first 2 dropped) per runtime "
+            "per round, rotated; ratio = per-round block medians", "rows": rows, "int8_plan": {k: plan.get(k) for k in
             ("chosen", "latency_over_fp32", "float_weight_share", "passed_gate")}, "check": check}
 
 
@@ -142,8 +155,8 @@ def markdown(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds of interleaved timing per model")
-    ap.add_argument("--no-pte", action="store_true", help="leave the ExecuTorch .pte out (its lowering takes ~20 s a model)")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of interleaved timing per model")
+    ap.add_argument("--no-pte", action="store_true", help="leave the ExecuTorch .pte files out (lowering takes ~20-60 s a model)")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,7 +51,9 @@ class Synthetic:
         return sum(self.float_us[g] if g in kept else self.int8_us[g] for g in self.groups) + 10.0 * islands
 
     def time_models(self, files):
-        return {name: self.latency(p) / sum(self.float_us.values()) for name, p in files.items()}
+        rounds = np.linspace(0.99, 1.01, 21)  # 21 rounds of a little noise, the same in every file
+        return {"fp32": sum(self.float_us.values()) * rounds,
+                **{name: self.latency(p) * rounds for name, p in files.items()}}
 
     def gate(self, path):
         passed = self.fragile <= self.kept(path)
@@ -72,6 +74,23 @@ def test_a_group_slower_in_int8_stays_float_and_a_faster_one_does_not():
     assert candidate == Path("int8+" + DW) and plan.passed_gate and len(plan.rounds) == 1
     rows = {r["group"]: r for r in plan.to_dict()["groups"]}
     assert rows[DW]["kept_fp32"] and rows[DW]["why"] == "slower in int8" and not rows[PW]["kept_fp32"]
+
+
+def test_a_gain_the_timing_did_not_surely_show_keeps_the_small_file():
+    s = Synthetic()
+    s.int8_us = {PW: 45.0, DW: 57.0, HEAD: 6.0}  # keeping the depthwise float saves 6.5 % (101 vs 108 us)
+    noisy = s.time_models
+
+    def time_models(files):
+        out = noisy(files)
+        # per round, the mixed file over all-int8 is 0.70, 0.93 or 1.30: a median gain of 7 %, not a sure one
+        gain = np.tile([0.70, 0.93, 1.30], 7)
+        out["float blocks where int8 is slower"] = out["all int8"] * gain
+        return out
+    s.time_models = time_models
+    plan, _ = s.decide()
+    assert plan.over_all_int8["ratio"] < 0.95 and plan.over_all_int8["ci95_high"] >= 1.0
+    assert plan.chosen == "all int8" and plan.kept == []
 
 
 def test_border_costs_can_make_all_int8_the_fastest():

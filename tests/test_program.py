@@ -283,3 +283,17 @@ def test_bench_pairs_the_pte_with_a_non_spinning_onnxruntime(program_bundle, tmp
     assert pair["pairs"] >= 6 and pair["ratio_ci95"][0] <= pair["ratio_median"] <= pair["ratio_ci95"][1]
     assert PAIRED_ORT_OPTIONS == {"session.intra_op.allow_spinning": "0"}
     assert pair["baseline_spinning"]["ratio_on_over_off"] > 0
+
+
+def test_the_int8_pte_is_quantised_in_xnnpack_and_passes_the_int8_gate(tmp_path, shipped):
+    r = export_bundle(shipped, tmp_path / "q", ExportOptions(formats=("pte-int8",)), check=CheckOptions())
+    assert r.ok, r.manifest.check and [(c.artifact, c.runner, c.reason) for c in r.manifest.check.records]
+    by = {a.format: a for a in read_manifest(tmp_path / "q").artifacts}
+    d = by["pte-int8"].details
+    assert d["precision"] == "int8" and "training split" in d["calibration"]
+    # the quantise/dequantise pairs went into the delegate with the convolutions: XNNPACK runs int8
+    assert any("quantize_per_tensor" in op for op in d["delegated_ops"]) and d["delegated_nodes"] > 10 * d["outside_nodes"]
+    fp32_weight_bytes = 4 * sum(p.numel() for p in shipped.model.parameters())
+    assert by["pte-int8"].bytes < 0.4 * fp32_weight_bytes
+    c = next(c for c in r.manifest.check.records if c.artifact == "pte-int8")
+    assert c.status is Status.OK and "top-1 agreement" in c.tolerance and c.metrics["top1_agreement"] >= 0.99

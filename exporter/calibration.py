@@ -1,0 +1,60 @@
+"""Which data calibrates a quantised artifact, and which data its mixed-precision gate measures on.
+
+Both int8 stages (the ONNX QDQ file and the ExecuTorch ``.pte``) read these, so
+they calibrate on the same samples. In order of preference: ``--calibration
+FILE.npz`` (an ``input`` array); for a digits model, 256 images of the digits'
+*training* split (never the held-out split the check measures on);
+``--calibration random`` (uniform noise over the input's value range: for
+latency work only — the check says what it costs).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.data import digits_to_input, is_digits_model, load_npz_inputs, split_digits
+from ..models.errors import UserInputError
+
+from .context import ExportContext
+
+CALIBRATION_SAMPLES = 256
+GATE_SAMPLES = 128
+
+
+def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, str]:
+    """The calibration inputs for ``ctx`` and where they came from."""
+    source = ctx.options.calibration
+    spec = ctx.spec
+    if source == "random":
+        lo, hi = spec.value_range
+        x = np.random.default_rng(0).uniform(lo, hi, (64,) + spec.shape).astype(np.float32)
+        return x, "random uniform (latency work only)"
+    if source:
+        x, _ = load_npz_inputs(source, spec)
+        return x, str(source)
+    if is_digits_model(spec):
+        images, _, _, _ = split_digits()
+        idx = _digits_order(len(images))[:CALIBRATION_SAMPLES]
+        return digits_to_input(images[idx], spec.size), f"{len(idx)} digits from the training split"
+    raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' array "
+                         f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
+
+
+def gate_data(ctx: ExportContext, calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Inputs the mixed-precision gate measures on (labels where they exist), never the check's:
+    for digits, training-split images the calibration did not use; for random calibration, other
+    random samples; for a user's file, its own samples (the only real data there is)."""
+    spec = ctx.spec
+    if ctx.options.calibration == "random":
+        lo, hi = spec.value_range
+        x = np.random.default_rng(1).uniform(lo, hi, (GATE_SAMPLES,) + spec.shape).astype(np.float32)
+        return x, None, f"{GATE_SAMPLES} other random uniform samples"
+    if ctx.options.calibration:
+        x, y = load_npz_inputs(ctx.options.calibration, spec)
+        return x, y, f"the {len(x)} calibration samples"
+    images, labels, _, _ = split_digits()
+    idx = _digits_order(len(images))[CALIBRATION_SAMPLES:CALIBRATION_SAMPLES + 2 * GATE_SAMPLES]
+    return digits_to_input(images[idx], spec.size), labels[idx], f"{len(idx)} other digits from the training split"
+
+
+def _digits_order(n: int) -> np.ndarray:
+    return np.random.default_rng(0).permutation(n)
