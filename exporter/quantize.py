@@ -251,33 +251,37 @@ def float_logits(path: Path, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0,
-                          min_rounds: int = 15) -> dict[str, np.ndarray]:
-    """Seconds per run of each file, round by round, every file once per round in rotating order,
-    for ``budget_s`` (onnxruntime's CPU provider, its default threads; spinning off, so that no
-    session's spinning threads slow the next one's run)."""
+def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0, min_rounds: int = 8,
+                          block: int = 6, settle: int = 2) -> dict[str, np.ndarray]:
+    """Per round, each file's median seconds per run over a block of ``block`` runs (the first
+    ``settle`` dropped), the files' blocks in rotating order, for ``budget_s``: onnxruntime's CPU
+    provider at its defaults, as an app runs it (thread spinning on — worth ~35 % to fp32 and
+    little to int8 on a 2-core AVX2 CPU, so timing without it would favour int8). Blocks, not
+    single runs: a session's spinning threads slow the next session's first run."""
     from .runners.onnx_runner import onnxruntime
     ort = onnxruntime()
     sessions = {}
     for name, p in paths.items():
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
     feed = {INPUT_NAME: x}
     names = list(sessions)
     for s in sessions.values():
         for _ in range(3):
             s.run(None, feed)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    medians: dict[str, list[float]] = {n: [] for n in names}
     rounds, deadline = 0, time.perf_counter() + budget_s
     while rounds < min_rounds or time.perf_counter() < deadline:
         for n in names[rounds % len(names):] + names[:rounds % len(names)]:
-            t = time.perf_counter()
-            sessions[n].run(None, feed)
-            times[n].append(time.perf_counter() - t)
+            runs = []
+            for _ in range(block):
+                t = time.perf_counter()
+                sessions[n].run(None, feed)
+                runs.append(time.perf_counter() - t)
+            medians[n].append(float(np.median(runs[settle:])))
         rounds += 1
-    return {n: np.asarray(v) for n, v in times.items()}
+    return {n: np.asarray(v) for n, v in medians.items()}
 
 
 def export_int8(ctx: ExportContext) -> ArtifactRecord:
