@@ -11,14 +11,18 @@ multiply uint8 by int8 pairwise into int16, which saturates with full 8-bit
 weights — on an AVX2 AMD EPYC the shipped model's int8 file agreed with PyTorch
 on 76 % of inputs with 8-bit weights and on 100 % with 7-bit ones (the check
 caught it). 7-bit weights run correctly everywhere, so the file does not depend
-on the CPU that made it. Calibration data, in order of preference: ``--calibration FILE.npz``
-(an ``input`` array); for a digits model, 256 images of the digits' *training*
-split (never the held-out split the check measures on); ``--calibration random``
-(uniform noise: for latency work only — the quality gate says what it costs).
-``--keep-fp32 NODE…`` leaves named nodes in float. When the artifact's outputs
-drift, a per-layer pass (onnxruntime's QDQ debugging: activation SQNR of each
-quantised tensor against the float model) names the weakest layers, to keep in
-fp32.
+on the CPU that made it. Calibration data: see :mod:`exporter.calibration`.
+
+Where int8 is used is decided by measurement (``--int8-plan measured``, see
+:mod:`exporter.mixed_precision`): the calibration is computed once and cached,
+each candidate plan is quantised from it, float convolutions in a mixed file
+are shielded from onnxruntime's load-time weight quantisation
+(:func:`shield_float_convs`), and the shipped file is compacted (:func:`compact`).
+``--keep-fp32 NODE…`` leaves named nodes in float whatever the plan. A
+per-layer pass (onnxruntime's QDQ debugging: activation SQNR of each quantised
+tensor against the float model, and against itself before its own
+quantise/dequantise pair) names the weakest layers and orders the gate's
+fallbacks.
 """
 from __future__ import annotations
 
