@@ -228,3 +228,16 @@ def test_profile_attributes_every_kernel_to_a_group(tmp_path, shipped):
     # the shipped digits model's int8 file: at most 0.35x the float file it was made from (plus what
     # a mixed plan, when one timed faster, keeps in float: 4 bytes a weight instead of 1)
     assert int8["details"]["bytes_ratio_to_fp32"] <= 0.35 + 0.75 * plan["float_weight_share"][plan["chosen"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--formats", "onnx,int8", "--int8-plan", "bogus"], "--int8-plan must be one of measured, uniform, not bogus"),
+    (["--formats", "onnx", "--int8-plan", "uniform"], "--int8-plan applies only to int8"),
+])
+def test_int8_plan_option_errors_are_one_line_exit_2(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from bsconv_export.cli import app
+    r = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
