@@ -20,37 +20,39 @@ CALIBRATION_SAMPLES = 256
 GATE_SAMPLES = 128
 
 
-def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, str]:
-    """The calibration inputs for ``ctx`` and where they came from."""
+def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The calibration inputs for ``ctx``, their labels where a user's file has them, and where
+    they came from."""
     source = ctx.options.calibration
     spec = ctx.spec
     if source == "random":
         lo, hi = spec.value_range
         x = np.random.default_rng(0).uniform(lo, hi, (64,) + spec.shape).astype(np.float32)
-        return x, "random uniform (latency work only)"
+        return x, None, "random uniform (latency work only)"
     if source:
-        x, _ = load_npz_inputs(source, spec)
-        return x, str(source)
+        x, y = load_npz_inputs(source, spec)
+        return x, y, str(source)
     if is_digits_model(spec):
         images, _, _, _ = split_digits()
         idx = _digits_order(len(images))[:CALIBRATION_SAMPLES]
-        return digits_to_input(images[idx], spec.size), f"{len(idx)} digits from the training split"
+        return digits_to_input(images[idx], spec.size), None, f"{len(idx)} digits from the training split"
     raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' array "
                          f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
 
 
-def gate_data(ctx: ExportContext, calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+def gate_data(ctx: ExportContext, calibration: np.ndarray,
+              labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Inputs the mixed-precision gate measures on (labels where they exist), never the check's:
     for digits, training-split images the calibration did not use; for random calibration, other
-    random samples; for a user's file, its own samples (the only real data there is)."""
+    random samples; for a user's file, its own samples (``calibration`` and ``labels``: the only
+    real data there is)."""
     spec = ctx.spec
     if ctx.options.calibration == "random":
         lo, hi = spec.value_range
         x = np.random.default_rng(1).uniform(lo, hi, (GATE_SAMPLES,) + spec.shape).astype(np.float32)
         return x, None, f"{GATE_SAMPLES} other random uniform samples"
     if ctx.options.calibration:
-        x, y = load_npz_inputs(ctx.options.calibration, spec)
-        return x, y, f"the {len(x)} calibration samples"
+        return calibration, labels, f"the {len(calibration)} calibration samples"
     images, labels, _, _ = split_digits()
     idx = _digits_order(len(images))[CALIBRATION_SAMPLES:CALIBRATION_SAMPLES + 2 * GATE_SAMPLES]
     return digits_to_input(images[idx], spec.size), labels[idx], f"{len(idx)} other digits from the training split"

@@ -126,7 +126,7 @@ def quantize_program(program, x, batch: int):
 def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
     from .calibration import calibration_data
     t0 = time.perf_counter()
-    x, origin = calibration_data(ctx)
+    x, _, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
     if len(x) < batch:
         x = np.repeat(x, batch, axis=0)[:batch]

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..models.errors import UserInputError
 
-from .calibration import CALIBRATION_SAMPLES, calibration_data, gate_data
+from .calibration import calibration_data, gate_data
 from .context import INPUT_NAME, ExportContext
 from .tolerances import DEFAULT_TOLERANCES
 from .onnx_export import op_histogram
@@ -76,19 +76,17 @@ class ArrayReader(_reader_base()):
         return len(self.x) // self.batch
 
 
+@contextlib.contextmanager
 def _quietly():
     """The quantiser logs advice at WARNING on the root logger and prints to stdout."""
-    @contextlib.contextmanager
-    def scope():
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        finally:
-            root.setLevel(level)
-    return scope()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def preprocess(src: Path, dst: Path) -> None:
@@ -246,15 +244,6 @@ def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: in
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
-def float_logits(path: Path, x: np.ndarray, batch: int) -> np.ndarray:
-    from .runners.onnx_runner import onnxruntime
-    ort = onnxruntime()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-
-
 def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0, min_rounds: int = 8,
                           block: int = 6, settle: int = 2) -> dict[str, np.ndarray]:
     """Per round, each file's median seconds per run over a block of ``block`` runs (the first
@@ -292,9 +281,12 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
     from . import mixed_precision as mp
     t0 = time.perf_counter()
     source_name, src = ctx.onnx_source()
-    x, origin = calibration_data(ctx)
+    x, labels, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
-    x = x[:len(x) - len(x) % batch] if len(x) >= batch else np.repeat(x, batch, axis=0)[:batch]
+    if len(x) >= batch:
+        x, labels = x[:len(x) - len(x) % batch], None if labels is None else labels[:len(x) - len(x) % batch]
+    else:
+        x, labels = np.repeat(x, batch, axis=0)[:batch], None if labels is None else np.repeat(labels, batch)[:batch]
     dst = ctx.workdir / INT8_NAME
     user_kept = tuple(ctx.options.keep_fp32)
     details: dict = {}
@@ -318,10 +310,10 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
         sensitivity = layer_sensitivity(pre, full, x, batch)
         chosen = full
         if ctx.options.int8_plan == "measured" and groups.groups:
-            gx, gy, gate_origin = gate_data(ctx, x)
+            gx, gy, gate_origin = gate_data(ctx, x, labels)
             gx = gx[:len(gx) - len(gx) % batch] if len(gx) >= batch else np.repeat(gx, batch, axis=0)[:batch]
             gy = gy[:len(gx)] if gy is not None else None
-            reference = float_logits(pre, gx, batch)
+            reference = mp.logits(pre, gx, batch)
             tol = DEFAULT_TOLERANCES["int8"]
             local = sorted(sensitivity, key=lambda r: r["local_sqnr_db"] if np.isfinite(r["local_sqnr_db"]) else np.inf)
             order = list(dict.fromkeys(g for g in (groups.tensor_group.get(r["tensor"]) for r in local) if g))

@@ -43,10 +43,9 @@ MODELS = ("mobilenetv1_w1_bsconvu", "mobilenetv2_w1_bsconvs_p1d6", "mobilenetv3_
 
 
 def ort_session(path: Path):
-    from bsconv_export.exporter.runners.onnx_runner import onnxruntime
-    ort = onnxruntime()
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # its defaults, as an app gets
-    return lambda x: s.run(None, {"input": x})[0]
+    from bsconv_export.exporter.runners.onnx_runner import OnnxRunner
+    runner = OnnxRunner(path, "cpu").load()  # onnxruntime's defaults, as an app gets
+    return lambda x: runner.infer({"input": x})["logits"]
 
 
 def openvino_compiled(path: Path, precision: str):
