@@ -1,7 +1,9 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -32,3 +34,41 @@ def shipped():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Bundles of the shipped model that several test files read. Each is exported (and checked) once
+# per run, by whichever worker asks first; the others wait on its lock and read the same folder.
+# Tests copy a shared bundle before changing anything in it.
+SHARED_BUNDLES = {
+    # every default format (pt2, onnx, ort, coreml, pte), checked: test_export, test_program
+    "every-format": dict(formats=None),
+    # the formats the planted faults edit, checked: test_check, test_faults
+    "onnx-ort-coreml": dict(formats=("onnx", "ort", "coreml")),
+}
+
+
+@pytest.fixture(scope="session")
+def shared_bundle(tmp_path_factory, shipped):
+    from bsconv_export.exporter.bundle import export_bundle
+    from bsconv_export.exporter.check import CheckOptions
+    from bsconv_export.exporter.context import ExportOptions
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent   # the run's folder, above every worker's own
+    root = root / "shared"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str) -> Path:
+        folder = root / name
+        out = folder / "bundle"
+        with FileLock(str(folder) + ".lock"):
+            if not (out / "manifest.json").is_file():
+                folder.mkdir(exist_ok=True)
+                r = export_bundle(shipped, out, ExportOptions(**{k: v for k, v in SHARED_BUNDLES[name].items() if v}),
+                                  check=CheckOptions())
+                assert r.ok, ([a.error for a in r.records], r.manifest.check and
+                              [(c.artifact, c.runner, c.reason) for c in r.manifest.check.records])
+        return out
+
+    return get

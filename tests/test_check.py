@@ -22,13 +22,10 @@ from bsconv_export.exporter.runners.torch_runner import TorchRunner
 from bsconv_export.models.checkpoint import resolve_model
 
 
-@pytest.fixture(scope="module")
-def good_bundle(tmp_path_factory, shipped):
-    out = tmp_path_factory.mktemp("chk") / "good"
+@pytest.fixture
+def good_bundle(shared_bundle):
     # the formats the planted faults below edit; the .pt2 and .pte are tests/test_program.py's
-    r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "ort", "coreml")), check=CheckOptions())
-    assert r.ok, r.manifest.check
-    return out
+    return shared_bundle("onnx-ort-coreml")
 
 
 @pytest.fixture

@@ -34,12 +34,9 @@ def failed(report):
     return {(r.artifact, r.runner) for r in report.records if r.status is Status.FAILED}
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory, shipped):
-    out = tmp_path_factory.mktemp("faults") / "d"
-    r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "coreml")), check=CheckOptions())
-    assert r.ok, r.manifest.check
-    return out
+@pytest.fixture
+def digits(shared_bundle):
+    return shared_bundle("onnx-ort-coreml")   # checked; tests edit copies
 
 
 @pytest.fixture

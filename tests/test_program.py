@@ -32,19 +32,15 @@ from helpers import rehash
 CLI = str(Path(sys.executable).with_name("bsconv-export"))
 
 
-@pytest.fixture(scope="module")
-def program_bundle(tmp_path_factory, shipped):
-    out = tmp_path_factory.mktemp("prog") / "b"
-    r = export_bundle(shipped, out, ExportOptions(formats=("pt2", "onnx", "pte")), check=CheckOptions())
-    assert r.ok, ([a.error for a in r.records], r.manifest.check and
-                  [(c.artifact, c.runner, c.reason) for c in r.manifest.check.records])
-    return out
+@pytest.fixture
+def program_bundle(shared_bundle):
+    return shared_bundle("every-format")   # the default formats (pt2, onnx, ort, coreml, pte), checked
 
 
 def test_one_capture_feeds_every_format_and_each_passes(program_bundle):
     m = read_manifest(program_bundle)
     by = {a.format: a for a in m.artifacts}
-    assert set(by) == {"pt2", "onnx", "onnx-simplified", "pte"}
+    assert {"pt2", "onnx", "onnx-simplified", "pte"} <= set(by)
     assert by["onnx"].details["exporter"] == "dynamo" and by["onnx"].opset == 18
     pte = by["pte"].details
     assert pte["backend"] == "XnnpackBackend" and pte["delegates"] >= 1
@@ -86,15 +82,22 @@ def test_capture_static_and_dynamic_batch(shipped):
     assert not any("stack_trace" in n.meta for n in dynamic.graph.nodes)
 
 
-def test_dynamic_batch_bundle_runs_any_batch(tmp_path, shipped):
-    r = export_bundle(shipped, tmp_path / "d", ExportOptions(formats=("pt2", "onnx"), dynamic_batch=True),
-                      check=CheckOptions())
+def test_dynamic_batch_bundle_runs_any_batch_at_a_custom_size(tmp_path, shipped):
+    r = export_bundle(shipped, tmp_path / "d", ExportOptions(formats=("pt2", "onnx", "ort"), dynamic_batch=True,
+                                                             input_size=48), check=CheckOptions())
     assert r.ok, [a.error for a in r.records]
     model = onnx.load(tmp_path / "d" / "model.onnx")
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     program, _ = load_program(tmp_path / "d" / "model.pt2")
-    x = torch.rand(5, 3, 32, 32)
-    torch.testing.assert_close(program.module()(x), shipped.model(x), atol=1e-4, rtol=0)
+    x = torch.rand(5, 3, 48, 48)
+    with torch.no_grad():
+        ref = shipped.model(x)
+    torch.testing.assert_close(program.module()(x), ref, atol=1e-4, rtol=0)
+    import onnxruntime as ort
+    for name in ("model.onnx", "model.sim.onnx", "model.ort"):
+        got = ort.InferenceSession(str(tmp_path / "d" / name), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x.numpy()})[0]
+        np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, rtol=0, err_msg=name)
 
 
 def test_a_weight_changed_before_lowering_is_caught_in_the_pte(program_bundle, tmp_path, shipped):
