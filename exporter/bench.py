@@ -217,14 +217,18 @@ def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts
               "session_options": session_options(threads if isinstance(threads, int) else None)}
     if torch_model is not None:
         import torch
-        torch.set_num_threads(threads if isinstance(threads, int) else torch.get_num_threads())
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(threads if isinstance(threads, int) else threads_before)
         xt = torch.from_numpy(x)
 
         def run_torch():
             with torch.no_grad():
                 torch_model(xt)
 
-        ort_lat, torch_lat = measure_paired(lambda: runner.infer(feed), run_torch, opts)
+        try:
+            ort_lat, torch_lat = measure_paired(lambda: runner.infer(feed), run_torch, opts)
+        finally:
+            torch.set_num_threads(threads_before)
         ratios = ort_lat / torch_lat
         low, high = bootstrap_ci(ratios)
         result["latency"] = summarize(ort_lat, batch)

@@ -66,6 +66,7 @@ def train_digits(config: TrainConfig = TrainConfig(),
                  progress: Callable[[int, dict], None] | None = None) -> tuple[nn.Module, TrainResult]:
     """Train ``config.arch`` on the digits' training split; report held-out accuracy."""
     torch.manual_seed(config.seed)
+    threads_before = torch.get_num_threads()   # restored after: the caller's setting is not ours to keep
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(config.seed)
@@ -101,8 +102,9 @@ def train_digits(config: TrainConfig = TrainConfig(),
             result.history.append(row)
             if progress:
                 progress(epoch, row)
+        result.train_seconds = time.perf_counter() - t0
+        result.holdout_accuracy = accuracy(model, xh, yh)
     finally:
         torch.use_deterministic_algorithms(False)
-    result.train_seconds = time.perf_counter() - t0
-    result.holdout_accuracy = accuracy(model, xh, yh)
+        torch.set_num_threads(threads_before)
     return model.eval(), result

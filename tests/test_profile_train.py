@@ -23,9 +23,17 @@ def test_profile_scales_with_input_size():
 
 
 def test_training_is_seeded_and_reproducible():
-    cfg = TrainConfig(arch="cifar_mobilenetv1_w1d4_bsconvu", epochs=1, batch_size=128)
-    a, ra = train_digits(cfg)
+    # one thread: make test runs one pytest worker per core, two threads each would contend
+    cfg = TrainConfig(arch="cifar_mobilenetv1_w1d4_bsconvu", epochs=1, batch_size=128, threads=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        a, ra = train_digits(cfg)
+        assert torch.get_num_threads() == 3   # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(before)
     b, rb = train_digits(cfg)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
     assert ra.history == rb.history and 0.0 <= ra.holdout_accuracy <= 1.0
+
