@@ -1,9 +1,10 @@
 """torch.export at the centre: the capture, model.pt2 and its safe loader, the ExecuTorch .pte.
 
-One bundle with the program-based formats is built once (module fixture) and
-checked; the other tests reuse it. ExecuTorch's lowering takes ~15 s per model
-on 2 cores, so this module lowers the digits model three times in all: the
-fixture, a fresh-process export for byte identity, and a planted fault.
+The shipped model's bundle with every default format, checked, is built once per
+run and shared with tests/test_export.py (conftest's ``shared_bundle``); the
+tests here copy it before changing anything. ExecuTorch's lowering takes ~15 s
+per model on 2 cores, so this module lowers the digits model three more times:
+a fresh-process export for byte identity, a planted fault, and the int8 .pte.
 """
 import json
 import os
