@@ -15,6 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import onnxruntime
 
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # and the CLI processes tests start: one torch thread
     _SessionOptions = onnxruntime.SessionOptions
 
     def _one_thread_options():
