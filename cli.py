@@ -28,6 +28,10 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errn
                       errno.ENOTDIR, errno.EXDEV, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY, errno.ELOOP}
 
 
+#: typer's (vendored) click usage error: an unknown command or option, a value out of range
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 class ErrorPolicy(TyperGroup):
     """The one mapping from exceptions to exit codes, for every command: bad input (and an
     environment that refuses a write) → one line on stderr and exit 2; a failed stage or
@@ -38,6 +42,9 @@ class ErrorPolicy(TyperGroup):
             return super().invoke(ctx)
         except UserInputError as e:
             _fail(str(e), 2)
+        except UsageError as e:   # a bad flag or value: one line too, not click's box
+            where = e.ctx.command_path if e.ctx is not None else "bsconv-export"
+            _fail(f"{e.format_message()} (see '{where} --help')", 2)
         except StageError as e:
             _fail(str(e), 1)
         except OSError as e:
@@ -250,8 +257,10 @@ def train_cmd(
     """Train a BSConv MobileNet on scikit-learn's bundled digits (no download), seeded and reproducible."""
     from .models import get_entry
     from .models.checkpoint import save_checkpoint
+    from .models.limits import check_finite
     from .models.train import TrainConfig, train_digits
     get_entry(arch)
+    check_finite(lr, "--lr", 0.0)
     if output.suffix not in (".pt", ".pth", ".safetensors"):
         raise UserInputError(f"--out {output} must end in .pt, .pth or .safetensors")
     if output.exists() and not force:
@@ -318,8 +327,13 @@ def export_cmd(
     from .exporter.check import CheckOptions
     from .exporter.context import ExportOptions
     from .exporter.formats import default_formats, parse_formats
+    from .models.limits import check_batch
     from .models.source import request_from_options, resolve_request
     quiet_third_party_logs()
+    check_batch(batch)
+    if dynamic_batch and batch != 1:
+        raise UserInputError(f"--batch {batch} and --dynamic-batch exclude each other: a dynamic-batch bundle takes "
+                             "any batch; drop one of them")
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                          coreml_precision=coreml_precision, coreml_input=coreml_input, simplify=not no_simplify,
@@ -385,6 +399,10 @@ def check_cmd(
     """
     from .exporter.check import CheckOptions, load_original, run_check
     from .exporter.manifest import read_manifest, write_manifest
+    from .models.limits import check_finite
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None:
+            check_finite(value, flag, 0.0)
     quiet_third_party_logs()
     manifest = read_manifest(bundle)
     original = load_original(manifest, checkpoint, entry_point=model, program=program)
@@ -478,8 +496,8 @@ def bench_cmd(
     batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,8."),
     threads: str = typer.Option("default", "--threads", help="Intra-op threads: a number, 'auto' (the fastest measured) or 'default' (onnxruntime's)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed runs before measuring."),
-    duration: float = typer.Option(5.0, "--duration", min=0.1, help="Time limit per configuration, in seconds; stops earlier once stable."),
-    iters: Optional[int] = typer.Option(None, "--iters", min=5, help="Exact number of timed runs instead of 'until stable'."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Time limit per configuration, in seconds (default 5); stops earlier once stable."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=5, max=1_000_000, help="Exact number of timed runs instead of 'until stable' (not with --duration)."),
     vs_torch: bool = typer.Option(False, "--vs-torch", help="Interleave PyTorch eager in the same process and report the paired ratio (bundles only)."),
     model: Optional[str] = typer.Option(None, "--model", help="--vs-torch on a bundle exported with --model: the same package.module:factory, to confirm running it."),
     program: Optional[Path] = typer.Option(None, "--program", help="--vs-torch on a bundle exported with --program: the .pt2, if the manifest's path is not valid here."),
@@ -492,10 +510,15 @@ def bench_cmd(
     process) and the paired ratio printed: quote that ratio, not two separate medians.
     """
     from .exporter.bench import BenchOptions, run_bench, usable_cores
+    from .models.limits import check_batch, check_finite
     n_threads = parse_threads(threads, usable_cores())
     batches = _csv(batch, int)
-    if any(b < 1 for b in batches):
-        raise UserInputError("--batch sizes must be at least 1")
+    for b in batches:
+        check_batch(b)
+    if duration is not None and iters is not None:
+        raise UserInputError("--duration and --iters exclude each other: --iters times exactly that many runs; "
+                             "drop one of them")
+    duration = 5.0 if duration is None else check_finite(duration, "--duration", 0.1)
     opts = BenchOptions(providers=_csv(providers), batches=batches, threads=n_threads, warmup=warmup,
                         duration=duration, iters=iters, vs_torch=vs_torch)
     original = None
@@ -520,16 +543,21 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
+    if out_file is not None and not out_file.parent.is_dir():
+        raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
     results = run_bench(target, opts, original, progress)
-    from .exporter.manifest import write_bundle_file
+    from .exporter.manifest import record_bundle_file, write_bundle_file
+    timed = any(r["status"] == "ok" for r in results["results"])
     dest = out_file or (target / "bench.json" if results["model"] else None)
-    if dest:
-        if not dest.parent.is_dir():
-            raise UserInputError(f"cannot write {dest}: {dest.parent} does not exist; create it first")
-        write_bundle_file(dest.parent, dest.name, json.dumps(results, indent=1) + "\n")
+    if dest and timed:   # a run that timed nothing never replaces results
+        text = json.dumps(results, indent=1) + "\n"
+        if results["model"] and dest.parent.resolve() == target.resolve():
+            record_bundle_file(target, dest.name, text)   # ours: --force may replace it with the bundle
+        else:
+            write_bundle_file(dest.parent, dest.name, text)
     if as_json:
         emit_json(results)
-        return
+        raise typer.Exit(0 if timed else 1)
     from .exporter.report import BENCH_HEAD, bench_rows
     mach = results["machine"]
     out.print(f"{mach['cpu']}, {mach['usable_cores']} cores, ISA {', '.join(mach['isa'])}; "
@@ -552,8 +580,12 @@ def bench_cmd(
                       f"(95% CI {lo:.2f}–{hi:.2f})", highlight=False)
         else:
             out.print(f"{pair['artifact']} vs {pair['baseline']}: skipped — {pair['reason']}", highlight=False)
-    if dest:
+    if dest and timed:
         out.print(f"results: {dest}", highlight=False)
+    if not timed:
+        err.print("[red]nothing was timed[/red]: " + escape("; ".join(skipped) or "no configuration ran"),
+                  highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("regress")
@@ -570,6 +602,10 @@ def regress_cmd(
     """CI latency gate: exit 1 only when the candidate is slower than the baseline beyond noise."""
     from .exporter.bench import usable_cores
     from .exporter.regress import regress_ab, regress_stored
+    from .models.limits import check_finite
+    check_finite(max_slowdown, "--max-slowdown", 0.0)
+    check_finite(confidence, "--confidence", 0.5)
+    check_finite(duration, "--duration", 1.0)
     if threads is not None:
         parse_threads(str(threads), usable_cores())
     if baseline.suffix == ".json":
@@ -597,8 +633,12 @@ def report_cmd(
 ) -> None:
     """Write a Markdown or HTML summary of a bundle with a latency plot."""
     from .exporter.report import write_report
-    path = write_report(bundle, out_file, fmt)
+    path, changed = write_report(bundle, out_file, fmt)
     out.print(f"wrote {path}", highlight=False)
+    if changed:
+        err.print(f"[red]recorded verdict only: files changed since the export: {escape(', '.join(changed))}[/red]; "
+                  "run 'bsconv-export check' on the bundle", highlight=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ number to quote; separate medians from separate windows drift with the machine.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -23,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..models.errors import UserInputError
+from ..models.errors import StageError, UserInputError
 
-from .machine import fingerprint, machine_info
+from .machine import fingerprint, machine_info, usable_cores
 from .context import INPUT_NAME
 from .formats import benchmark_targets
 from .runners import Runner, RunnerUnavailable, runners_for
@@ -65,10 +64,14 @@ def resolve_targets(path: str | Path):
     """A bundle's benchmarkable artifacts (the format table decides), or one artifact file;
     plus the bundle's manifest (None for a file)."""
     from .formats import get_format
-    from .manifest import MAX_ARTIFACT_BYTES, inside, read_manifest
+    from .manifest import MAX_ARTIFACT_BYTES, changed_since_export, inside, read_manifest
     path = Path(path)
     if path.is_dir() and path.suffix != ".mlpackage":
         manifest = read_manifest(path)
+        changed = changed_since_export(path, manifest)
+        if changed:
+            raise StageError(f"{path}: files changed since the export ({', '.join(changed)}), so its recorded "
+                             "verdict says nothing about them; run 'bsconv-export check' on it or re-export")
         targets = [Target(r.format, inside(path, r.path), get_format(r.format).kind)
                    for r in benchmark_targets(manifest.artifacts)]
         if not targets:
@@ -160,10 +163,6 @@ def example_for(runner: Runner, batch: int | None = None) -> np.ndarray:
     batch = batch or runner.fixed_batch or 1
     shape = tuple(int(d) for d in runner.input_shape[1:])
     return np.random.default_rng(0).random((batch,) + shape, dtype=np.float32)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def pick_threads(cls: type[Runner], path: Path, provider: str, x: np.ndarray,

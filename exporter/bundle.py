@@ -23,13 +23,14 @@ from typing import Callable
 import torch
 
 from ..models.checkpoint import LoadedCheckpoint
+from ..models import limits
 from ..models.errors import UserInputError
 from ..models.profile import profile_model
 from . import __version__
 from .check import CheckOptions, run_check
 from .context import ExportContext, ExportOptions
 from .formats import Format, default_formats, plan, reproduce_command, validate_options
-from .manifest import ExportInfo, Manifest, ModelInfo, write_manifest
+from .manifest import ExportInfo, Manifest, ModelInfo, inventory, write_manifest
 from .onnx_export import resolve_opset
 from .outdir import OutClaim
 from .prepare import example_input, prepare_for_export
@@ -68,9 +69,9 @@ def check_input_size(opts: ExportOptions, loaded: LoadedCheckpoint) -> int:
     if size < stride:
         raise UserInputError(f"--input-size {size} is smaller than {loaded.arch}'s total stride {stride}; "
                              f"use at least {stride} (its native size is {loaded.input_spec.size})")
-    from .manifest import MAX_INPUT_SIZE
-    if size > MAX_INPUT_SIZE:
-        raise UserInputError(f"--input-size {size} is over this tool's limit of {MAX_INPUT_SIZE}")
+    limits.check_input_size(size)
+    limits.check_batch(opts.batch)
+    limits.check_input_elements((opts.batch, loaded.input_spec.channels, size, size), "an export input")
     return size
 
 
@@ -182,11 +183,17 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
                 if progress:
                     progress("check", None)
                 manifest.check = run_check(tmp, manifest, loaded.model, check, check_progress)  # its own check
+            manifest.files = inventory(tmp)   # what is ours, by content (--force, report, bench)
             write_manifest(tmp, manifest)
             if claim.replacing and not manifest.passed and not opts.replace_anyway:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return BundleResult(out=out, manifest=manifest, kept_old=True)
             claim.commit(tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.filename is None:   # a full disk inside a converter names no file: name the bundle
+                raise OSError(e.errno, e.strerror, str(out)) from e
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..models.data import is_digits_model, load_holdout, load_npz_inputs
 from ..models.errors import UserInputError
+from ..models.safe_io import loads_json
 from ..models.registry import InputSpec
 from .context import INPUT_NAME, OUTPUT_NAME
 from .records import CheckRecord, CheckReport, Status, path_sha256
@@ -76,6 +77,19 @@ def edge_cases(spec: InputSpec, n_shape: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([zeros, top, board, *primaries])
 
 
+def tinted(x: np.ndarray, spec: InputSpec, seed: int = 0) -> np.ndarray:
+    """Coloured copies of grey inputs (every channel equal, as the digits are): a tenth of them (at
+    least 8), each channel scaled by its own random factor towards the range's bottom, so a swapped
+    or mis-scaled channel shows on many inputs, not only on the edge cases. Nothing for colour data."""
+    if x.shape[1] < 2 or not len(x) or not np.array_equal(x[:, :1].repeat(x.shape[1], axis=1), x):
+        return x[:0]
+    rng = np.random.default_rng(seed + 1)
+    pick = x[rng.choice(len(x), size=min(len(x), max(8, len(x) // 10)), replace=False)]
+    lo = spec.value_range[0]
+    tint = rng.uniform(0.1, 1.0, (len(pick), x.shape[1], 1, 1)).astype(np.float32)
+    return (lo + (pick - lo) * tint).astype(np.float32)
+
+
 def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int = 32, seed: int = 0,
                  reduced: bool = False) -> CheckInputs:
     """The check's inputs; with ``reduced``, enough drawn inputs for the agreement rules."""
@@ -96,10 +110,14 @@ def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int =
         if n > samples:
             source += f" (fp32 artifacts: the first {samples})"
             fp32_rows = np.arange(samples)
+    n_given = len(x)
+    x = np.concatenate([x, tinted(x, spec, seed)])
     edges = edge_cases(spec, (1,) + shape)
     if fp32_rows is not None:
         fp32_rows = np.concatenate([fp32_rows, len(x) + np.arange(len(edges))])
-    return CheckInputs(x=np.concatenate([x, edges]), labels=y, source=f"{source} + {len(edges)} edge cases",
+    n_tinted = len(x) - n_given
+    return CheckInputs(x=np.concatenate([x, edges]), labels=y,
+                       source=f"{source}{f' + {n_tinted} coloured copies' if n_tinted else ''} + {len(edges)} edge cases",
                        fp32_rows=fp32_rows)
 
 
@@ -226,19 +244,101 @@ def artifact_labels(runner: Runner) -> list[str] | None:
         text = session.get_modelmeta().custom_metadata_map.get("labels")
         if text is not None:
             try:
-                return [str(v) for v in json.loads(text)]
-            except (json.JSONDecodeError, TypeError):
+                return [str(v) for v in loads_json(text, "labels", "re-export")]
+            except (UserInputError, TypeError):
                 return ["<unreadable labels metadata>"]
+    return None
+
+
+def declared_problem(runner: Runner, manifest, target: BundleFile) -> str | None:
+    """What the loaded artifact tells an app, held to the manifest and the model: its input shape,
+    the metadata apps normalise from (input spec, normalization, arch, checkpoint), its opset, and
+    for CoreML the model description (input shape or image size, label and probability types)."""
+    spec = manifest.model.input_spec
+    shape = list(manifest.export.input_shape)
+    got = list(runner.input_shape or ())
+    if got and (len(got) != 4 or [int(v) if isinstance(v, (int, np.integer)) else v for v in got[1:]] != shape[1:]
+                or (not manifest.export.dynamic_batch and isinstance(got[0], (int, np.integer)) and got[0] != shape[0])):
+        return f"input shape {got} differs from the export's {shape}"
+    meta = runner.metadata()
+    if meta is not None:
+        want = {"arch": manifest.model.arch, "normalization": spec.normalization,
+                "checkpoint_sha256": manifest.model.checkpoint_sha256 or "untrained"}
+        if target.fmt is not None and target.fmt.kind in ("onnx", "ort"):
+            want["input_size"] = str(spec.size)
+        for key, value in want.items():
+            if meta.get(key) != value:
+                return f"metadata '{key}' is {meta.get(key)!r}, the manifest's is {value!r}"
+        try:
+            declared = loads_json(meta.get("input_spec", ""), "its 'input_spec' metadata", "re-export")
+        except UserInputError as e:
+            return str(e)
+        expected = json.loads(json.dumps(spec.to_dict()))
+        if declared != expected:
+            keys = sorted(set(expected) | set(declared if isinstance(declared, dict) else {}))
+            key = next((k for k in keys if not isinstance(declared, dict) or declared.get(k) != expected.get(k)), "?")
+            return (f"metadata input_spec differs from the manifest's at '{key}' "
+                    f"({declared.get(key) if isinstance(declared, dict) else declared!r} vs {expected.get(key)!r}): "
+                    "an app that normalises from it gets other inputs")
+        if meta.get("precision") not in (None, target.precision):
+            return f"metadata 'precision' is {meta['precision']!r}, but the file computes in {target.precision}"
+    if target.opset is not None:
+        recorded = target.record.opset if target.record is not None else None
+        if target.fmt is not None and target.fmt.name == "onnx":
+            recorded = manifest.export.opset if manifest.export.opset is not None else recorded
+        if recorded is not None and target.opset != recorded:
+            return f"opset {target.opset} differs from the {recorded} the export recorded"
+    program = getattr(runner, "program", None)
+    if program is not None and getattr(program, "spec", None) is not None:
+        return _coreml_description_problem(program.spec.description, shape)
+    return None
+
+
+def _coreml_description_problem(desc, shape: list[int]) -> str | None:
+    """The CoreML description an app builds its inputs from and reads its outputs by."""
+    kind = desc.input[0].type.WhichOneof("Type")
+    if kind == "imageType":
+        image = desc.input[0].type.imageType
+        if [image.height, image.width] != shape[2:]:
+            return f"the image input is {image.width}x{image.height}, the export's {shape[3]}x{shape[2]}"
+    elif kind == "multiArrayType":
+        if list(desc.input[0].type.multiArrayType.shape) != shape:
+            return f"the input is declared {list(desc.input[0].type.multiArrayType.shape)}, the export's {shape}"
+    else:
+        return f"the input is a {kind}, not an image or a multi-array"
+    for out in desc.output:
+        t = out.type.WhichOneof("Type")
+        if out.name == desc.predictedFeatureName and t != "stringType":
+            return f"the predicted label '{out.name}' is a {t}, not the string labels apps read"
+        if out.name == desc.predictedProbabilitiesName and t == "dictionaryType" and \
+                out.type.dictionaryType.WhichOneof("KeyType") != "stringKeyType":
+            return f"the probabilities '{out.name}' are keyed by {out.type.dictionaryType.WhichOneof('KeyType')}, not labels"
     return None
 
 
 def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckInputs,
                  tolerance_override: Tolerance | None = None, localize: bool = False,
-                 progress: Callable[[CheckRecord], None] | None = None) -> CheckReport:
+                 progress: Callable[[CheckRecord], None] | None = None,
+                 found: tuple[list[BundleFile], list[CheckRecord]] | None = None) -> CheckReport:
     """Check every OK artifact of ``manifest`` (a :class:`Manifest`, in ``bundle``) against ``model``."""
-    from .formats import get_format
-    from .manifest import inside
+    from .machine import usable_cores
     bundle = Path(bundle)
+    # Threads are chosen, not inherited: torch's pool at most the usable cores, onnxruntime's the same
+    # size and never spinning, so the two never fight (default pools on a loaded 2-core machine made
+    # a 20 s check take 22 minutes)
+    threads = max(1, min(torch.get_num_threads(), usable_cores()))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
+                             threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
+                  threads) -> CheckReport:
+    from .manifest import inside
     ref = torch_reference(model, inputs.x)
     labels = inputs.labels
     ref_acc = float(np.mean(ref.r32[:len(labels)].argmax(1) == labels)) if labels is not None else None
@@ -250,34 +350,41 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
         if progress:
             progress(rec)
 
-    for artifact in manifest.artifacts:
-        if not artifact.ok:
-            continue
-        fmt = get_format(artifact.format)
-        precision = artifact_precision(fmt, manifest)
+    targets, problems = found or bundle_files(bundle, manifest)
+    for rec in problems:
+        emit(rec)
+    for target in targets:
+        fmt, precision = target.fmt, target.precision
         tol = tolerance_override or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
-        base = dict(artifact=artifact.format, precision=precision, tolerance=tol.describe(),
+        base = dict(artifact=target.label, precision=precision, tolerance=tol.describe(),
                     reference_accuracy=ref_acc)
         if fmt is None:
             emit(CheckRecord(runner="-", status=Status.UNVERIFIED, **base,
-                             reason=f"format {artifact.format!r} is unknown to this bsconv-export; nothing can run it"))
+                             reason=f"{target.name} is no file this bsconv-export writes; nothing can vouch for it"))
             continue
-        path = inside(bundle, artifact.path)
-        if artifact.sha256 != path_sha256(path):
+        if target.problem:
+            emit(CheckRecord(runner="-", status=Status.FAILED, **base, reason=target.problem))
+            continue
+        path = inside(bundle, target.name)
+        if target.record is not None and target.record.sha256 != path_sha256(path):
             emit(CheckRecord(runner="-", status=Status.FAILED, **base,
-                             reason=f"{artifact.path} changed since the export: its sha256 differs from the manifest's"))
+                             reason=f"{target.name} changed since the export: its sha256 differs from the manifest's"))
             continue
         rows = inputs.fp32_rows if precision == "fp32" and inputs.fp32_rows is not None else np.arange(len(inputs.x))
         verified = False
         skipped: list[str] = []
         for cls in runners_for(fmt.kind):
-            runner = cls(path)
+            runner = cls(path, threads=threads)
+            if isinstance(getattr(runner, "session_options", None), dict):   # onnxruntime: no spinning pool
+                runner.session_options.setdefault("session.intra_op.allow_spinning", "0")
+            runner.input_spec = manifest.model.input_spec   # inputs come from the spec, never the file's own claims
             rec = CheckRecord(runner=runner.label(), status=Status.OK, **base)
             reason = runner.unavailable_reason()
             if reason:
                 rec.status, rec.reason = Status.SKIPPED, reason
             else:
-                out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, tol, class_labels)
+                out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, tol, class_labels, manifest,
+                               target)
                 if out is not None and fmt.kind == "onnx" and precision == "fp32" and (
                         localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
                     from .localize import first_divergence
@@ -298,15 +405,123 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
                                         "logit_scale_max": float(np.abs(ref.r64).max())})
 
 
-def artifact_precision(fmt, manifest) -> str:
-    """The precision an artifact is judged at: the format table's, or the export option the
-    row names (``--coreml-precision`` for coreml). Never the artifact's own details, which a bundle
-    someone sent could set to loosen its gate."""
-    if fmt is None:
-        return "fp32"
-    if fmt.precision_option:
-        return str(getattr(manifest.export, fmt.precision_option, fmt.precision))
-    return fmt.precision
+MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".pt2", ".mlpackage", ".mlmodel", ".tflite", ".mlmodelc")
+#: how strict each precision's rule is: a file is never judged more loosely than its table row allows
+STRICTNESS = {"int8": 0, "fp16": 1, "fp32": 2}
+
+
+@dataclass
+class BundleFile:
+    """A model file found in a bundle, what the format table says it is, and how it is judged."""
+    name: str
+    fmt: object | None            # the format row whose file name this is (None: not ours)
+    record: object | None         # the manifest's row for it, when the manifest lists it
+    precision: str = "fp32"
+    problem: str | None = None    # a fact of the file that fails it before it runs
+    opset: int | None = None      # an ONNX file's default-domain opset
+
+    @property
+    def label(self) -> str:
+        return self.fmt.name if self.fmt is not None else self.name
+
+
+def bundle_files(bundle: Path, manifest) -> tuple[list[BundleFile], list[CheckRecord]]:
+    """What the check verifies, decided by the files and the format table, never by the manifest:
+    every model file in the bundle (listed or not), each judged at the precision its format row
+    allows and its content shows (the stricter wins); plus a failed record for every format the
+    export recorded whose file is missing, and for every row that names another format's file.
+    A manifest can add checks this way, never remove or loosen one."""
+    from .formats import FORMATS
+    from .manifest import BUILD_MARKER, MANIFEST
+    by_file = {f.filename: f for f in FORMATS.values()}
+    present = sorted(p.name for p in Path(bundle).iterdir() if p.name not in (MANIFEST, BUILD_MARKER))
+    rows = {a.path: a for a in manifest.artifacts if a.path}
+    targets, problems = [], []
+    for name in present:
+        fmt = by_file.get(name)
+        if fmt is None and not name.endswith(MODEL_SUFFIXES):
+            continue   # side files (ORT's operator config, bench.json, the report)
+        target = BundleFile(name=name, fmt=fmt, record=rows.get(name))
+        if fmt is not None:
+            content, target.opset = file_facts(fmt.kind, Path(bundle) / name)
+            target.precision, target.problem = judged_precision(fmt, content, name)
+        targets.append(target)
+    required = set(manifest.export.formats) | {a.format for a in manifest.artifacts if a.ok}
+    for name in sorted(required):
+        fmt = FORMATS.get(name)
+        if fmt is not None and fmt.filename not in present:
+            problems.append(CheckRecord(artifact=name, runner="-", status=Status.FAILED, precision=fmt.precision,
+                                        reason=f"the export recorded {name}, but its file {fmt.filename} is missing"))
+    for a in manifest.artifacts:
+        fmt = FORMATS.get(a.format)
+        if a.path and fmt is not None and a.path != fmt.filename:
+            problems.append(CheckRecord(artifact=a.format, runner="-", status=Status.FAILED, precision=fmt.precision,
+                                        reason=f"the manifest's {a.format} row names {a.path}, but {a.format}'s file "
+                                               f"is {fmt.filename}: the row does not describe that file"))
+    return targets, problems
+
+
+def judged_precision(fmt, content: str | None, name: str) -> tuple[str, str | None]:
+    """The precision a file is judged at (its format row's, or a stricter one its content shows), and
+    a problem when its content is looser than the row allows (fp16 tensors in the fp32 ONNX file)."""
+    from .context import COREML_PRECISIONS
+    allowed = set(COREML_PRECISIONS) if fmt.precision_option else {fmt.precision}
+    strictest = max(allowed, key=STRICTNESS.get)
+    if content is None:
+        return strictest, None    # unreadable here: the strictest rule its row allows
+    if content in allowed or STRICTNESS[content] > STRICTNESS[strictest]:
+        return content, None
+    return fmt.precision, f"{name} holds {content} arithmetic, but the {fmt.name} format is {'/'.join(sorted(allowed))}"
+
+
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                  "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd"}
+
+
+def file_facts(kind: str, path: Path) -> tuple[str | None, int | None]:
+    """What the file itself says: its arithmetic (int8 where it quantises, fp16 where it holds fp16
+    tensors, else fp32) and, for ONNX, its opset; None where it cannot be read here (its runner then
+    reports that)."""
+    if path.is_symlink() or not (path.is_file() or path.is_dir()):
+        return None, None
+    if kind == "onnx":
+        import onnx
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception:  # noqa: BLE001 - an unreadable file fails when its runner loads it
+            return None, None
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if any(n.op_type in _QUANTIZED_OPS for n in model.graph.node):
+            return "int8", opset
+        fp16 = onnx.TensorProto.FLOAT16
+        if any(t.data_type == fp16 for t in model.graph.initializer) or any(
+                v.type.tensor_type.elem_type == fp16 for v in [*model.graph.input, *model.graph.output]) or any(
+                n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
+                for n in model.graph.node):
+            return "fp16", opset
+        return "fp32", opset
+    if kind == "mlpackage":
+        return _mlpackage_precision(path), None
+    return None, None
+
+
+def _mlpackage_precision(path: Path) -> str | None:
+    """fp16 when any op of the ML Program computes in fp16, else fp32 (the spec, not its metadata)."""
+    from importlib.util import find_spec
+    if find_spec("coremltools") is None:
+        return None
+    from .runners.mil import load_spec
+    try:
+        spec = load_spec(path)
+    except Exception:  # noqa: BLE001 - an unreadable package fails when its runner loads it
+        return None
+    fp16 = 10   # MILSpec.DataType.FLOAT16
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                if any(o.type.tensorType.dataType == fp16 for o in op.outputs):
+                    return "fp16"
+    return "fp32"
 
 
 def _sub(ref: Reference, rows) -> Reference:
@@ -314,12 +529,12 @@ def _sub(ref: Reference, rows) -> Reference:
 
 
 def _run_one(rec: CheckRecord, runner: Runner, x: np.ndarray, ref: Reference, labels: np.ndarray | None,
-             tol: Tolerance, class_labels: list[str]) -> np.ndarray | None:
+             tol: Tolerance, class_labels: list[str], manifest, target: BundleFile) -> np.ndarray | None:
     """Run one runner over the inputs, fill ``rec``; return its output (None when it did not run)."""
     t0 = time.perf_counter()
     try:
         with runner:
-            problem = contract_problem(runner, class_labels)
+            problem = contract_problem(runner, class_labels) or declared_problem(runner, manifest, target)
             if problem:
                 rec.status, rec.reason = Status.FAILED, problem
                 return None
@@ -367,12 +582,12 @@ class CheckOptions:
 
 def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions = CheckOptions(),
               progress: Callable[[CheckRecord], None] | None = None) -> CheckReport:
-    from .formats import get_format
     spec = manifest.model.input_spec
-    reduced = any(a.ok and artifact_precision(get_format(a.format), manifest) != "fp32" for a in manifest.artifacts)
+    found = bundle_files(Path(bundle), manifest)
+    reduced = any(t.precision != "fp32" for t in found[0])
     inputs = check_inputs(spec, opts.data, opts.samples, reduced=reduced)
     report = check_bundle(bundle, manifest, model, inputs, user_tolerance(opts.atol, opts.rtol),
-                          opts.localize, progress)
+                          opts.localize, progress, found)
     report.options = opts.user_options()
     return report
 

@@ -85,11 +85,17 @@ def describe_formats() -> list[dict]:
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    unknown = [f for f in names if f not in selectable()]
-    if unknown or not names:
-        raise UserInputError(f"unknown format {', '.join(unknown) or repr(text)}; choose from {','.join(selectable())}")
-    return names
+    """``--formats`` as written: known lower-case names, each once (a typo is refused, never guessed)."""
+    given = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in given if f not in selectable()]
+    if unknown or not given:
+        hint = "; format names are lower-case" if any(f.lower() in selectable() for f in unknown) else ""
+        raise UserInputError(f"unknown format {', '.join(unknown) or repr(text)}{hint}; choose from "
+                             f"{','.join(selectable())}")
+    repeated = sorted({f for f in given if given.count(f) > 1})
+    if repeated:
+        raise UserInputError(f"--formats names {', '.join(repeated)} more than once; name each format once")
+    return tuple(given)
 
 
 def plan(opts: ExportOptions) -> list[Format]:

@@ -26,6 +26,11 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine_info() -> dict:
     from .bundle import tool_versions
     info = _cpuinfo()
@@ -35,7 +40,7 @@ def machine_info() -> dict:
         "cpu": cpu,
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "isa": sorted(f for f in ISA_FLAGS if f in flags),
         "os": f"{platform.system()} {platform.release()}",
         "versions": tool_versions(),

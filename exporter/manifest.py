@@ -10,8 +10,11 @@ never followed.
 
 Schema history: 1 stored ``passed`` as written by the exporter and let ``check``
 overwrite it; 2 derives the verdict from the stage records and the export's own
-check, and keeps re-checks with user options apart (``user_checks``). A version-1
-manifest is migrated on read; a newer one is refused.
+check, and keeps re-checks with user options apart (``user_checks``); 3 records
+``files``: the sha256 and size of every top-level entry of the bundle the tool
+wrote, so what is ours is proven by content (``--force``) and a verdict is only
+shown about the bytes it was given about. Versions 1 and 2 are migrated on read
+(without ``files``: such a bundle cannot be replaced by ``--force``); a newer one is refused.
 """
 from __future__ import annotations
 
@@ -24,18 +27,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..models.errors import UserInputError
+from ..models.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE  # noqa: F401 - re-exported
 from ..models.registry import InputSpec
+from ..models.safe_io import loads_json, read_regular
 from ..models.source import ModelSource
 from .records import ArtifactRecord, CheckRecord, CheckReport, Status
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_ARTIFACT_BYTES = 2 << 30            # ONNX's own protobuf limit; nothing larger is loaded
-MAX_INPUT_SIZE = 4096                   # pixels per side
-MAX_CHANNELS = 16
-MAX_CLASSES = 100_000
-MAX_BATCH = 1024
+#: a file every build folder of ours holds until the rename (see :mod:`exporter.outdir`)
+BUILD_MARKER = ".bsconv-export-building"
 
 
 @dataclass
@@ -88,6 +91,9 @@ class Manifest:
     command: str
     check: CheckReport | None = None                 # the export's own check, default rules
     user_checks: list[CheckReport] = field(default_factory=list)  # re-checks with user options
+    #: every top-level entry the tool wrote (but the manifest): name -> {"sha256", "bytes"};
+    #: None for a bundle of schema 1 or 2, which did not record them
+    files: dict[str, dict] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -118,7 +124,7 @@ class Manifest:
                 "export": self.export.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
                 "verdict": self.verdict, "passed": self.passed, "tools": self.tools, "command": self.command,
                 "check": self.check.to_dict() if self.check else None,
-                "user_checks": [c.to_dict() for c in self.user_checks]}
+                "user_checks": [c.to_dict() for c in self.user_checks], "files": self.files}
 
 
 # --- reading: every field checked -------------------------------------------------------------
@@ -200,6 +206,8 @@ def _artifact(r: _Reader, d: Any) -> ArtifactRecord:
     path = r.get(d, "path", str, optional=True)
     if path is not None:
         check_relative(path, r.where)
+    elif st is Status.OK:
+        raise r.bad(f"artifact {d.get('format')!r} is ok but names no file ('path')")
     ints = {k: r.get(d, k, int, optional=True) for k in ("bytes", "nodes", "opset")}
     return ArtifactRecord(format=r.get(d, "format", str), status=st, path=path,
                           sha256=r.get(d, "sha256", str, optional=True),
@@ -230,6 +238,20 @@ def _check_report(r: _Reader, d: Any) -> CheckReport:
     return CheckReport(inputs=r.get(d, "inputs", str), samples=r.get(d, "samples", int), records=records,
                        options=r.get(d, "options", dict, optional=True, default={}),
                        reference_error=r.get(d, "reference_error", dict, optional=True, default={}))
+
+
+def _files(r: _Reader, d: Any) -> dict[str, dict] | None:
+    files = r.get(d, "files", dict, optional=True)
+    if files is None:
+        return None
+    for name, entry in files.items():
+        if not name or "/" in name or name in (".", "..", MANIFEST) or "\0" in name:
+            raise r.bad(f"'files' names {name!r}, which is not an entry of the bundle")
+        sha, size = (entry.get("sha256"), entry.get("bytes")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(sha, str) and len(sha) == 64 and isinstance(size, int) and not isinstance(size, bool)
+                and size >= 0):
+            raise r.bad(f"'files' entry {name!r} needs a sha256 and a size in bytes")
+    return {name: {"sha256": e["sha256"], "bytes": e["bytes"]} for name, e in files.items()}
 
 
 def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
@@ -269,7 +291,7 @@ def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
         artifacts=artifacts, tools=r.get(d, "tools", dict, optional=True, default={}),
         command=r.get(d, "command", str, optional=True, default=""),
         check=_check_report(r, check) if check is not None else None, user_checks=user_checks,
-        schema_version=SCHEMA_VERSION)
+        files=_files(r, d) if version >= 3 else None, schema_version=SCHEMA_VERSION)
 
 
 def read_manifest(bundle: str | os.PathLike) -> Manifest:
@@ -280,13 +302,8 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
     if path.is_symlink() or not path.is_file():
         raise UserInputError(f"{bundle} is not a bundle: no {MANIFEST} (or it is a link); "
                              "create one with 'bsconv-export export'")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise UserInputError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest of ours")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
-    return manifest_from_dict(d, str(path))
+    data = read_regular(path, "the manifest", max_bytes=MAX_MANIFEST_BYTES, follow_links=False)
+    return manifest_from_dict(loads_json(data, str(path), "re-export the bundle"), str(path))
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
@@ -316,9 +333,11 @@ def inside(bundle: Path, rel: str, where: str = MANIFEST) -> Path:
         if stat.S_ISLNK(st.st_mode):
             raise UserInputError(f"{where}: artifact {rel} is (or passes through) a symbolic link; "
                                  "refusing to follow it out of the bundle")
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         _check_tree(path, rel, where)
-    elif path.stat().st_size > MAX_ARTIFACT_BYTES:
+    elif not stat.S_ISREG(st.st_mode):
+        raise UserInputError(f"{where}: artifact {rel} is not a regular file (a pipe or device?); refusing to read it")
+    elif st.st_size > MAX_ARTIFACT_BYTES:
         raise UserInputError(f"{where}: artifact {rel} is {path.stat().st_size >> 20} MiB, over the "
                              f"{MAX_ARTIFACT_BYTES >> 30} GiB this tool loads")
     return path
@@ -329,23 +348,113 @@ def _check_tree(root: Path, rel: str, where: str) -> None:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in dirnames + filenames:
             p = Path(dirpath) / name
-            if p.is_symlink():
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
                 raise UserInputError(f"{where}: {rel} holds a symbolic link ({p.relative_to(root)}); refusing it")
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                raise UserInputError(f"{where}: {rel} holds {p.relative_to(root)}, which is not a regular file; "
+                                     "refusing it")
             if name in filenames:
-                total += p.stat().st_size
+                total += st.st_size
     if total > MAX_ARTIFACT_BYTES:
         raise UserInputError(f"{where}: artifact {rel} is over the {MAX_ARTIFACT_BYTES >> 30} GiB this tool loads")
     manifest = root / "Manifest.json"
     if manifest.is_file():  # an .mlpackage names its items by path: each must stay inside
-        try:
-            entries = json.loads(manifest.read_text(encoding="utf-8")).get("itemInfoEntries", {})
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise UserInputError(f"{where}: {rel}/Manifest.json is not valid JSON") from None
+        doc = loads_json(read_regular(manifest, f"{rel}/Manifest.json", max_bytes=MAX_MANIFEST_BYTES,
+                                      follow_links=False), f"{where}: {rel}/Manifest.json", "re-export the bundle")
+        entries = doc.get("itemInfoEntries", {}) if isinstance(doc, dict) else {}
         for entry in (entries.values() if isinstance(entries, dict) else []):
             item = entry.get("path") if isinstance(entry, dict) else None
             if not isinstance(item, str):
                 raise UserInputError(f"{where}: {rel}/Manifest.json has an item without a path")
             check_relative(item, f"{rel}/Manifest.json")
+
+
+# --- what the tool wrote, by content -----------------------------------------------------------
+
+def entry_digest(path: Path) -> dict | None:
+    """``{"sha256", "bytes"}`` of a bundle entry: a regular file, or a folder (an .mlpackage) that holds
+    only folders and regular files; None for anything else (a link, a pipe, a folder holding one)."""
+    from .records import path_bytes, path_sha256
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            for name in dirnames + filenames:
+                mode = os.lstat(os.path.join(dirpath, name)).st_mode
+                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                    return None
+    elif not stat.S_ISREG(st.st_mode):
+        return None
+    return {"sha256": path_sha256(path), "bytes": path_bytes(path)}
+
+
+def inventory(bundle: Path) -> dict[str, dict]:
+    """The digest of every top-level entry of a bundle being written (all but the manifest)."""
+    out = {}
+    for p in sorted(bundle.iterdir()):
+        if p.name in (MANIFEST, BUILD_MARKER):
+            continue
+        digest = entry_digest(p)
+        if digest is None:
+            raise RuntimeError(f"the export wrote {p.name}, which is neither a file nor a folder of files")
+        out[p.name] = digest
+    return out
+
+
+def matches(path: Path, recorded: dict) -> bool:
+    """``path`` holds exactly the bytes ``recorded`` (size compared first: no hashing of a stranger)."""
+    from .records import path_bytes
+    try:
+        if path.is_symlink() or path_bytes(path) != recorded["bytes"]:
+            return False
+    except OSError:
+        return False
+    digest = entry_digest(path)
+    return digest is not None and digest["sha256"] == recorded["sha256"]
+
+
+def changed_since_export(bundle: Path, manifest: Manifest) -> list[str]:
+    """The recorded files of ``bundle`` whose bytes differ from the manifest's record (or are gone);
+    the artifacts of a bundle without ``files`` (schema 1 and 2) by their own sha256."""
+    from .records import path_sha256
+    changed = []
+    if manifest.files is not None:
+        for name, rec in manifest.files.items():
+            if not matches(bundle / name, rec):
+                changed.append(name)
+    for a in manifest.artifacts:
+        if not (a.ok and a.path) or a.path in changed:
+            continue
+        p = bundle / a.path
+        try:
+            same = entry_digest(p) is not None and a.sha256 == path_sha256(p)
+        except OSError:
+            same = False
+        if not same:
+            changed.append(a.path)
+    return changed
+
+
+def record_bundle_file(bundle: Path, name: str, data: str | bytes) -> Path:
+    """Write ``bundle/name`` and record its digest in the bundle's manifest, so a later ``--force``
+    knows it as ours (bench.json, the report). Refused when ``name`` exists and is not, byte for
+    byte, a file the manifest records: a user's file (or a planted link) there is never replaced.
+    A bundle without ``files`` (schema 1 and 2) gets the file alone."""
+    manifest = read_manifest(bundle)
+    existing = bundle / name
+    if existing.exists() or existing.is_symlink():
+        recorded = (manifest.files or {}).get(name)
+        if recorded is None or not matches(existing, recorded):
+            raise UserInputError(f"{existing} was not written by bsconv-export (or changed since), so it is not "
+                                 "replaced; move it away, or write elsewhere with --out")
+    dest = write_bundle_file(bundle, name, data)
+    if manifest.files is not None:
+        manifest.files[name] = entry_digest(dest)
+        write_manifest(bundle, manifest)
+    return dest
 
 
 def write_bundle_file(bundle: Path, name: str, data: str | bytes) -> Path:

@@ -3,12 +3,19 @@
 * One export at a time per ``--out``: a lock file beside it (``.NAME.lock``,
   ``flock``) is taken before anything is built; a second export to the same
   place is refused at once instead of silently replacing the first.
-* ``--force`` replaces only a bundle this tool wrote: a valid manifest of ours
-  at its root and nothing else beside the files it names. Never the working
-  folder or a folder above it, never a folder holding the export's own input.
+* ``--force`` replaces only a bundle this tool wrote, proven by content: a valid
+  manifest of ours at its root, and every other entry's bytes exactly the
+  sha256 and size that manifest records for it (its ``files``). A name the
+  manifest records but whose bytes differ is the user's, not ours. Checked when
+  the claim is taken and again just before the old bundle is moved away. Never
+  the working folder or a folder above it, never a folder holding the export's input.
 * The bundle is built in a hidden sibling (``.NAME.building-*``) and renamed into
-  place at the end; leftovers of a killed run are removed by the next export to
-  the same place (under the lock, so never a running export's folder).
+  place at the end. The build folder holds a marker file naming itself from the
+  moment it is made; leftovers of a killed run are removed by the next export to
+  the same place only when they carry that marker (under the lock, so never a
+  running export's folder) — a user's folder that merely has the name is kept.
+* The lock file is ours only when we created it or it carries our marker: a
+  user's file of that name is refused, never adopted or removed.
 * Bundles get the user's umask (``mkdtemp`` alone would make them private).
 """
 from __future__ import annotations
@@ -21,39 +28,50 @@ import tempfile
 from pathlib import Path
 
 from ..models.errors import UserInputError
-from .manifest import MANIFEST, current_umask, read_manifest
+from .manifest import BUILD_MARKER, MANIFEST, current_umask, matches, read_manifest
+from ..models.safe_io import is_regular
 
-#: files a bundle may hold besides its artifacts and the files the stages name in their details
-EXTRA_FILES = {MANIFEST, "bench.json", "report.md", "report.html", "report_latency.png"}
-
-
-def bundle_entries(out: Path) -> set[str]:
-    """The top-level names a bundle of ours may hold, from its own manifest."""
-    manifest = read_manifest(out)
-    names = set(EXTRA_FILES)
-    for a in manifest.artifacts:
-        if a.path:
-            names.add(a.path.split("/")[0])
-        for v in a.details.values():
-            if isinstance(v, str) and "/" not in v and v and (out / v).is_file():
-                names.add(v)   # side files a stage wrote, e.g. ORT's required-operators config
-    return names
+LOCK_MARKER = b"bsconv-export lock\n"
+MAX_MARKER_BYTES = 4096
 
 
 def refuse_unless_ours(out: Path) -> None:
+    """Raise unless every entry of ``out`` is, byte for byte, what our manifest there records."""
     if not (out / MANIFEST).is_file() or (out / MANIFEST).is_symlink():
         raise UserInputError(f"--force replaces only a bundle made by bsconv-export, and {out} holds no "
                              f"{MANIFEST}; choose another --out or remove it yourself")
     try:
-        allowed = bundle_entries(out)
+        manifest = read_manifest(out)
     except UserInputError as e:
         raise UserInputError(f"--force replaces only a bundle made by bsconv-export, and {out} is not one "
                              f"({e}); choose another --out or remove it yourself") from None
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed)
+    if manifest.files is None:
+        raise UserInputError(f"{out} was written by an older bsconv-export that did not record its files' "
+                             "hashes, so --force cannot prove every file there is ours; choose another --out "
+                             "or remove it yourself")
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name != MANIFEST and not (p.name in manifest.files and matches(p, manifest.files[p.name])))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise UserInputError(f"{out} holds files this tool did not write ({shown}); --force will not delete "
-                             "them: choose another --out or move them away")
+        raise UserInputError(f"{out} holds files this tool did not write, or that changed since it wrote them "
+                             f"({shown}); --force will not delete them: choose another --out or move them away")
+
+
+def _marker_text(folder: Path) -> bytes:
+    return f"bsconv-export build folder {folder.name}\n".encode()
+
+
+def made_by_us(folder: Path) -> bool:
+    """A leftover build (or old-bundle) folder of ours: a real folder whose marker names it."""
+    marker = folder / BUILD_MARKER
+    if folder.is_symlink() or not folder.is_dir() or not is_regular(marker):
+        return False
+    try:
+        if marker.stat().st_size > MAX_MARKER_BYTES:
+            return False
+        return marker.read_bytes() == _marker_text(folder)
+    except OSError:
+        return False
 
 
 class OutClaim:
@@ -104,10 +122,25 @@ class OutClaim:
         return self._check_existing()
 
     # --- the claim ----------------------------------------------------------------------------
+    def _open_lock(self) -> tuple[int, bool]:
+        """The lock file, opened; True when this call created it."""
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                           0o666 & ~current_umask()), True
+        except FileExistsError:
+            pass
+        if not is_regular(self.lock_path):
+            raise UserInputError(f"{self.lock_path} exists and is not a lock file of bsconv-export; move it away "
+                                 "or choose another --out")
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK), False
+        except FileNotFoundError:
+            return self._open_lock()   # its holder removed it meanwhile
+
     def __enter__(self) -> "OutClaim":
         self._check_place()
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~current_umask())
+            fd, created = self._open_lock()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -118,9 +151,21 @@ class OutClaim:
                 same = os.fstat(fd).st_ino == os.stat(self.lock_path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
-            if same:
+            if not same:
+                os.close(fd)
+                continue
+            if created:
+                os.write(fd, LOCK_MARKER)
                 break
+            content = os.pread(fd, MAX_MARKER_BYTES, 0)
+            if content == LOCK_MARKER:
+                break   # a killed run's lock: ours to reuse
             os.close(fd)
+            if not content:
+                raise UserInputError(f"another export to {self.out} is starting; wait for it or choose "
+                                     "another --out")
+            raise UserInputError(f"{self.lock_path} exists and is not a lock file of bsconv-export; move it "
+                                 "away or choose another --out")
         self.fd = fd
         try:
             self.replacing = self._check_existing()
@@ -145,24 +190,33 @@ class OutClaim:
     def _remove_leftovers(self) -> None:
         for prefix in (f".{self.out.name}.building-", f".{self.out.name}.old-"):
             for p in self.out.parent.glob(f"{glob.escape(prefix)}*"):
-                if p.is_dir() and not p.is_symlink():
+                if made_by_us(p):
                     shutil.rmtree(p, ignore_errors=True)
 
+    def _marked_dir(self, kind: str) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.{kind}-", dir=self.out.parent))
+        (folder / BUILD_MARKER).write_bytes(_marker_text(folder))   # before anything else goes in
+        return folder
+
     def building_dir(self) -> Path:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.building-", dir=self.out.parent))
+        tmp = self._marked_dir("building")
         os.chmod(tmp, 0o777 & ~current_umask())
         return tmp
 
     def commit(self, tmp: Path) -> None:
-        """Rename the finished bundle into place (the old one, if any, goes last)."""
+        """Rename the finished bundle into place (the old one, if any, goes last, and only if
+        it is still, byte for byte, the bundle of ours it was when the claim was taken)."""
         share(tmp)
         out = self.out
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            refuse_unless_ours(out)
+            old = self._marked_dir("old")
             os.replace(out, old / out.name)
+            (tmp / BUILD_MARKER).unlink()
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            (tmp / BUILD_MARKER).unlink()
             os.rename(tmp, out)
 
 

@@ -8,12 +8,12 @@ may not compare).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..models.errors import UserInputError
+from ..models.safe_io import loads_json, read_regular
 
 from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets, usable_cores
 from .context import INPUT_NAME
@@ -54,12 +54,8 @@ def regress_ab(baseline: str | Path, candidate: str | Path, *, provider: str = "
 def regress_stored(results_json: str | Path, candidate: str | Path, *, provider: str = "cpu",
                    duration: float = 20.0, max_slowdown: float = 0.05, confidence: float = 0.95) -> dict:
     path = Path(results_json)
-    try:
-        if path.stat().st_size > MAX_RESULTS_BYTES:
-            raise UserInputError(f"{path} is over {MAX_RESULTS_BYTES >> 20} MiB: not a bench result of ours")
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{results_json}: not a readable bench result ({e})") from None
+    stored = loads_json(read_regular(path, "the bench result", max_bytes=MAX_RESULTS_BYTES), str(path),
+                        f"make one with 'bsconv-export bench ... --out {results_json}'")
     results = stored.get("results") if isinstance(stored, dict) else None
     if not isinstance(results, list):
         raise UserInputError(f"{results_json}: not a bench result (no 'results' list); make one with "

@@ -6,17 +6,17 @@ stored latency sample, so the spread is visible, not only a median.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from ..models.errors import UserInputError
 
-from .manifest import read_manifest, write_bundle_file
+from ..models.safe_io import loads_json, read_regular
+from .manifest import changed_since_export, read_manifest, record_bundle_file, write_bundle_file
 
 PLOT_NAME = "report_latency.png"
 
 
-def _plot(bench: dict, out: Path) -> bool:
+def _plot(bench: dict, out: Path, bundle: Path) -> bool:
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
     rows = [r for r in bench["results"] if r.get("status") == "ok" and r.get("samples_ms")]
     if not rows:
@@ -40,8 +40,15 @@ def _plot(bench: dict, out: Path) -> bool:
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    write_bundle_file(out.parent, out.name, buf.getvalue())  # never through a planted link
+    _write(out, buf.getvalue(), bundle)
     return True
+
+
+def _write(out: Path, data: str | bytes, bundle: Path) -> Path:
+    """Write a report file (never through a planted link); inside the bundle it is recorded as ours."""
+    if out.parent.resolve() == bundle.resolve():
+        return record_bundle_file(bundle, out.name, data)
+    return write_bundle_file(out.parent, out.name, data)
 
 
 def bench_rows(bench: dict) -> list[list[str]]:
@@ -67,15 +74,13 @@ MAX_BENCH_BYTES = 64 << 20
 
 def _read_bench(path: Path) -> dict | None:
     """The bundle's bench.json, if it is one of ours; a foreign or broken one is an error."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
-    if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_BENCH_BYTES:
-        raise UserInputError(f"{path} is not a bench result of ours (a link, not a file, or too large); "
+    if path.is_symlink() or not path.is_file():
+        raise UserInputError(f"{path} is not a bench result of ours (a link or not a file); "
                              "delete it and run 'bsconv-export bench' again")
-    try:
-        bench = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{path} is not valid JSON ({e}); run 'bsconv-export bench' again") from None
+    bench = loads_json(read_regular(path, "the bench result", max_bytes=MAX_BENCH_BYTES, follow_links=False),
+                       str(path), "run 'bsconv-export bench' again")
     from .bench import SCHEMA
     ok = (isinstance(bench, dict) and bench.get("schema") == SCHEMA and isinstance(bench.get("results"), list)
           and isinstance(bench.get("machine"), dict) and all(isinstance(r, dict) for r in bench["results"]))
@@ -89,17 +94,22 @@ def _read_bench(path: Path) -> dict | None:
     return bench
 
 
-def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "md") -> Path:
+def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "md") -> tuple[Path, list[str]]:
+    """Write the report; return its path and the recorded files that changed since the export
+    (non-empty: the report says the verdict is only the recorded one, and the CLI exits 1)."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    changed = changed_since_export(bundle, manifest)
     if fmt not in ("md", "html"):
         raise UserInputError(f"--format must be md or html, not {fmt}")
     out = Path(out) if out else bundle / f"report.{fmt}"
     if not out.parent.is_dir():
         raise UserInputError(f"cannot write {out}: {out.parent} does not exist; create it first")
     bench = _read_bench(bundle / "bench.json")
-    plot = out.parent / PLOT_NAME
-    has_plot = bool(bench) and _plot(bench, plot)
+    # in the bundle the plot is report_latency.png; beside a report written elsewhere it takes the
+    # report's own name, so it never lands on a file of that fixed name the user did not ask for
+    plot = out.parent / (PLOT_NAME if out.parent.resolve() == bundle.resolve() else f"{out.stem}_latency.png")
+    has_plot = bool(bench) and _plot(bench, plot, bundle)
     m = manifest.model
     art_head = ["format", "file", "bytes", "nodes", "status", "error"]
     art_rows = [[a.format, a.path or "-", str(a.bytes or "-"), str(a.nodes or "-"), a.status.value,
@@ -114,7 +124,9 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
                  f"{r.metrics['top1_agreement']:.2%}" if r.metrics else "-",
                  f"{r.accuracy:.2%}" if r.accuracy is not None else "-", r.reason or ""]
                 for r in (chk.records if chk else [])]
-    sections = [(f"Artifacts (verdict: {manifest.verdict})", art_head, art_rows)]
+    verdict = (f"recorded verdict {manifest.verdict}, but files changed since: {', '.join(changed)}; run "
+               "'bsconv-export check' on it" if changed else f"verdict: {manifest.verdict}")
+    sections = [(f"Artifacts ({verdict})", art_head, art_rows)]
     if chk:
         sections.append((f"Equivalence check ({'passed' if chk.passed else 'FAILED'}, {chk.inputs})",
                          chk_head, chk_rows))
@@ -130,7 +142,7 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
             text += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
             text.append("")
         if has_plot:
-            text += [f"![latency]({PLOT_NAME})", ""]
+            text += [f"![latency]({plot.name})", ""]
         elif not bench:
             text += ["No latency data: run `bsconv-export bench BUNDLE` first.", ""]
         body = "\n".join(text)
@@ -142,6 +154,6 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
                          + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
                          + "</table>")
         if has_plot:
-            parts.append(f'<img src="{PLOT_NAME}" alt="latency">')
+            parts.append(f'<img src="{html.escape(plot.name)}" alt="latency">')
         body = ("<!doctype html><meta charset=utf-8><title>" + html.escape(m.arch) + "</title>" + "\n".join(parts))
-    return write_bundle_file(out.parent, out.name, body)
+    return _write(out, body, bundle), changed

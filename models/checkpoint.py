@@ -27,6 +27,7 @@ from torch import nn
 
 from .errors import CheckpointError, UserInputError
 from .registry import DEFAULT_ARCH, InputSpec, create_model, get_entry
+from .safe_io import open_regular
 
 FORMAT = "bsconv-export"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / f"digits_{DEFAULT_ARCH}.pt"
@@ -77,6 +78,14 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             raise CheckpointError(f"{path}: its 'bsconv_export' metadata is not valid JSON; "
                                   "re-save the checkpoint") from None
         return tensors, _checked_header(header, path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) since 1.6, a binary pickle (0x80, protocol >= 2) before;
+    # anything else (a text file, an image) is no checkpoint, and calling it a hostile pickle would mislead
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        kind = "text" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "other data"
+        raise CheckpointError(f"{path}: not a torch.save checkpoint (it starts with {kind}, not a zip archive or a "
+                              "binary pickle); pass a .pt written by torch.save, or a .safetensors file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notices on foreign files
@@ -172,6 +181,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; pass the file")
+    os.close(open_regular(path, "checkpoint"))   # a pipe or device would block every read below
     return _read(path)
 
 

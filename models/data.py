@@ -8,12 +8,16 @@ raw 8×8 images, so every later stage checks against the same real samples.
 """
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserInputError
+from .limits import MAX_DATA_BYTES, MAX_SAMPLES
+from .safe_io import open_regular
 
 DATA_DIR = Path(__file__).parent / "data"
 HOLDOUT_PATH = DATA_DIR / "digits_holdout.npz"
@@ -63,34 +67,62 @@ def load_holdout(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 MAX_NPZ_BYTES = 4 << 30
 RANGE_SLACK = 1e-3   # values this far outside the spec's range are still accepted (rounding)
+NPZ_FIX = "save one with numpy.savez(path, input=x, label=y)"
 
 
 def load_npz_inputs(path: str | Path, spec) -> tuple[np.ndarray, np.ndarray | None]:
     """A user's ``.npz`` with ``input`` [N, C, H, W] and optional ``label`` [N], validated
     against ``spec`` (an :class:`InputSpec`): the one check for ``--data``,
-    ``--calibration`` and ``evaluate --data``."""
+    ``--calibration`` and ``evaluate --data``. Shapes come from each array's header and are
+    bounded (:mod:`models.limits`) before anything is allocated or decompressed, so neither a
+    header that declares 10⁹ samples nor a deflate bomb costs more than the bound."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path} does not exist or is not a file; pass an .npz with an 'input' array")
-    if path.stat().st_size > MAX_NPZ_BYTES:
-        raise UserInputError(f"{path} is over {MAX_NPZ_BYTES >> 30} GiB; pass fewer samples")
-    try:
-        f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise UserInputError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:120]}); "
-                             "save one with numpy.savez(path, input=x, label=y)") from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise UserInputError(f"{path} is a single .npy array, not an .npz; save it with numpy.savez(path, input=x)")
-    try:
-        with f:
-            if "input" not in f.files:
-                raise UserInputError(f"{path}: no array named 'input' (found {', '.join(f.files) or 'none'})")
-            x = f["input"]
-            y = f["label"] if "label" in f.files else None
-    except ValueError as e:  # object arrays need pickle, which is refused
-        raise UserInputError(f"{path}: cannot read its arrays ({str(e).splitlines()[0][:120]}); "
-                             "store plain numeric arrays") from None
+    fd = open_regular(path, "the data file", max_bytes=MAX_NPZ_BYTES)
+    with os.fdopen(fd, "rb") as fh:
+        if fh.read(6) == b"\x93NUMPY":
+            raise UserInputError(f"{path} is a single .npy array, not an .npz; save it with numpy.savez(path, input=x)")
+        fh.seek(0)
+        try:
+            with zipfile.ZipFile(fh) as z:
+                members = {n[:-4]: n for n in z.namelist() if n.endswith(".npy")}
+                if "input" not in members:
+                    raise UserInputError(f"{path}: no array named 'input' (found {', '.join(sorted(members)) or 'none'})")
+                x = _read_member(z, members["input"], path, "input")
+                y = _read_member(z, members["label"], path, "label") if "label" in members else None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+            if isinstance(e, UserInputError):
+                raise
+            raise UserInputError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                                 f"{NPZ_FIX}") from None
     return validate_inputs(x, y, spec, str(path))
+
+
+def _read_member(z: zipfile.ZipFile, member: str, path: Path, key: str) -> np.ndarray:
+    """One array of an npz, its header read first and its size bounded before the data is read."""
+    with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if dtype.hasobject:
+            raise UserInputError(f"{path}: '{key}' holds Python objects, which would need pickle; store plain numeric arrays")
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if shape and shape[0] > MAX_SAMPLES:
+            raise UserInputError(f"{path}: '{key}' declares {shape[0]:,} samples, over this tool's bound of "
+                                 f"{MAX_SAMPLES:,}; pass fewer samples")
+        nbytes = n * dtype.itemsize
+        if nbytes > MAX_DATA_BYTES:
+            raise UserInputError(f"{path}: '{key}' declares {nbytes / 2**30:.2f} GiB of data, over this tool's "
+                                 f"bound of {MAX_DATA_BYTES >> 30} GiB; pass fewer samples")
+        data = bytearray(nbytes)   # decompression stops here, whatever the zip directory claims
+        view, got = memoryview(data), 0
+        while got < nbytes:
+            n_read = f.readinto(view[got:])
+            if not n_read:
+                raise UserInputError(f"{path}: '{key}' is truncated ({got:,} of {nbytes:,} bytes); {NPZ_FIX}")
+            got += n_read
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def validate_inputs(x: np.ndarray, y: np.ndarray | None, spec, source: str) -> tuple[np.ndarray, np.ndarray | None]:

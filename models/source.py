@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
 import math
 import os
 import re
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from .errors import UserInputError
+from .limits import check_input_size
+from .safe_io import loads_json, read_regular
 from .registry import InputSpec
 
 ENTRY_POINT = re.compile(r"^(?P<module>[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*):(?P<attr>[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*)$")
@@ -116,6 +117,8 @@ def request_from_options(arch, checkpoint, model, model_arg, program, input_spec
     """A command's model options as one request; ``--input-size`` is part of the spec only for a
     model outside the zoo (a zoo model keeps its own spec and exports at that size)."""
     outside = model is not None or program is not None
+    if input_size is not None:
+        check_input_size(input_size)
     spec = SpecOptions(spec_file=input_spec, input_size=input_size if outside else None,
                        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), labels_file=labels)
     return ModelRequest(arch=arch, checkpoint=checkpoint, entry_point=model, model_args=tuple(model_arg),
@@ -387,16 +390,8 @@ def _num_classes(model: nn.Module, d: dict, label: str) -> int:
 
 def read_spec_file(path: Path) -> dict[str, Any]:
     """An input spec JSON: an object with only the keys of :data:`SPEC_KEYS`."""
-    try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise UserInputError(f"--input-spec {path} is over {MAX_SPEC_BYTES >> 20} MiB; an input spec is a few lines")
-        d = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except FileNotFoundError:
-        raise UserInputError(f"--input-spec {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserInputError(f"--input-spec {path} is a folder; pass the JSON file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise UserInputError(f"--input-spec {path} is not valid JSON ({str(e)[:120]})") from None
+    d = loads_json(read_regular(path, "--input-spec", max_bytes=MAX_SPEC_BYTES), f"--input-spec {path}",
+                   "write one JSON object with the keys " + ", ".join(sorted(SPEC_KEYS)))
     if not isinstance(d, dict):
         raise UserInputError(f"--input-spec {path} holds a {type(d).__name__}, not an object")
     unknown = sorted(set(d) - SPEC_KEYS)
@@ -407,20 +402,10 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     return d
 
 
-def _no_constant(name: str) -> None:
-    raise UserInputError(f"the input spec holds {name}, which is not a number")
-
-
 def read_labels(path: Path) -> list[str]:
     """One label per line (blank lines at the end ignored)."""
     try:
-        if path.stat().st_size > 64 * MAX_LABELS:
-            raise UserInputError(f"--labels {path} is too large for a labels file")
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserInputError(f"--labels {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserInputError(f"--labels {path} is a folder; pass a text file with one label per line") from None
+        lines = read_regular(path, "--labels", max_bytes=64 * MAX_LABELS).decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise UserInputError(f"--labels {path} is not UTF-8 text") from None
     while lines and not lines[-1].strip():

@@ -44,6 +44,13 @@ class Runner(ABC):
     input_names: list[str] = []
     output_names: list[str] = []
     input_shape: tuple = ()
+    #: the bundle's input spec, set by the check: a runner that must turn the check's float inputs into
+    #: what an app hands the artifact (pixels) uses it, never the artifact's own metadata
+    input_spec = None
+
+    def metadata(self) -> dict[str, str] | None:
+        """After ``load``: the key/value metadata the artifact carries for apps (None: the format has none)."""
+        return None
 
     def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
         self.path = Path(path)

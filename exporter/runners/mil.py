@@ -10,6 +10,7 @@ a check reports as *skipped*, never as passed.
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import warnings
 from pathlib import Path
@@ -163,6 +164,17 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+def load_spec(path: str | Path):
+    """The package's model spec (description and ML Program), without loading weights or running it."""
+    from ..coreml import import_coremltools
+    ct = import_coremltools()
+    if not (Path(path) / "Manifest.json").is_file():
+        raise FileNotFoundError(f"{path} is not an .mlpackage")
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+
 class MilProgram:
     """An ML Program's main function, ready to interpret."""
 
@@ -196,13 +208,13 @@ class MilProgram:
         self.metadata = dict(desc.metadata.userDefined)
         self.image = desc.input[0].type.imageType if desc.input[0].type.WhichOneof("Type") == "imageType" else None
 
-    def image_pixels(self, x: np.ndarray) -> np.ndarray:
+    def image_pixels(self, x: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
         """What an app hands an image-input model for the float tensor ``x`` (the ONNX files'
-        input, RGB in the model's value range): pixels 0..255 in the image's colour order.
-        Pixels stay float, not rounded to 8 bits, so the comparison measures the program's
-        preprocessing (scale, bias, colour order), not the app's quantisation."""
-        import json
-        lo, hi = json.loads(self.metadata.get("input_spec", "{}")).get("value_range", (0.0, 1.0))
+        input, RGB in ``value_range``, the bundle's spec): pixels 0..255 in the image's colour
+        order. The range is the spec's, never the package's own metadata, which a changed
+        package could move together with its scale. Pixels stay float, not rounded to 8 bits,
+        so the comparison measures the program's preprocessing, not the app's quantisation."""
+        lo, hi = value_range
         pixels = (x.astype(np.float32) - lo) * (255.0 / (hi - lo))
         space = self.image.colorSpace
         names = {10: "GRAYSCALE", 20: "RGB", 30: "BGR"}
@@ -240,13 +252,15 @@ class MilProgram:
         return [t for t in self.op_types
                 if t not in OPS and t not in ("const", "classify") and not t.startswith("constexpr_")]
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits [N, classes] for input x [N, C, H, W] (float32)."""
+    def run(self, x: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+        """Logits [N, classes] for input x [N, C, H, W] (float32) in ``value_range``."""
         missing = self.unsupported_ops()
         if missing:
             raise UnsupportedOp(f"op {', '.join(missing)} not supported")
         if self.image is not None:
-            x = self.image_pixels(x)
+            if value_range is None:   # no spec given: the package's own claim (never in the check)
+                value_range = json.loads(self.metadata.get("input_spec", "{}")).get("value_range", (0.0, 1.0))
+            x = self.image_pixels(x, value_range)
         in_var = self.function.inputs[self.input_names[0]]
         if "fp16" in str(in_var.dtype):  # an fp16 program input (iOS16+ fp16 models)
             x = x.astype(np.float16)
@@ -315,7 +329,11 @@ class MilReferenceRunner(Runner):
         if self.program is None:
             self.load()
         (x,) = inputs.values()
-        return {self.program.scores_name: self.program.run(np.asarray(x, dtype=np.float32))}
+        value_range = tuple(self.input_spec.value_range) if self.input_spec is not None else None
+        return {self.program.scores_name: self.program.run(np.asarray(x, dtype=np.float32), value_range)}
+
+    def metadata(self) -> dict[str, str] | None:
+        return dict(self.program.metadata) if self.program is not None else None
 
 
 @register_runner

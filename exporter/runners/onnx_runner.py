@@ -53,6 +53,9 @@ class OnnxRunner(Runner):
                     f"(available: {', '.join(have)}); install onnxruntime-gpu on a machine with a GPU for cuda")
         return None
 
+    def metadata(self) -> dict[str, str] | None:
+        return dict(self.session.get_modelmeta().custom_metadata_map) if self.session is not None else None
+
     def load(self) -> "OnnxRunner":
         ort = onnxruntime()
         reason = self.unavailable_reason()
