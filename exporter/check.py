@@ -61,6 +61,7 @@ class Reference:
     r64: np.ndarray               # PyTorch in float64: the exact answer
     r32: np.ndarray               # PyTorch in float32
     e32: np.ndarray               # per sample: PyTorch fp32's own noise against r64 (see torch_reference)
+    e16: np.ndarray | None = None  # per sample: PyTorch fp16's own error against r64, when fp16 artifacts are judged
 
 
 def edge_cases(spec: InputSpec, n_shape: tuple[int, ...]) -> np.ndarray:
@@ -121,7 +122,7 @@ def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int =
                        fp32_rows=fp32_rows)
 
 
-def torch_reference(model: nn.Module, x: np.ndarray, batch: int = 8, seed: int = 0) -> Reference:
+def torch_reference(model: nn.Module, x: np.ndarray, batch: int = 8, seed: int = 0, half: bool = False) -> Reference:
     """The original in float64 (the exact answer) and in float32, twice: as it is, and with every
     weight moved by up to one float32 ulp (what folding a BatchNorm into a convolution, or any
     exporter's rewrite, does to weights). The larger of the two fp32 errors per sample is the
@@ -137,7 +138,20 @@ def torch_reference(model: nn.Module, x: np.ndarray, batch: int = 8, seed: int =
             outs64.append(m64(xb.double()).numpy())
     r64, r32, r32p = np.concatenate(outs64), np.concatenate(outs32), np.concatenate(outs32p)
     e32 = np.maximum(np.abs(r32.astype(np.float64) - r64).max(axis=1), np.abs(r32p.astype(np.float64) - r64).max(axis=1))
-    return Reference(r64=r64, r32=r32, e32=e32)
+    return Reference(r64=r64, r32=r32, e32=e32, e16=_fp16_error(model, x, r64, batch) if half else None)
+
+
+def _fp16_error(model: nn.Module, x: np.ndarray, r64: np.ndarray, batch: int) -> np.ndarray:
+    """Per sample, how far the original run wholly in fp16 (weights, activations, every op rounded)
+    lands from float64: the scale of error fp16 arithmetic itself makes on that input. Inf where
+    fp16 overflows (no bound can be drawn from it there)."""
+    m16 = copy.deepcopy(model).half().eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append(m16(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).half()).double().numpy())
+    err = np.abs(np.concatenate(outs) - r64).max(axis=1)
+    return np.where(np.isfinite(err), err, np.inf)
 
 
 def _ulp_perturbed(model: nn.Module, seed: int) -> nn.Module:
@@ -164,6 +178,7 @@ def compare(out: np.ndarray, ref: np.ndarray, k: int = 5) -> dict[str, float]:
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_o, top_r)])
     agree = int(np.sum(out.argmax(1) == ref.argmax(1))) if finite else 0
     low, high = agreement_interval(agree, len(out))
+    slope, class_bias = scale_metrics(out, ref) if finite else (float("nan"), float("inf"))
     return {
         "max_abs": float(np.nanmax(diff)) if finite else float("inf"),
         "max_rel": float(np.nanmax(diff / (np.abs(ref) + REL_EPS))) if finite else float("inf"),
@@ -175,7 +190,24 @@ def compare(out: np.ndarray, ref: np.ndarray, k: int = 5) -> dict[str, float]:
         "top1_agreement_high": high,
         "top5_overlap": float(overlap) if finite else 0.0,
         "nonfinite": int((~np.isfinite(out)).sum()),
+        "slope": slope,
+        "class_bias_max": class_bias,
     }
+
+
+def scale_metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """What probabilities see and cosine and top-1 do not: the least-squares slope of the artifact's
+    logits on the reference's (1 when the scale is right; 1.5 when every logit is 1.5x), and the
+    largest per-class mean error in RMS units of the reference logits (a class made more or less
+    likely everywhere). Each sample's logits are centred first: softmax ignores a shift of a row."""
+    o = out - out.mean(axis=1, keepdims=True)
+    r = ref - ref.mean(axis=1, keepdims=True)
+    energy = float((r * r).sum())
+    if energy == 0.0:
+        return 1.0, 0.0
+    slope = float((o * r).sum() / energy)
+    rms = (energy / r.size) ** 0.5
+    return slope, float(np.abs((o - r).mean(axis=0)).max() / rms)
 
 
 def fp32_bounds(ref: Reference, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
@@ -208,16 +240,46 @@ def verdict(out: np.ndarray, ref: Reference, m: dict[str, float], tol: Tolerance
             mid = int(np.argsort(err / typical)[len(err) // 2])
             return (f"the median sample is outside {tol.describe()} (error {err[mid]:.3g}, bound "
                     f"{typical[mid]:.3g}, PyTorch fp32's own noise {ref.e32[mid]:.3g}): a systematic error")
+    _reduced_bound_uses(out, ref, m, tol)
     if tol.min_cosine is not None and m["cosine_min"] < tol.min_cosine:
         return f"cosine {m['cosine_min']:.6f} < {tol.min_cosine}"
     if tol.min_top1_agreement is not None and m["top1_agreement_high"] < tol.min_top1_agreement:
         return (f"top-1 agreement {m['top1_agreement']:.2%} (95% bound {m['top1_agreement_high']:.2%}) "
                 f"< {tol.min_top1_agreement:.0%}")
+    if tol.max_slope_error is not None:
+        if m["slope_bound_used"] > 1:
+            return (f"the logits are {m['slope']:.4f}x the reference's (least-squares slope; allowed 1 ± "
+                    f"{tol.max_slope_error:g}): probabilities an app thresholds are off")
+    if tol.max_class_bias is not None:
+        if m["class_bias_bound_used"] > 1:
+            return (f"a class's logit is off by {m['class_bias_max']:.3g} RMS on average over the inputs "
+                    f"(allowed {tol.max_class_bias:g}): that class is made more or less likely everywhere")
+    if tol.fp16_factor is not None and ref.e16 is not None:
+        if m["fp16_bound_used"] > 1:
+            err = np.abs(out.astype(np.float64) - ref.r64).max(axis=1)
+            worst = int(np.argmax(err / ref.e16))
+            return (f"error {err[worst]:.3g} on one input is over {tol.fp16_factor:g}x PyTorch fp16's own "
+                    f"({ref.e16[worst]:.3g})")
+        if m["fp16_typical_bound_used"] > 1:
+            return (f"the median input's error is over {tol.fp16_typical_factor:g}x PyTorch fp16's own: "
+                    "a systematic error, not fp16 rounding")
     if tol.max_accuracy_drop is not None and accuracy is not None and reference_accuracy is not None \
             and reference_accuracy - accuracy > tol.max_accuracy_drop + 1e-12:
         return (f"accuracy {accuracy:.2%} is {100 * (reference_accuracy - accuracy):.2f} points below PyTorch's "
                 f"{reference_accuracy:.2%} (allowed {tol.max_accuracy_drop * 100:g})")
     return None
+
+
+def _reduced_bound_uses(out: np.ndarray, ref: Reference, m: dict[str, float], tol: Tolerance) -> None:
+    """How much of each scale bound the artifact uses (recorded even when another rule fails it)."""
+    if tol.max_slope_error is not None:
+        m["slope_bound_used"] = abs(m["slope"] - 1) / tol.max_slope_error
+    if tol.max_class_bias is not None:
+        m["class_bias_bound_used"] = m["class_bias_max"] / tol.max_class_bias
+    if tol.fp16_factor is not None and ref.e16 is not None:
+        err = np.abs(out.astype(np.float64) - ref.r64).max(axis=1)
+        m["fp16_bound_used"] = float(np.max(err / (tol.fp16_factor * ref.e16)))
+        m["fp16_typical_bound_used"] = float(np.median(err / (tol.fp16_typical_factor * ref.e16)))
 
 
 def contract_problem(runner: Runner, labels: list[str]) -> str | None:
@@ -283,11 +345,12 @@ def declared_problem(runner: Runner, manifest, target: BundleFile) -> str | None
         if meta.get("precision") not in (None, target.precision):
             return f"metadata 'precision' is {meta['precision']!r}, but the file computes in {target.precision}"
     if target.opset is not None:
-        recorded = target.record.opset if target.record is not None else None
+        recorded = [target.record.opset if target.record is not None else None]
         if target.fmt is not None and target.fmt.name == "onnx":
-            recorded = manifest.export.opset if manifest.export.opset is not None else recorded
-        if recorded is not None and target.opset != recorded:
-            return f"opset {target.opset} differs from the {recorded} the export recorded"
+            recorded.append(manifest.export.opset)
+        for value in recorded:
+            if value is not None and target.opset != value:
+                return f"opset {target.opset} differs from the {value} the export recorded"
     program = getattr(runner, "program", None)
     if program is not None and getattr(program, "spec", None) is not None:
         return _coreml_description_problem(program.spec.description, shape)
@@ -339,7 +402,8 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
 def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
                   threads) -> CheckReport:
     from .manifest import inside
-    ref = torch_reference(model, inputs.x)
+    targets, problems = found or bundle_files(bundle, manifest)
+    ref = torch_reference(model, inputs.x, half=any(t.precision == "fp16" for t in targets))
     labels = inputs.labels
     ref_acc = float(np.mean(ref.r32[:len(labels)].argmax(1) == labels)) if labels is not None else None
     class_labels = manifest.model.labels
@@ -350,7 +414,6 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         if progress:
             progress(rec)
 
-    targets, problems = found or bundle_files(bundle, manifest)
     for rec in problems:
         emit(rec)
     for target in targets:
@@ -525,7 +588,8 @@ def _mlpackage_precision(path: Path) -> str | None:
 
 
 def _sub(ref: Reference, rows) -> Reference:
-    return Reference(r64=ref.r64[rows], r32=ref.r32[rows], e32=ref.e32[rows])
+    return Reference(r64=ref.r64[rows], r32=ref.r32[rows], e32=ref.e32[rows],
+                     e16=ref.e16[rows] if ref.e16 is not None else None)
 
 
 def _run_one(rec: CheckRecord, runner: Runner, x: np.ndarray, ref: Reference, labels: np.ndarray | None,

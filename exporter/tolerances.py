@@ -40,6 +40,13 @@ FP32_TYPICAL_FLOOR = 0.1   # ... and its floor is a tenth of every sample's
 FP32_RTOL_MAX = 1e-3
 
 REDUCED_MIN_SAMPLES = 256
+# Scale and calibration in reduced precision (measured over correct exports: docs/check.md)
+FP16_SLOPE = 0.01
+FP16_CLASS_BIAS = 0.02
+FP16_FACTOR = 16.0
+FP16_TYPICAL_FACTOR = 4.0
+INT8_SLOPE = 0.05
+INT8_CLASS_BIAS = 0.1
 CONFIDENCE = 0.95
 
 
@@ -52,6 +59,10 @@ class Tolerance:
     min_cosine: float | None = None
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
+    max_slope_error: float | None = None   # |least-squares slope of artifact on reference logits − 1|
+    max_class_bias: float | None = None    # per-class mean error, in RMS units of the reference logits
+    fp16_factor: float | None = None       # every sample: within this times PyTorch fp16's own error
+    fp16_typical_factor: float | None = None   # the median sample: within this times it
 
     def describe(self) -> str:
         parts = []
@@ -67,13 +78,23 @@ class Tolerance:
             parts.append(f"top-1 agreement >= {self.min_top1_agreement:.0%} ({CONFIDENCE:.0%} upper bound)")
         if self.max_accuracy_drop is not None:
             parts.append(f"accuracy drop <= {self.max_accuracy_drop * 100:g} points")
+        if self.max_slope_error is not None:
+            parts.append(f"logit slope within 1 ± {self.max_slope_error:g}")
+        if self.max_class_bias is not None:
+            parts.append(f"per-class mean bias <= {self.max_class_bias:g} RMS")
+        if self.fp16_factor is not None:
+            parts.append(f"|a-r64| <= {self.fp16_factor:g}*noise16 on every sample and "
+                         f"{self.fp16_typical_factor:g}*noise16 on the median sample")
         return ", ".join(parts)
 
 
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(atol=FP32_ATOL, rtol=FP32_RTOL, factor=FP32_FACTOR, typical_factor=FP32_TYPICAL_FACTOR),
-    "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.005),
-    "int8": Tolerance(min_top1_agreement=0.99, max_accuracy_drop=0.005),
+    "fp16": Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accuracy_drop=0.005,
+                      max_slope_error=FP16_SLOPE, max_class_bias=FP16_CLASS_BIAS, fp16_factor=FP16_FACTOR,
+                      fp16_typical_factor=FP16_TYPICAL_FACTOR),
+    "int8": Tolerance(min_top1_agreement=0.99, max_accuracy_drop=0.005, max_slope_error=INT8_SLOPE,
+                      max_class_bias=INT8_CLASS_BIAS),
 }
 
 

@@ -29,7 +29,7 @@ def check_input_size(size: int, flag: str = "--input-size") -> int:
 
 def check_batch(batch: int, flag: str = "--batch") -> int:
     if not 1 <= batch <= MAX_BATCH:
-        raise UserInputError(f"{flag} {batch} is outside 1..{MAX_BATCH}, this tool's bound; use a smaller batch")
+        raise UserInputError(f"{flag} {batch} is outside 1..{MAX_BATCH}, this tool's bound")
     return batch
 
 

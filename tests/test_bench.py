@@ -134,8 +134,8 @@ def test_bench_cli_json_and_report(bundles, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["bench", "nowhere.onnx"], "neither a bundle directory nor"),
     (["bench", ".", "--threads", "many"], "--threads must be"),
-    (["bench", ".", "--batch", "0"], "at least 1"),
-    (["regress", "--baseline", "missing.json", "--candidate", "x.onnx"], "not a readable bench result"),
+    (["bench", ".", "--batch", "0"], "outside 1..1024"),
+    (["regress", "--baseline", "missing.json", "--candidate", "x.onnx"], "does not exist"),
     (["report", "."], "is not a bundle"),
 ])
 def test_bench_cli_bad_input_exit_2(args, message):

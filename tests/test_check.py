@@ -38,7 +38,7 @@ def bundle_copy(tmp_path, good_bundle):
 def test_correct_export_passes_with_numbers_for_every_artifact(good_bundle, shipped):
     m = read_manifest(good_bundle)
     assert m.passed and m.verdict == "passed" and m.check.passed
-    assert m.check.inputs.startswith("shipped held-out digits") and m.check.samples == 366
+    assert m.check.inputs.startswith("shipped held-out digits + 36 coloured copies") and m.check.samples == 402
     by = {(r.artifact, r.runner): r for r in m.check.records}
     for key in [("onnx", "onnxruntime-cpu"), ("onnx-simplified", "onnxruntime-cpu"),
                 ("ort", "ort-format-cpu"), ("coreml", "coreml-mil-reference")]:

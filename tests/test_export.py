@@ -28,7 +28,7 @@ def _torch(model, x):
 
 def validate_bundle(root, loaded, formats=None):
     m = read_manifest(root)
-    assert m.schema_version == 2 and m.verdict in ("passed", "unverified")
+    assert m.schema_version == 3 and m.verdict in ("passed", "unverified")
     assert m.model.arch == loaded.arch and m.model.num_classes == loaded.input_spec.num_classes
     assert m.model.params == sum(p.numel() for p in loaded.model.parameters()) and m.model.macs > 0
     assert len(m.model.labels) == loaded.input_spec.num_classes

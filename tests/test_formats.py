@@ -82,7 +82,7 @@ def test_a_runner_that_breaks_the_output_contract_is_a_failed_record(tmp_path, t
     r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("toy",)), check=CheckOptions())
     rec = next(c for c in r.manifest.check.records if c.artifact == "toy")
     assert not r.ok and rec.status is Status.FAILED
-    assert "'logits' has shape [366, 3], PyTorch's has [366, 10]" in rec.reason
+    assert "'logits' has shape [402, 3], PyTorch's has [402, 10]" in rec.reason
 
 
 def test_an_artifact_no_runner_can_load_is_unverified(tmp_path, monkeypatch, shipped):

@@ -142,7 +142,7 @@ def test_input_spec_file(tmp_path, in_tests):
     assert d["source"] == {"kind": "entry_point", "entry_point": "custom_models:tiny", "model_args": {}}
     for content, message in [("{", "not valid JSON"), ('{"size": 16, "colour": "RGB"}', "unknown key 'colour'"),
                              ("[1]", "not an object"), ('{"size": 16, "labels": ["a"]}', "1 labels given for 10"),
-                             ('{"size": NaN}', "not a number"),
+                             ('{"size": NaN}', "NaN is not a JSON number"),
                              ('{"size": 16, "channels": 1}', "does not run on a [1, 1, 16, 16] input")]:
         spec.write_text(content)
         r = cli("info", "--model", "custom_models:tiny", "--input-spec", spec)

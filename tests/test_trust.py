@@ -182,9 +182,18 @@ def test_bench_and_report_never_write_through_planted_links(tmp_path, bundle):
 # --- nothing checked is not passed -------------------------------------------------------------
 
 def test_a_bundle_with_no_artifacts_fails_the_check(bundle):
+    for name in ("model.onnx", "model.sim.onnx"):
+        (bundle / name).unlink()
     edit_manifest(bundle, lambda d: d.update(artifacts=[]))
     r = invoke("check", bundle, "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["passed"] is False
+
+
+def test_emptying_the_manifest_rows_hides_no_file(bundle):
+    """The files decide what is checked: with every row gone the model files are still verified."""
+    edit_manifest(bundle, lambda d: d.update(artifacts=[]))
+    r = invoke("check", bundle, "--json")
+    assert {x["artifact"] for x in json.loads(r.stdout)["results"]} == {"onnx", "onnx-simplified"}, r.output
 
 
 def test_an_unknown_format_is_unverified_and_fails(bundle):
@@ -195,8 +204,8 @@ def test_an_unknown_format_is_unverified_and_fails(bundle):
                                                            "sha256": path_sha256(bundle / "model.tflite")}))
     r = invoke("check", bundle, "--json")
     assert r.exit_code == 1
-    rec = next(x for x in json.loads(r.stdout)["results"] if x["artifact"] == "tflite")
-    assert rec["status"] == "unverified"
+    rec = next(x for x in json.loads(r.stdout)["results"] if x["artifact"] == "model.tflite")
+    assert rec["status"] == "unverified" and "nothing can vouch for it" in rec["reason"]
 
 
 def test_check_exits_1_on_a_bundle_whose_stages_failed(bundle):
