@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced bench-compare clean
+.PHONY: run test test-all test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced bench-compare clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ run: $(STAMP)
 		--formats pt2,onnx,ort,coreml,pte,int8,fp16,coreml-fp16
 
 # One pytest worker per core (pytest-xdist); tests/conftest.py keeps each worker to one torch thread.
+# make test: the fast tier a newcomer runs (logic, contracts, the trust tests, one end-to-end export
+# and check of the shipped model); make test-all: every test but the whole-zoo sweep (what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto -m "not zoo and not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n auto -m "not zoo"
 
 # Every zoo architecture at native size, every fp32 format (.pte included), checked: hours on 2 cores.
 test-zoo: $(STAMP)

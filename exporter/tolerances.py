@@ -41,12 +41,12 @@ FP32_RTOL_MAX = 1e-3
 
 REDUCED_MIN_SAMPLES = 256
 # Scale and calibration in reduced precision (measured over correct exports: docs/check.md)
-FP16_SLOPE = 0.01
-FP16_CLASS_BIAS = 0.02
-FP16_FACTOR = 16.0
-FP16_TYPICAL_FACTOR = 4.0
-INT8_SLOPE = 0.05
-INT8_CLASS_BIAS = 0.1
+FP16_SLOPE = 0.02            # correct exports: within 1 ± 0.006
+FP16_CLASS_BIAS = 0.01       # correct: up to 0.005; the digits' class bias +0.1 is 0.019
+FP16_FACTOR = 16.0           # correct: every input within 5x PyTorch fp16's own error
+FP16_TYPICAL_FACTOR = 3.0    # correct: the median input within 1.05x
+INT8_SLOPE = 0.05            # correct (real calibration): within 1 ± 0.013
+INT8_CLASS_BIAS = 0.15       # correct: up to 0.082; the digits' class bias +2 is 0.38
 CONFIDENCE = 0.95
 
 

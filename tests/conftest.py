@@ -43,8 +43,10 @@ def _seed():
 SHARED_BUNDLES = {
     # every default format (pt2, onnx, ort, coreml, pte), checked: test_export, test_program
     "every-format": dict(formats=None),
-    # the formats the planted faults edit, checked: test_check, test_faults
+    # the formats the planted faults edit, checked: test_check, test_faults, test_vouch, test_hostile
     "onnx-ort-coreml": dict(formats=("onnx", "ort", "coreml")),
+    # reduced precision (int8 on the uniform plan: the gates, not the plan, are under test): test_vouch
+    "reduced": dict(formats=("onnx", "fp16", "int8"), int8_plan="uniform"),
 }
 
 

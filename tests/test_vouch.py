@@ -8,6 +8,7 @@ metadata that apps read changed together with the model. Every one must fail thr
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -201,3 +202,65 @@ def test_the_check_chooses_its_threads_and_restores_the_callers(bundle, monkeypa
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- reduced precision sees scale -------------------------------------------------------------------
+
+@pytest.fixture
+def reduced(tmp_path, shared_bundle):
+    dst = tmp_path / "r"
+    shutil.copytree(shared_bundle("reduced"), dst)
+    return dst
+
+
+def wrap_logits(path, op, value):
+    """Put ``op`` (Mul or Add) with a constant between the graph and its 'logits' output."""
+    m = onnx.load(path)
+    producer = next(n for n in m.graph.node if "logits" in n.output)
+    producer.output[list(producer.output).index("logits")] = "logits_before_fault"
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), "planted_fault"))
+    m.graph.node.append(onnx.helper.make_node(op, ["logits_before_fault", "planted_fault"], ["logits"]))
+    onnx.save(m, path)
+
+
+def class_bias(delta, cls=3):
+    v = np.zeros(10, np.float32)
+    v[cls] = delta
+    return v
+
+
+@pytest.mark.parametrize("file, artifact, op, value, needle", [
+    ("model.fp16.onnx", "fp16", "Mul", 1.5, "1.4999x the reference"),
+    ("model.int8.onnx", "int8", "Mul", 1.5, "x the reference"),
+    ("model.fp16.onnx", "fp16", "Add", class_bias(0.1), "more or less likely"),
+    ("model.fp16.onnx", "fp16", "Add", class_bias(0.3), "more or less likely"),
+    ("model.int8.onnx", "int8", "Add", class_bias(2.0), "more or less likely"),
+])
+def test_reduced_precision_sees_scale_and_bias(reduced, file, artifact, op, value, needle):
+    """Faults cosine and top-1 agreement are blind to: every logit x1.5, one class's bias moved."""
+    wrap_logits(reduced / file, op, value)
+    rehash(reduced)
+    code, report, out = check(reduced)
+    reason = failures(report).get((artifact, "failed"))
+    assert code == 1 and reason and needle in reason, failures(report) or out
+
+
+def test_an_fp16_depthwise_layer_one_percent_off_fails(reduced):
+    m = onnx.load(reduced / "model.fp16.onnx")
+    dw = next(n for n in m.graph.node if n.op_type == "Conv"
+              and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    w = next(t for t in m.graph.initializer if t.name == dw.input[1])
+    w.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(w) * np.float16(1.01)).astype(np.float16), w.name))
+    onnx.save(m, reduced / "model.fp16.onnx")
+    rehash(reduced)
+    code, report, out = check(reduced)
+    assert code == 1 and ("fp16", "failed") in failures(report), out
+
+
+def test_correct_reduced_exports_keep_headroom_under_the_scale_gates(reduced):
+    code, report, out = check(reduced)
+    assert code == 0, failures(report)
+    for rec in report["results"]:
+        if rec["precision"] != "fp32":
+            uses = {k: v for k, v in rec["metrics"].items() if k.endswith("bound_used")}
+            assert uses and max(uses.values()) < 0.6, (rec["artifact"], uses)
