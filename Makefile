@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced bench-compare clean
+.PHONY: run test test-all test-zoo install train bench-export bench-latency bench-pte bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ bench-gate: $(STAMP)
 
 bench-reduced: $(STAMP)
 	$(PY) tests/bench_reduced.py
+
+# The check's reduced-precision scale gates over correct exports, and the smallest faults they catch.
+bench-scale-gates: $(STAMP)
+	$(PY) tests/bench_scale_gates.py
+
+bench-thresholds: $(STAMP)
+	$(PY) tests/bench_thresholds.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -61,8 +62,11 @@ def _fail(message: str, code: int):
 
 app = typer.Typer(cls=ErrorPolicy, help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Not a terminal (a CI log, a pipe): rich would squeeze tables to 80 columns and cut the numbers
+# a CI reader needs to "m…"; give them room instead (COLUMNS still wins where it is set).
+_LOG_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+out = Console(soft_wrap=True, width=_LOG_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 200)
 COLOUR = {"ok": "green", "failed": "red", "skipped": "yellow", "unverified": "red", "passed": "green"}
 
 ARCH_HELP = "Architecture name (see 'bsconv-export models'). Omit it, and --checkpoint, for the shipped trained model."
@@ -224,12 +228,15 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
-    from .models.data import load_holdout, load_npz_inputs
+    from .models.data import is_digits_model, load_holdout, load_npz_inputs
     from .models.source import request_from_options, resolve_request
     from .models.train import accuracy
     loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
                                            mean, std, labels))
     if data is None:
+        if not is_digits_model(loaded.input_spec):
+            raise UserInputError(f"{loaded.arch} does not take the shipped digits ({loaded.input_spec.num_classes} "
+                                 "classes); pass labelled data with --data FILE.npz")
         x, y = load_holdout(loaded.input_spec.size)
         source = "shipped held-out digits"
     else:
@@ -543,10 +550,14 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
+    from .exporter.manifest import check_recordable, record_bundle_file, write_bundle_file
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
+    if target.is_dir() and target.suffix != ".mlpackage":
+        into = out_file or target / "bench.json"
+        if into.parent.resolve() == target.resolve():
+            check_recordable(target, into.name)   # before minutes of timing, not after
     results = run_bench(target, opts, original, progress)
-    from .exporter.manifest import record_bundle_file, write_bundle_file
     timed = any(r["status"] == "ok" for r in results["results"])
     dest = out_file or (target / "bench.json" if results["model"] else None)
     if dest and timed:   # a run that timed nothing never replaces results

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..models.errors import StageError, UserInputError
 
-from .machine import fingerprint, machine_info, usable_cores
+from .machine import default_threads, fingerprint, machine_info, usable_cores
 from .context import INPUT_NAME
 from .formats import benchmark_targets
 from .runners import Runner, RunnerUnavailable, runners_for
@@ -195,7 +195,7 @@ def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts
         return {**row, "status": "skipped", "reason": reason}
     path = with_batch(target.path, batch, workdir)
     tried = None
-    threads = opts.threads
+    threads = opts.threads if opts.threads is not None else default_threads()
     try:
         runner = cls(path, provider=provider, threads=None if threads == "auto" else threads).load()
         x = example_for(runner, batch)
@@ -217,7 +217,7 @@ def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts
     if torch_model is not None:
         import torch
         threads_before = torch.get_num_threads()
-        torch.set_num_threads(threads if isinstance(threads, int) else threads_before)
+        torch.set_num_threads(threads if isinstance(threads, int) else min(threads_before, usable_cores()))
         xt = torch.from_numpy(x)
 
         def run_torch():

@@ -31,6 +31,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def default_threads() -> int | None:
+    """The thread count a runtime gets when the user chose none: None (the runtime's own default,
+    every core) when this process may use every core, else the usable cores — a runtime that sizes
+    its pool from the machine would otherwise run more threads than the process has cores."""
+    return None if usable_cores() >= (os.cpu_count() or 1) else usable_cores()
+
+
 def machine_info() -> dict:
     from .bundle import tool_versions
     info = _cpuinfo()

@@ -438,18 +438,28 @@ def changed_since_export(bundle: Path, manifest: Manifest) -> list[str]:
     return changed
 
 
-def record_bundle_file(bundle: Path, name: str, data: str | bytes) -> Path:
-    """Write ``bundle/name`` and record its digest in the bundle's manifest, so a later ``--force``
-    knows it as ours (bench.json, the report). Refused when ``name`` exists and is not, byte for
-    byte, a file the manifest records: a user's file (or a planted link) there is never replaced.
-    A bundle without ``files`` (schema 1 and 2) gets the file alone."""
+def check_recordable(bundle: Path, name: str) -> Manifest:
+    """Refuse, before any work, to write ``bundle/name`` over the bundle's manifest or an artifact, or over
+    anything that is not, byte for byte, a file the manifest records (a user's file, a planted link).
+    Returns the bundle's manifest."""
     manifest = read_manifest(bundle)
+    if name == MANIFEST or any(a.path and a.path.split("/")[0] == name for a in manifest.artifacts):
+        raise UserInputError(f"{bundle / name} is the bundle's own {'manifest' if name == MANIFEST else 'artifact'}; "
+                             "write elsewhere with --out")
     existing = bundle / name
     if existing.exists() or existing.is_symlink():
         recorded = (manifest.files or {}).get(name)
         if recorded is None or not matches(existing, recorded):
             raise UserInputError(f"{existing} was not written by bsconv-export (or changed since), so it is not "
                                  "replaced; move it away, or write elsewhere with --out")
+    return manifest
+
+
+def record_bundle_file(bundle: Path, name: str, data: str | bytes) -> Path:
+    """Write ``bundle/name`` and record its digest in the bundle's manifest, so a later ``--force``
+    knows it as ours (bench.json, the report); refused as :func:`check_recordable` says.
+    A bundle without ``files`` (schema 1 and 2) gets the file alone."""
+    manifest = check_recordable(bundle, name)
     dest = write_bundle_file(bundle, name, data)
     if manifest.files is not None:
         manifest.files[name] = entry_digest(dest)

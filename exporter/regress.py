@@ -17,7 +17,7 @@ from ..models.safe_io import loads_json, read_regular
 
 from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets, usable_cores
 from .context import INPUT_NAME
-from .machine import fingerprint, machine_info
+from .machine import default_threads, fingerprint, machine_info
 from .runners import Runner, runners_for
 from .stats import paired_decision, summarize, unpaired_decision
 
@@ -30,7 +30,7 @@ def _runner(path: str | Path, provider: str, threads: int | None) -> Runner:
     classes = runners_for(target.kind, purpose="time")
     if not classes:
         raise UserInputError(f"nothing here can time {target.path} ({target.kind})")
-    runner = classes[0](target.path, provider=provider, threads=threads)
+    runner = classes[0](target.path, provider=provider, threads=threads if threads is not None else default_threads())
     reason = runner.unavailable_reason()
     if reason:
         raise UserInputError(f"cannot time {target.path} on {provider} here: {reason}")

@@ -11,7 +11,8 @@ from pathlib import Path
 from ..models.errors import UserInputError
 
 from ..models.safe_io import loads_json, read_regular
-from .manifest import changed_since_export, read_manifest, record_bundle_file, write_bundle_file
+from .manifest import (changed_since_export, check_recordable, read_manifest, record_bundle_file,
+                       write_bundle_file)
 
 PLOT_NAME = "report_latency.png"
 
@@ -109,6 +110,9 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
     # in the bundle the plot is report_latency.png; beside a report written elsewhere it takes the
     # report's own name, so it never lands on a file of that fixed name the user did not ask for
     plot = out.parent / (PLOT_NAME if out.parent.resolve() == bundle.resolve() else f"{out.stem}_latency.png")
+    if out.parent.resolve() == bundle.resolve():
+        for name in (out.name, plot.name):   # both refused up front: never a plot without its report
+            check_recordable(bundle, name)
     has_plot = bool(bench) and _plot(bench, plot, bundle)
     m = manifest.model
     art_head = ["format", "file", "bytes", "nodes", "status", "error"]

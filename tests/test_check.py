@@ -21,6 +21,9 @@ from bsconv_export.exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunn
 from bsconv_export.exporter.runners.torch_runner import TorchRunner
 from bsconv_export.models.checkpoint import resolve_model
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def good_bundle(shared_bundle):

@@ -44,6 +44,12 @@ def test_evaluate_reports_accuracy():
     assert r.exit_code == 0 and json.loads(r.stdout)["top1"] >= 0.95
 
 
+def test_evaluate_uses_the_digits_only_for_a_model_that_takes_them():
+    """An ImageNet model on the held-out digits would get a meaningless accuracy: refused."""
+    r = invoke("evaluate", "mobilenetv1_w1d4_bsconvu")
+    assert r.exit_code == 2 and "pass labelled data with --data" in r.stderr, r.output
+
+
 def test_export_cli_writes_a_bundle_and_prints_the_table(tmp_path):
     r = invoke("export", "--out", str(tmp_path / "b"), "--formats", "onnx,ort")
     assert r.exit_code == 0, r.output

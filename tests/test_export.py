@@ -12,6 +12,9 @@ from bsconv_export.exporter.manifest import read_manifest
 from bsconv_export.exporter.context import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Slice", "ConstantOfShape", "Cast"}
 
 

@@ -25,6 +25,9 @@ from bsconv_export.models.checkpoint import resolve_model
 from helpers import rehash
 from test_zoo_check import realistic_statistics
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 
 def check(bundle, model, **kw):
     return run_check(bundle, read_manifest(bundle), model, CheckOptions(**kw))

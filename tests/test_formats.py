@@ -77,6 +77,7 @@ def test_a_new_format_is_one_row_and_one_runner(tmp_path, toy, shipped):
     assert "--formats toy" in r.manifest.command
 
 
+@pytest.mark.slow
 def test_a_runner_that_breaks_the_output_contract_is_a_failed_record(tmp_path, toy, shipped):
     ToyRunner.squash = True
     r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("toy",)), check=CheckOptions())
@@ -85,6 +86,7 @@ def test_a_runner_that_breaks_the_output_contract_is_a_failed_record(tmp_path, t
     assert "'logits' has shape [402, 3], PyTorch's has [402, 10]" in rec.reason
 
 
+@pytest.mark.slow
 def test_an_artifact_no_runner_can_load_is_unverified(tmp_path, monkeypatch, shipped):
     monkeypatch.setitem(FORMATS, "toy", Format("toy", export_toy, "model.toy", "nobody-loads-this", "orphan",
                                                requires=("onnx",)))

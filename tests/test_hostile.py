@@ -94,6 +94,7 @@ def test_a_recorded_file_with_other_bytes_is_the_users(bundle):
     assert (bundle / "model.sim.onnx").read_bytes() == b"my own model, same name"
 
 
+@pytest.mark.slow
 def test_force_rechecks_ownership_just_before_replacing(tmp_path, shipped, monkeypatch):
     """A file the user drops into the old bundle while the new one is built is not deleted."""
     from bsconv_export.exporter import bundle as bundle_mod
@@ -150,6 +151,21 @@ def test_bench_and_report_never_replace_a_users_file_in_the_bundle(bundle):
     one_line(invoke("report", bundle), 2, "report.md", "not written by bsconv-export")
     assert (bundle.parent / "bench.json").read_text() == '{"mine": true}'
     assert (bundle / "report.md").read_text() == "my report"
+
+
+def test_bench_never_writes_over_an_artifact_and_refuses_before_timing(bundle):
+    before = snapshot([bundle])
+    r = invoke("bench", bundle, *FAST_BENCH, "--out", bundle / "model.onnx")
+    one_line(r, 2, "the bundle's own artifact")
+    assert "p50" not in r.stderr and snapshot([bundle]) == before
+
+
+def test_report_refuses_a_users_plot_before_writing_anything(bundle):
+    assert invoke("bench", bundle, *FAST_BENCH).exit_code == 0
+    (bundle / "report_latency.png").write_bytes(b"my picture")
+    before = snapshot([bundle])
+    one_line(invoke("report", bundle), 2, "report_latency.png")
+    assert snapshot([bundle]) == before and not (bundle / "report.md").exists()
 
 
 # --- 3. a verdict is about bytes: report, bench and regress re-verify -------------------------------
@@ -240,6 +256,7 @@ def test_sizes_from_flags_share_one_bound(tmp_path, bundle, args, needle):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_fifo_is_never_opened_for_reading(tmp_path, bundle):
     """A pipe at an artifact path, as --data or as a checkpoint: refused at once, never a hang."""
     os.unlink(bundle / "model.sim.onnx")

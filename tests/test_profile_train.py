@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bsconv_export.models import create_model
@@ -22,6 +23,7 @@ def test_profile_scales_with_input_size():
     assert profile_model(m, 448).macs > 3.9 * profile_model(m, 224).macs
 
 
+@pytest.mark.slow
 def test_training_is_seeded_and_reproducible():
     # one thread: make test runs one pytest worker per core, two threads each would contend
     cfg = TrainConfig(arch="cifar_mobilenetv1_w1d4_bsconvu", epochs=1, batch_size=128, threads=1)

@@ -30,6 +30,9 @@ from bsconv_export.exporter.records import Status
 from bsconv_export.models.program import ProgramError, load_program
 from helpers import rehash
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 CLI = str(Path(sys.executable).with_name("bsconv-export"))
 
 

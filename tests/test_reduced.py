@@ -15,6 +15,9 @@ from bsconv_export.models.checkpoint import resolve_model
 
 runner = CliRunner()
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 
 def test_calibration_reader_yields_batches_then_none_and_rewinds():
     x = np.arange(5 * 3 * 2 * 2, dtype=np.float32).reshape(5, 3, 2, 2)

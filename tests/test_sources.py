@@ -18,6 +18,9 @@ from bsconv_export.exporter.manifest import read_manifest
 
 from test_zoo_check import realistic_statistics
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 TESTS = Path(__file__).parent
 CLI = str(Path(sys.executable).with_name("bsconv-export"))
 FP32 = ",".join(f.name for f in FORMATS.values() if f.selectable and f.precision == "fp32")

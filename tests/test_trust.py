@@ -99,6 +99,7 @@ def test_force_refuses_a_folder_holding_the_input_checkpoint(tmp_path):
     assert ckpt.read_bytes() == DEFAULT_CHECKPOINT.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_replacement_that_fails_its_check_keeps_the_old_bundle(tmp_path, bundle, shipped, monkeypatch):
     before = (bundle / "model.onnx").read_bytes()
     import copy
@@ -127,6 +128,7 @@ def test_train_never_overwrites_without_force(tmp_path):
     assert r.exit_code == 2 and "--out" in r.output  # no default that overwrites the shipped model
 
 
+@pytest.mark.slow
 def test_concurrent_exports_to_one_place_cannot_both_win(tmp_path, shipped):
     out = tmp_path / "b"
     with OutClaim(out, force=False):
@@ -153,6 +155,7 @@ def test_check_refuses_symlinked_artifacts(tmp_path, bundle):
     one_line_exit_2(invoke("check", bundle), "symbolic link")
 
 
+@pytest.mark.slow
 def test_mlpackage_items_must_stay_inside(tmp_path, shipped):
     out = tmp_path / "c"
     export_bundle(shipped, out, ExportOptions(formats=("coreml",)))
@@ -377,6 +380,7 @@ def test_a_full_disk_is_one_line_not_a_traceback(bundle, monkeypatch):
     one_line_exit_2(invoke("check", bundle), "No space left on device")
 
 
+@pytest.mark.slow
 def test_a_bad_input_found_inside_a_stage_is_exit_2(tmp_path):
     cal = tmp_path / "cal.npz"
     np.savez(cal, input=np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32))
@@ -387,6 +391,7 @@ def test_a_bad_input_found_inside_a_stage_is_exit_2(tmp_path):
 
 # --- leftovers, permissions ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_export(tmp_path, shipped):
     from bsconv_export.exporter.manifest import BUILD_MARKER
     for name in (".b.building-abc123", ".b.old-xyz"):   # as a killed run leaves them: marked
@@ -397,6 +402,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_export(tmp_path, ship
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_nothing_behind(tmp_path):
     import signal
     import time
@@ -412,6 +418,7 @@ def test_sigterm_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bundles_get_the_users_umask(tmp_path, shipped):
     old = os.umask(0o022)
     try:
@@ -425,6 +432,7 @@ def test_bundles_get_the_users_umask(tmp_path, shipped):
 
 # --- no network ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (.ci/run installs it)")
 def test_export_check_and_bench_make_no_network_connection(tmp_path):
     log = tmp_path / "strace.log"

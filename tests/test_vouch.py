@@ -55,7 +55,11 @@ def onnx_row(d):
     return next(a for a in d["artifacts"] if a["format"] == "onnx")
 
 
-@pytest.mark.parametrize("lie", ["relabel-fp16", "status-skipped", "row-removed", "formats-forgotten"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("lie", ["relabel-fp16", pytest.param("status-skipped", marks=SLOW),
+                                 pytest.param("row-removed", marks=SLOW), "formats-forgotten"])
 def test_the_manifest_cannot_loosen_or_switch_off_a_gate(bundle, lie):
     move_classifier_bias(bundle / "model.onnx")      # 0.05: hundreds of times the fp32 bound
     rehash(bundle)
@@ -72,6 +76,7 @@ def test_the_manifest_cannot_loosen_or_switch_off_a_gate(bundle, lie):
     assert next(x for x in report["results"] if x["artifact"] == "onnx")["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_coreml_precision_is_read_from_the_package_not_the_manifest(bundle):
     edit(bundle, lambda d: d["export"].update(coreml_precision="fp16"))
     code, report, out = check(bundle)
@@ -79,6 +84,7 @@ def test_coreml_precision_is_read_from_the_package_not_the_manifest(bundle):
     assert coreml and coreml[0]["precision"] == "fp32", coreml   # the package computes in fp32
 
 
+@pytest.mark.slow
 def test_an_exported_format_whose_file_is_missing_fails(bundle):
     (bundle / "model.ort").unlink()
     edit(bundle, lambda d: d["artifacts"].remove(next(a for a in d["artifacts"] if a["format"] == "ort")))
@@ -92,6 +98,7 @@ def test_a_model_file_nobody_lists_is_still_verified_or_fails(bundle):
     assert code == 1 and ("extra.onnx", "unverified") in failures(report), out
 
 
+@pytest.mark.slow
 def test_an_fp32_file_holding_fp16_arithmetic_fails_by_its_content(bundle, tmp_path):
     from onnxconverter_common import float16
     m = float16.convert_float_to_float16(onnx.load(bundle / "model.onnx"), keep_io_types=True)
@@ -108,6 +115,7 @@ def set_onnx_metadata(path, key, value):
     onnx.save(m, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, change, needle", [
     ("input_spec", lambda s: {**s, "mean": [0.5, 0.5, 0.5]}, "at 'mean'"),
     ("input_spec", lambda s: {**s, "value_range": [0, 255]}, "at 'value_range'"),
@@ -131,6 +139,7 @@ def test_an_opset_that_differs_from_the_record_fails(bundle):
     assert code == 1 and "opset 18 differs" in failures(report)[("onnx", "failed")], out
 
 
+@pytest.mark.slow
 def test_a_coreml_description_that_differs_from_the_program_fails(bundle):
     """A package that declares a 28x28 input but runs a 32x32 program: an app builds 28x28 inputs."""
     from bsconv_export.exporter.runners.mil import load_spec
@@ -145,6 +154,7 @@ def test_a_coreml_description_that_differs_from_the_program_fails(bundle):
     assert code == 1 and "declared [1, 3, 28, 28]" in failures(report)[("coreml", "failed")], out
 
 
+@pytest.mark.slow
 def test_coreml_metadata_must_match_the_manifest(bundle):
     from bsconv_export.exporter.runners.mil import load_spec
     pkg = bundle / "model.mlpackage"
@@ -231,9 +241,9 @@ def class_bias(delta, cls=3):
 
 @pytest.mark.parametrize("file, artifact, op, value, needle", [
     ("model.fp16.onnx", "fp16", "Mul", 1.5, "1.4999x the reference"),
-    ("model.int8.onnx", "int8", "Mul", 1.5, "x the reference"),
+    pytest.param("model.int8.onnx", "int8", "Mul", 1.5, "x the reference", marks=SLOW),
     ("model.fp16.onnx", "fp16", "Add", class_bias(0.1), "more or less likely"),
-    ("model.fp16.onnx", "fp16", "Add", class_bias(0.3), "more or less likely"),
+    pytest.param("model.fp16.onnx", "fp16", "Add", class_bias(0.3), "more or less likely", marks=SLOW),
     ("model.int8.onnx", "int8", "Add", class_bias(2.0), "more or less likely"),
 ])
 def test_reduced_precision_sees_scale_and_bias(reduced, file, artifact, op, value, needle):
@@ -245,6 +255,7 @@ def test_reduced_precision_sees_scale_and_bias(reduced, file, artifact, op, valu
     assert code == 1 and reason and needle in reason, failures(report) or out
 
 
+@pytest.mark.slow
 def test_an_fp16_depthwise_layer_one_percent_off_fails(reduced):
     m = onnx.load(reduced / "model.fp16.onnx")
     dw = next(n for n in m.graph.node if n.op_type == "Conv"
@@ -257,6 +268,7 @@ def test_an_fp16_depthwise_layer_one_percent_off_fails(reduced):
     assert code == 1 and ("fp16", "failed") in failures(report), out
 
 
+@pytest.mark.slow
 def test_correct_reduced_exports_keep_headroom_under_the_scale_gates(reduced):
     code, report, out = check(reduced)
     assert code == 0, failures(report)
@@ -264,3 +276,13 @@ def test_correct_reduced_exports_keep_headroom_under_the_scale_gates(reduced):
         if rec["precision"] != "fp32":
             uses = {k: v for k, v in rec["metrics"].items() if k.endswith("bound_used")}
             assert uses and max(uses.values()) < 0.6, (rec["artifact"], uses)
+
+
+def test_runtimes_never_get_more_threads_than_the_process_has_cores(monkeypatch):
+    """bench and regress without --threads: the runtime's default only where every core is usable."""
+    from bsconv_export.exporter import machine
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    assert machine.default_threads() == 2
+    monkeypatch.setattr(machine, "usable_cores", lambda: 16)
+    assert machine.default_threads() is None

@@ -26,6 +26,9 @@ from bsconv_export.models.checkpoint import resolve_model
 
 from zoo_sample import family, representative
 
+# exports many formats or models: make test-all, not the fast tier
+pytestmark = pytest.mark.slow
+
 STATS_SEED = 12345   # the check draws with seed 0
 # make test's sample leaves the .pte out (ExecuTorch's lowering takes ~15 s per model on 2 cores;
 # tests/test_export.py lowers one model per family); the whole-zoo sweep takes every fp32 format.
