@@ -7,6 +7,7 @@ or first convolution broken, and faults on a MobileNetV3 without held-out data.
 Each bundle stays self-consistent (hashes re-recorded), as an exporter bug would
 leave it, so the numbers are what catches the fault, not the hash.
 """
+import json
 import shutil
 
 import numpy as np
@@ -278,3 +279,36 @@ def test_localize_works_on_a_batch_4_bundle(tmp_path, shipped):
     recs = [x for x in report.records if x.artifact in ("onnx", "onnx-simplified")]
     assert recs and all(x.first_divergence and not x.first_divergence["found"] for x in recs)
     assert all(x.first_divergence["blocks_compared"] > 5 for x in recs)
+
+
+def test_image_input_scale_moved_with_its_own_metadata_is_caught(image_bundle, copy_of, shipped):
+    """The image scale doubled (2/255) and the package's value_range metadata moved to match: the check
+    builds pixels from the manifest's spec, not the package's claim, and holds that metadata to it."""
+    b = copy_of(image_bundle)
+    path, spec = _mlprogram(b)
+    scaled = 0
+    for op in _ops(spec):
+        if op.type == "mul" and "y" in op.inputs:
+            val = _value(spec, op, "y")
+            floats = val.immediateValue.tensor.floats.values if val.WhichOneof("value") == "immediateValue" else []
+            if len(floats) == 1 and abs(floats[0] - 1 / 255) < 1e-6:
+                floats[0] *= 2
+                scaled += 1
+    meta = spec.description.metadata.userDefined
+    meta["input_spec"] = json.dumps({**json.loads(meta["input_spec"]), "value_range": [0.0, 0.5]}, sort_keys=True)
+    _save(path, spec, b)
+    report = check(b, shipped.model)
+    rec = next(r for r in report.records if r.runner == "coreml-mil-reference")
+    assert rec.status is Status.FAILED, rec
+    assert scaled == 1, "the image scale const was not found"
+
+
+def test_a_classifier_label_of_another_type_is_caught(digits, copy_of, shipped):
+    """Apps read a string classLabel; a package declaring an int64 one breaks them."""
+    b = copy_of(digits)
+    path, spec = _mlprogram(b)
+    out = next(o for o in spec.description.output if o.name == spec.description.predictedFeatureName)
+    out.type.int64Type.SetInParent()
+    _save(path, spec, b)
+    rec = next(r for r in check(b, shipped.model).records if r.runner == "coreml-mil-reference")
+    assert rec.status is Status.FAILED and "not the string labels apps read" in rec.reason, rec
