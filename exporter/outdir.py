@@ -7,7 +7,9 @@
   manifest of ours at its root, and every other entry's bytes exactly the
   sha256 and size that manifest records for it (its ``files``). A name the
   manifest records but whose bytes differ is the user's, not ours. Checked when
-  the claim is taken and again just before the old bundle is moved away. Never
+  the claim is taken, just before the old bundle is moved aside, and once more
+  after the move (where nobody writes) before it is deleted; a file that arrived
+  in between puts the old bundle back. Never
   the working folder or a folder above it, never a folder holding the export's input.
 * The bundle is built in a hidden sibling (``.NAME.building-*``) and renamed into
   place at the end. The build folder holds a marker file naming itself from the
@@ -212,6 +214,12 @@ class OutClaim:
             refuse_unless_ours(out)
             old = self._marked_dir("old")
             os.replace(out, old / out.name)
+            try:   # once more where nobody writes: a file that arrived between the check and the rename
+                refuse_unless_ours(old / out.name)
+            except UserInputError:
+                os.replace(old / out.name, out)   # the old bundle back as it was, with what arrived
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             (tmp / BUILD_MARKER).unlink()
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)

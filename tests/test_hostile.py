@@ -114,6 +114,31 @@ def test_force_rechecks_ownership_just_before_replacing(tmp_path, shipped, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]     # the new build was removed
 
 
+@pytest.mark.slow
+def test_a_file_arriving_during_the_final_rename_is_kept_with_the_old_bundle(tmp_path, shipped, monkeypatch):
+    from pathlib import Path
+
+    from bsconv_export.exporter import outdir
+    from bsconv_export.exporter.bundle import export_bundle
+    from bsconv_export.exporter.context import ExportOptions
+    out = tmp_path / "b"
+    export_bundle(shipped, out, ExportOptions(formats=("onnx",), simplify=False))
+    before = snapshot([out])
+    real = outdir.os.replace
+
+    def replace(src, dst):
+        if Path(src) == out:   # the moment after the last check, before the rename
+            (out / "late.txt").write_text("arrived just now")
+        return real(src, dst)
+
+    monkeypatch.setattr(outdir.os, "replace", replace)
+    one_line(invoke("export", "--out", out, "--formats", "onnx", "--no-simplify", "--force"), 2, "late.txt")
+    assert (out / "late.txt").read_text() == "arrived just now"
+    after = snapshot([out])
+    del after[str(out / "late.txt")]
+    assert after == before and sorted(os.listdir(tmp_path)) == ["b"]
+
+
 # --- 2. leftovers and the lock: only what this tool made ------------------------------------------
 
 def test_leftover_cleanup_removes_only_folders_this_tool_made(tmp_path, shipped):
