@@ -97,7 +97,12 @@ def test_entry_point_weights_from_a_checkpoint(tmp_path, in_tests):
     torch.save(trained.state_dict(), ckpt)
     r = cli("evaluate", "--model", "custom_models:tiny", "--model-arg", "width=4", "--checkpoint", ckpt,
             "--input-size", 8, "--json")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 2 and "pass labelled data with --data" in r.output   # not a digits model
+    data = tmp_path / "d.npz"
+    np.savez(data, input=np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32), label=np.arange(4))
+    r = cli("evaluate", "--model", "custom_models:tiny", "--model-arg", "width=4", "--checkpoint", ckpt,
+            "--input-size", 8, "--data", data, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["samples"] == 4, r.output
     # the weights are the checkpoint's (seed 7), not the factory's (seed 0)
     x = torch.rand(4, 3, 8, 8)
     from bsconv_export.models.source import ModelRequest, SpecOptions, resolve_request
