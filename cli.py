@@ -404,7 +404,8 @@ def check_cmd(
     With the default rules the result becomes the bundle's check; with --data, --samples,
     --atol or --rtol it is recorded beside it (user_checks) and never changes the export's verdict.
     """
-    from .exporter.check import CheckOptions, load_original, run_check
+    from .exporter.check import CheckOptions, run_check
+    from .exporter.original import load_original
     from .exporter.manifest import read_manifest, write_manifest
     from .models.limits import check_finite
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
@@ -532,7 +533,7 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-        from .exporter.check import load_original
+        from .exporter.original import load_original
         from .exporter.manifest import read_manifest
         original = load_original(read_manifest(target), entry_point=model, program=program)
 

@@ -2,19 +2,21 @@
 
 Inputs: the shipped held-out digits (real, labelled) when the shipped data
 applies to the model (:func:`models.data.is_digits_model`); else ``--data``;
-else N inputs drawn uniformly from the model's value range (seeded). Edge cases
-are always added: all zeros, all saturated at the top of the range, a min/max
-checkerboard, and each channel saturated alone (grey data such as the digits is
-blind to a channel swap; these inputs are not). Reduced-precision artifacts are
-judged on at least ``REDUCED_MIN_SAMPLES`` drawn inputs (see :mod:`tolerances`).
+else N inputs drawn uniformly from the model's value range (seeded). Grey data
+gets coloured copies of a tenth of its inputs; edge cases are always added: all
+zeros, all saturated at the top of the range, a min/max checkerboard, and each
+channel saturated alone. Reduced-precision artifacts are judged on at least
+``REDUCED_MIN_SAMPLES`` drawn inputs (see :mod:`tolerances`).
 
-The exact answer is the PyTorch original run in float64; PyTorch fp32's own
-error against it is recorded per sample and sets the scale of the fp32 rule
-(:mod:`exporter.tolerances`). Before an artifact runs, its path must stay inside
-the bundle and its sha256 must match the manifest; after loading, its input and
-output names must be the contract's (``input``, ``logits``), its labels (ONNX
-metadata, CoreML classifier) the manifest's, and its output shape PyTorch's.
-Each miss is a failed record naming both sides.
+What is checked, and at which precision, comes from the bundle's files and the
+format table (:mod:`exporter.bundle_files`), never from the manifest. The exact
+answer is the PyTorch original run in float64; PyTorch fp32's own error against
+it sets the scale of the fp32 rule, and for fp16 artifacts the original run
+wholly in fp16 sets the scale of theirs (:mod:`exporter.tolerances`). Before an
+artifact runs, its path must stay inside the bundle and its sha256 must match the
+manifest; after loading, what it tells an app must match the manifest
+(:mod:`exporter.declared`) and its output shape PyTorch's. Each miss is a failed
+record naming both sides. Threads are chosen, not inherited.
 
 Per artifact and runner we record max abs error (against float64), max rel
 error, mean abs error, cosine (lowest over samples), top-1 agreement and its
@@ -25,7 +27,6 @@ reason; an artifact that no runner verified is *unverified*, which fails.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,10 @@ import torch
 from torch import nn
 
 from ..models.data import is_digits_model, load_holdout, load_npz_inputs
-from ..models.errors import UserInputError
-from ..models.safe_io import loads_json
 from ..models.registry import InputSpec
-from .context import INPUT_NAME, OUTPUT_NAME
+from .bundle_files import BundleFile, bundle_files
+from .context import OUTPUT_NAME
+from .declared import contract_problem, declared_problem
 from .records import CheckRecord, CheckReport, Status, path_sha256
 from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched, runners_for
 from .tolerances import (DEFAULT_TOLERANCES, FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance,
@@ -282,103 +283,6 @@ def _reduced_bound_uses(out: np.ndarray, ref: Reference, m: dict[str, float], to
         m["fp16_typical_bound_used"] = float(np.median(err / (tol.fp16_typical_factor * ref.e16)))
 
 
-def contract_problem(runner: Runner, labels: list[str]) -> str | None:
-    """Names and labels the app relies on, as the loaded artifact declares them."""
-    if runner.input_names != [INPUT_NAME]:
-        return f"input names {runner.input_names} differ from the contract ['{INPUT_NAME}']"
-    if OUTPUT_NAME not in runner.output_names:
-        return f"output names {runner.output_names} lack the contract's '{OUTPUT_NAME}'"
-    found = artifact_labels(runner)
-    if found is not None and list(found) != list(labels):
-        diff = next(i for i, (a, b) in enumerate(zip(found + [None] * len(labels), labels)) if a != b)
-        return (f"labels differ from the manifest's at index {diff} "
-                f"({found[diff] if diff < len(found) else 'missing'!r} vs {labels[diff]!r})")
-    return None
-
-
-def artifact_labels(runner: Runner) -> list[str] | None:
-    """The class labels an artifact carries: the CoreML classifier's, or the ONNX metadata's."""
-    program = getattr(runner, "program", None)
-    if program is not None and program.classes is not None:
-        return list(program.classes)
-    session = getattr(runner, "session", None)
-    if session is not None:
-        text = session.get_modelmeta().custom_metadata_map.get("labels")
-        if text is not None:
-            try:
-                return [str(v) for v in loads_json(text, "labels", "re-export")]
-            except (UserInputError, TypeError):
-                return ["<unreadable labels metadata>"]
-    return None
-
-
-def declared_problem(runner: Runner, manifest, target: BundleFile) -> str | None:
-    """What the loaded artifact tells an app, held to the manifest and the model: its input shape,
-    the metadata apps normalise from (input spec, normalization, arch, checkpoint), its opset, and
-    for CoreML the model description (input shape or image size, label and probability types)."""
-    spec = manifest.model.input_spec
-    shape = list(manifest.export.input_shape)
-    got = list(runner.input_shape or ())
-    if got and (len(got) != 4 or [int(v) if isinstance(v, (int, np.integer)) else v for v in got[1:]] != shape[1:]
-                or (not manifest.export.dynamic_batch and isinstance(got[0], (int, np.integer)) and got[0] != shape[0])):
-        return f"input shape {got} differs from the export's {shape}"
-    meta = runner.metadata()
-    if meta is not None:
-        want = {"arch": manifest.model.arch, "normalization": spec.normalization,
-                "checkpoint_sha256": manifest.model.checkpoint_sha256 or "untrained"}
-        if target.fmt is not None and target.fmt.kind in ("onnx", "ort"):
-            want["input_size"] = str(spec.size)
-        for key, value in want.items():
-            if meta.get(key) != value:
-                return f"metadata '{key}' is {meta.get(key)!r}, the manifest's is {value!r}"
-        try:
-            declared = loads_json(meta.get("input_spec", ""), "its 'input_spec' metadata", "re-export")
-        except UserInputError as e:
-            return str(e)
-        expected = json.loads(json.dumps(spec.to_dict()))
-        if declared != expected:
-            keys = sorted(set(expected) | set(declared if isinstance(declared, dict) else {}))
-            key = next((k for k in keys if not isinstance(declared, dict) or declared.get(k) != expected.get(k)), "?")
-            return (f"metadata input_spec differs from the manifest's at '{key}' "
-                    f"({declared.get(key) if isinstance(declared, dict) else declared!r} vs {expected.get(key)!r}): "
-                    "an app that normalises from it gets other inputs")
-        if meta.get("precision") not in (None, target.precision):
-            return f"metadata 'precision' is {meta['precision']!r}, but the file computes in {target.precision}"
-    if target.opset is not None:
-        recorded = [target.record.opset if target.record is not None else None]
-        if target.fmt is not None and target.fmt.name == "onnx":
-            recorded.append(manifest.export.opset)
-        for value in recorded:
-            if value is not None and target.opset != value:
-                return f"opset {target.opset} differs from the {value} the export recorded"
-    program = getattr(runner, "program", None)
-    if program is not None and getattr(program, "spec", None) is not None:
-        return _coreml_description_problem(program.spec.description, shape)
-    return None
-
-
-def _coreml_description_problem(desc, shape: list[int]) -> str | None:
-    """The CoreML description an app builds its inputs from and reads its outputs by."""
-    kind = desc.input[0].type.WhichOneof("Type")
-    if kind == "imageType":
-        image = desc.input[0].type.imageType
-        if [image.height, image.width] != shape[2:]:
-            return f"the image input is {image.width}x{image.height}, the export's {shape[3]}x{shape[2]}"
-    elif kind == "multiArrayType":
-        if list(desc.input[0].type.multiArrayType.shape) != shape:
-            return f"the input is declared {list(desc.input[0].type.multiArrayType.shape)}, the export's {shape}"
-    else:
-        return f"the input is a {kind}, not an image or a multi-array"
-    for out in desc.output:
-        t = out.type.WhichOneof("Type")
-        if out.name == desc.predictedFeatureName and t != "stringType":
-            return f"the predicted label '{out.name}' is a {t}, not the string labels apps read"
-        if out.name == desc.predictedProbabilitiesName and t == "dictionaryType" and \
-                out.type.dictionaryType.WhichOneof("KeyType") != "stringKeyType":
-            return f"the probabilities '{out.name}' are keyed by {out.type.dictionaryType.WhichOneof('KeyType')}, not labels"
-    return None
-
-
 def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckInputs,
                  tolerance_override: Tolerance | None = None, localize: bool = False,
                  progress: Callable[[CheckRecord], None] | None = None,
@@ -468,125 +372,6 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
                                         "logit_scale_max": float(np.abs(ref.r64).max())})
 
 
-MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".pt2", ".mlpackage", ".mlmodel", ".tflite", ".mlmodelc")
-#: how strict each precision's rule is: a file is never judged more loosely than its table row allows
-STRICTNESS = {"int8": 0, "fp16": 1, "fp32": 2}
-
-
-@dataclass
-class BundleFile:
-    """A model file found in a bundle, what the format table says it is, and how it is judged."""
-    name: str
-    fmt: object | None            # the format row whose file name this is (None: not ours)
-    record: object | None         # the manifest's row for it, when the manifest lists it
-    precision: str = "fp32"
-    problem: str | None = None    # a fact of the file that fails it before it runs
-    opset: int | None = None      # an ONNX file's default-domain opset
-
-    @property
-    def label(self) -> str:
-        return self.fmt.name if self.fmt is not None else self.name
-
-
-def bundle_files(bundle: Path, manifest) -> tuple[list[BundleFile], list[CheckRecord]]:
-    """What the check verifies, decided by the files and the format table, never by the manifest:
-    every model file in the bundle (listed or not), each judged at the precision its format row
-    allows and its content shows (the stricter wins); plus a failed record for every format the
-    export recorded whose file is missing, and for every row that names another format's file.
-    A manifest can add checks this way, never remove or loosen one."""
-    from .formats import FORMATS
-    from .manifest import BUILD_MARKER, MANIFEST
-    by_file = {f.filename: f for f in FORMATS.values()}
-    present = sorted(p.name for p in Path(bundle).iterdir() if p.name not in (MANIFEST, BUILD_MARKER))
-    rows = {a.path: a for a in manifest.artifacts if a.path}
-    targets, problems = [], []
-    for name in present:
-        fmt = by_file.get(name)
-        if fmt is None and not name.endswith(MODEL_SUFFIXES):
-            continue   # side files (ORT's operator config, bench.json, the report)
-        target = BundleFile(name=name, fmt=fmt, record=rows.get(name))
-        if fmt is not None:
-            content, target.opset = file_facts(fmt.kind, Path(bundle) / name)
-            target.precision, target.problem = judged_precision(fmt, content, name)
-        targets.append(target)
-    required = set(manifest.export.formats) | {a.format for a in manifest.artifacts if a.ok}
-    for name in sorted(required):
-        fmt = FORMATS.get(name)
-        if fmt is not None and fmt.filename not in present:
-            problems.append(CheckRecord(artifact=name, runner="-", status=Status.FAILED, precision=fmt.precision,
-                                        reason=f"the export recorded {name}, but its file {fmt.filename} is missing"))
-    for a in manifest.artifacts:
-        fmt = FORMATS.get(a.format)
-        if a.path and fmt is not None and a.path != fmt.filename:
-            problems.append(CheckRecord(artifact=a.format, runner="-", status=Status.FAILED, precision=fmt.precision,
-                                        reason=f"the manifest's {a.format} row names {a.path}, but {a.format}'s file "
-                                               f"is {fmt.filename}: the row does not describe that file"))
-    return targets, problems
-
-
-def judged_precision(fmt, content: str | None, name: str) -> tuple[str, str | None]:
-    """The precision a file is judged at (its format row's, or a stricter one its content shows), and
-    a problem when its content is looser than the row allows (fp16 tensors in the fp32 ONNX file)."""
-    from .context import COREML_PRECISIONS
-    allowed = set(COREML_PRECISIONS) if fmt.precision_option else {fmt.precision}
-    strictest = max(allowed, key=STRICTNESS.get)
-    if content is None:
-        return strictest, None    # unreadable here: the strictest rule its row allows
-    if content in allowed or STRICTNESS[content] > STRICTNESS[strictest]:
-        return content, None
-    return fmt.precision, f"{name} holds {content} arithmetic, but the {fmt.name} format is {'/'.join(sorted(allowed))}"
-
-
-_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                  "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd"}
-
-
-def file_facts(kind: str, path: Path) -> tuple[str | None, int | None]:
-    """What the file itself says: its arithmetic (int8 where it quantises, fp16 where it holds fp16
-    tensors, else fp32) and, for ONNX, its opset; None where it cannot be read here (its runner then
-    reports that)."""
-    if path.is_symlink() or not (path.is_file() or path.is_dir()):
-        return None, None
-    if kind == "onnx":
-        import onnx
-        try:
-            model = onnx.load(path, load_external_data=False)
-        except Exception:  # noqa: BLE001 - an unreadable file fails when its runner loads it
-            return None, None
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        if any(n.op_type in _QUANTIZED_OPS for n in model.graph.node):
-            return "int8", opset
-        fp16 = onnx.TensorProto.FLOAT16
-        if any(t.data_type == fp16 for t in model.graph.initializer) or any(
-                v.type.tensor_type.elem_type == fp16 for v in [*model.graph.input, *model.graph.output]) or any(
-                n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
-                for n in model.graph.node):
-            return "fp16", opset
-        return "fp32", opset
-    if kind == "mlpackage":
-        return _mlpackage_precision(path), None
-    return None, None
-
-
-def _mlpackage_precision(path: Path) -> str | None:
-    """fp16 when any op of the ML Program computes in fp16, else fp32 (the spec, not its metadata)."""
-    from importlib.util import find_spec
-    if find_spec("coremltools") is None:
-        return None
-    from .runners.mil import load_spec
-    try:
-        spec = load_spec(path)
-    except Exception:  # noqa: BLE001 - an unreadable package fails when its runner loads it
-        return None
-    fp16 = 10   # MILSpec.DataType.FLOAT16
-    for function in spec.mlProgram.functions.values():
-        for block in function.block_specializations.values():
-            for op in block.operations:
-                if any(o.type.tensorType.dataType == fp16 for o in op.outputs):
-                    return "fp16"
-    return "fp32"
-
-
 def _sub(ref: Reference, rows) -> Reference:
     return Reference(r64=ref.r64[rows], r32=ref.r32[rows], e32=ref.e32[rows],
                      e16=ref.e16[rows] if ref.e16 is not None else None)
@@ -654,71 +439,3 @@ def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions
                           opts.localize, progress, found)
     report.options = opts.user_options()
     return report
-
-
-def load_original(manifest, checkpoint: str | Path | None = None, entry_point: str | None = None,
-                  program: str | Path | None = None) -> nn.Module:
-    """The PyTorch model a bundle was exported from, by the source its manifest records.
-
-    A zoo model: its checkpoint (sha256 verified) or the seeded architecture. A program file:
-    the manifest's path (or ``program``), sha256 verified, through the safe loader. A Python
-    entry point is code, and the bundle may come from anyone: it is imported only when the
-    caller names the same entry point (``entry_point``, the CLI's ``--model``), never because
-    a manifest says so.
-    """
-    from ..models.checkpoint import load_checkpoint, load_state_into, resolve_model
-    m = manifest.model
-    src = m.source
-    if src.kind == "program":
-        return _original_program(src, program)
-    if program is not None:
-        raise UserInputError(f"the bundle was exported from {src.label}, not a program file; drop --program")
-    path = Path(checkpoint) if checkpoint is not None else _recorded_checkpoint(m)
-    if src.kind == "entry_point":
-        from ..models.source import call_entry_point, literal
-        if entry_point is None:
-            raise UserInputError(f"the bundle was exported from the Python entry point {src.entry_point}; running "
-                                 f"it imports that code, so confirm it: pass --model {src.entry_point}")
-        if entry_point != src.entry_point:
-            raise UserInputError(f"the bundle was exported from {src.entry_point}, not {entry_point}")
-        model = call_entry_point(src.entry_point, {k: literal(v) for k, v in src.model_args})
-        if path is not None:
-            load_state_into(model, path, src.entry_point)
-        model.input_spec = m.input_spec
-        return model.eval()
-    if entry_point is not None:
-        raise UserInputError(f"the bundle was exported from {src.label}, not a Python entry point; drop --model")
-    if path is not None:
-        return load_checkpoint(path, m.arch).model
-    return resolve_model(m.arch).model  # untrained: seeded, so rebuilt identically
-
-
-def _recorded_checkpoint(m) -> Path | None:
-    """The manifest's checkpoint, checked to be here and unchanged; None when it records none."""
-    from ..models.checkpoint import file_sha256
-    if not m.checkpoint:
-        return None
-    path = Path(m.checkpoint)
-    if path.suffix not in (".pt", ".pth", ".safetensors"):
-        raise UserInputError(f"the manifest names {path} as its checkpoint, which is not a checkpoint file; "
-                             "pass --checkpoint PATH")
-    if not path.is_file():
-        raise UserInputError(f"the bundle's checkpoint {path} is not here; pass --checkpoint PATH")
-    if file_sha256(path) != m.checkpoint_sha256:
-        raise UserInputError(f"{path} changed since the export (sha256 differs); pass the original "
-                             "with --checkpoint or re-export")
-    return path
-
-
-def _original_program(src, program: str | Path | None) -> nn.Module:
-    from ..models.source import load_program_module
-    path = Path(program) if program is not None else Path(src.program)
-    if path.suffix != ".pt2":
-        raise UserInputError(f"{path} is not a .pt2 program file; pass --program PATH")
-    if not path.is_file():
-        raise UserInputError(f"the bundle's program {path} is not here; pass --program PATH")
-    model, digest = load_program_module(path)
-    if digest != src.program_sha256:
-        raise UserInputError(f"{path} is not the program this bundle was exported from (sha256 differs); "
-                             "pass the original with --program or re-export")
-    return model.eval()
