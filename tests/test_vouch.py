@@ -139,30 +139,35 @@ def test_an_opset_that_differs_from_the_record_fails(bundle):
     assert code == 1 and "opset 18 differs" in failures(report)[("onnx", "failed")], out
 
 
-@pytest.mark.slow
-def test_a_coreml_description_that_differs_from_the_program_fails(bundle):
-    """A package that declares a 28x28 input but runs a 32x32 program: an app builds 28x28 inputs."""
+def edit_coreml_spec(bundle, fn):
+    """Change the package's model spec in place (its description and metadata), hashes updated."""
     from bsconv_export.exporter.runners.mil import load_spec
     pkg = bundle / "model.mlpackage"
     spec = load_spec(pkg)
-    shape = spec.description.input[0].type.multiArrayType.shape
-    shape[2], shape[3] = 28, 28
-    model_file = next(pkg.rglob("model.mlmodel"))
-    model_file.write_bytes(spec.SerializeToString())
+    fn(spec)
+    next(pkg.rglob("model.mlmodel")).write_bytes(spec.SerializeToString())
     rehash(bundle)
+
+
+@pytest.mark.slow
+def test_a_coreml_description_that_differs_from_the_program_fails(bundle):
+    """A package that declares a 28x28 input but runs a 32x32 program: an app builds 28x28 inputs."""
+    def shrink(spec):
+        shape = spec.description.input[0].type.multiArrayType.shape
+        shape[2], shape[3] = 28, 28
+
+    edit_coreml_spec(bundle, shrink)
     code, report, out = check(bundle)
     assert code == 1 and "declared [1, 3, 28, 28]" in failures(report)[("coreml", "failed")], out
 
 
 @pytest.mark.slow
 def test_coreml_metadata_must_match_the_manifest(bundle):
-    from bsconv_export.exporter.runners.mil import load_spec
-    pkg = bundle / "model.mlpackage"
-    spec = load_spec(pkg)
-    meta = spec.description.metadata.userDefined
-    meta["input_spec"] = json.dumps({**json.loads(meta["input_spec"]), "value_range": [0.0, 2.0]}, sort_keys=True)
-    next(pkg.rglob("model.mlmodel")).write_bytes(spec.SerializeToString())
-    rehash(bundle)
+    def widen(spec):
+        meta = spec.description.metadata.userDefined
+        meta["input_spec"] = json.dumps({**json.loads(meta["input_spec"]), "value_range": [0.0, 2.0]}, sort_keys=True)
+
+    edit_coreml_spec(bundle, widen)
     code, report, out = check(bundle)
     assert code == 1 and "value_range" in failures(report)[("coreml", "failed")], out
 
