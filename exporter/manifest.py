@@ -417,23 +417,31 @@ def matches(path: Path, recorded: dict) -> bool:
 
 
 def changed_since_export(bundle: Path, manifest: Manifest) -> list[str]:
-    """The recorded files of ``bundle`` whose bytes differ from the manifest's record (or are gone);
-    the artifacts of a bundle without ``files`` (schema 1 and 2) by their own sha256."""
-    from .records import path_sha256
+    """The recorded files of ``bundle`` whose bytes differ from the manifest's record (or are gone),
+    and the artifacts whose bytes differ from their row's sha256 (all a schema-1/2 bundle has)."""
+    from .records import path_bytes
+    digests: dict[str, dict | None] = {}   # each entry hashed once
+
+    def digest(rel: str) -> dict | None:
+        if rel not in digests:
+            try:
+                digests[rel] = entry_digest(bundle / rel)
+            except OSError:
+                digests[rel] = None
+        return digests[rel]
+
     changed = []
     if manifest.files is not None:
         for name, rec in manifest.files.items():
-            if not matches(bundle / name, rec):
+            p = bundle / name
+            try:   # the size first: a stranger's big file is never hashed
+                same_size = not p.is_symlink() and path_bytes(p) == rec["bytes"]
+            except OSError:
+                same_size = False
+            if not same_size or (digest(name) or {}).get("sha256") != rec["sha256"]:
                 changed.append(name)
     for a in manifest.artifacts:
-        if not (a.ok and a.path) or a.path in changed:
-            continue
-        p = bundle / a.path
-        try:
-            same = entry_digest(p) is not None and a.sha256 == path_sha256(p)
-        except OSError:
-            same = False
-        if not same:
+        if a.ok and a.path and a.path not in changed and (digest(a.path) or {}).get("sha256") != a.sha256:
             changed.append(a.path)
     return changed
 
