@@ -271,6 +271,9 @@ def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
         raise r.bad(f"'input_shape' {shape} is beyond this tool's bounds")
     spec = _spec(r, r.get(m, "input_spec", dict))
     artifacts = [_artifact(r, a) for a in r.get(d, "artifacts", list)]
+    formats = r.get(e, "formats", list, optional=True, default=None)
+    if formats is not None and not all(isinstance(f, str) for f in formats):
+        raise r.bad("'formats' must be a list of format names")
     check = r.get(d, "check", dict, optional=True)
     user_checks = [_check_report(r, c) for c in r.get(d, "user_checks", list, optional=True, default=[])]
     return Manifest(
@@ -286,8 +289,7 @@ def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
                           coreml_input=r.get(e, "coreml_input", str, optional=True, default="tensor"),
                           simplify=r.get(e, "simplify", bool, optional=True, default=True),
                           # version 1 did not record the chosen formats: every built one was chosen
-                          formats=r.get(e, "formats", list, optional=True,
-                                        default=[a.format for a in artifacts])),
+                          formats=formats if formats is not None else [a.format for a in artifacts]),
         artifacts=artifacts, tools=r.get(d, "tools", dict, optional=True, default={}),
         command=r.get(d, "command", str, optional=True, default=""),
         check=_check_report(r, check) if check is not None else None, user_checks=user_checks,

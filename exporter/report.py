@@ -95,6 +95,12 @@ def _read_bench(path: Path) -> dict | None:
     return bench
 
 
+def _metric(record, key: str, spec: str) -> str:
+    """A stored check metric, or "-" where a manifest (anyone's) does not hold it."""
+    value = record.metrics.get(key)
+    return format(value, spec) if value is not None else "-"
+
+
 def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "md") -> tuple[Path, list[str]]:
     """Write the report; return its path and the recorded files that changed since the export
     (non-empty: the report says the verdict is only the recorded one, and the CLI exits 1)."""
@@ -122,10 +128,8 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
     chk_head = ["artifact", "runner", "status", "max abs", "torch fp32 err", "cosine min", "top-1 agreement",
                 "accuracy", "note"]
     chk_rows = [[r.artifact, r.runner, r.status.value,
-                 f"{r.metrics['max_abs']:.2g}" if r.metrics else "-",
-                 f"{r.metrics['torch_fp32_error_max']:.2g}" if "torch_fp32_error_max" in r.metrics else "-",
-                 f"{r.metrics['cosine_min']:.6f}" if r.metrics else "-",
-                 f"{r.metrics['top1_agreement']:.2%}" if r.metrics else "-",
+                 _metric(r, "max_abs", ".2g"), _metric(r, "torch_fp32_error_max", ".2g"),
+                 _metric(r, "cosine_min", ".6f"), _metric(r, "top1_agreement", ".2%"),
                  f"{r.accuracy:.2%}" if r.accuracy is not None else "-", r.reason or ""]
                 for r in (chk.records if chk else [])]
     verdict = (f"recorded verdict {manifest.verdict}, but files changed since: {', '.join(changed)}; run "

@@ -399,3 +399,20 @@ def test_no_command_removes_or_changes_a_users_file(tmp_path, bundle, inside):
         assert snapshot(owned) == before, (args, r.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({".b.building-drafts", ".b.old-archive", "b",
                                                                   "b.txt", "d.npz"})
+
+
+@pytest.mark.parametrize("mutate, command, needle", [
+    (lambda d: d["export"].update(formats=[True, "onnx"]), "check", "list of format names"),
+    (lambda d: d["check"]["results"][0].update(metrics={}), "report", None),
+])
+def test_manifest_fields_of_the_wrong_shape_are_one_line_or_shown_as_missing(bundle, mutate, command, needle):
+    """Found by fuzzing the manifest: a non-string format name (a sort across types), a stored check
+    record without its metrics (a KeyError in the report)."""
+    d = manifest(bundle)
+    mutate(d)
+    write_manifest(bundle, d)
+    r = invoke(command, bundle)
+    if needle:
+        one_line(r, 2, needle)
+    else:
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
