@@ -416,3 +416,44 @@ def test_manifest_fields_of_the_wrong_shape_are_one_line_or_shown_as_missing(bun
         one_line(r, 2, needle)
     else:
         assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+
+
+def _paths(d, prefix=()):
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else ()
+    for k, v in items:
+        yield prefix + (k,)
+        yield from _paths(v, prefix + (k,))
+
+
+@pytest.mark.slow
+def test_a_fuzzed_manifest_never_gives_a_traceback(tmp_path, bundle):
+    """Seeded mutations of a real manifest (wrong types, huge or negative numbers, paths out of the
+    bundle, missing keys): report and check answer with exit 0, 1 or 2, never a traceback."""
+    import copy
+    import random
+    base = manifest(bundle)
+    every = list(_paths(base))
+    values = [None, -1, 0, 10**12, 1.5, "x", "", [], {}, [1, 2], {"a": 1}, True, "../../etc/passwd", "model.onnx"]
+    rng = random.Random(0)
+    for trial in range(25):
+        d = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(every)
+            try:
+                target = d
+                for k in path[:-1]:
+                    target = target[k]
+                if rng.random() < 0.15 and isinstance(target, dict):
+                    target.pop(path[-1], None)
+                else:
+                    target[path[-1]] = rng.choice(values)
+            except (KeyError, IndexError, TypeError):
+                pass
+        b = tmp_path / f"f{trial}"
+        shutil.copytree(bundle, b)
+        write_manifest(b, d)
+        for command in ("report", "check"):
+            r = invoke(command, b)
+            assert r.exit_code in (0, 1, 2) and "Traceback" not in r.output, (trial, command, r.output[-2000:])
+            assert r.exception is None or isinstance(r.exception, SystemExit), (trial, command, repr(r.exception))
+        shutil.rmtree(b)
