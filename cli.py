@@ -62,11 +62,16 @@ def _fail(message: str, code: int):
 
 app = typer.Typer(cls=ErrorPolicy, help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
-# Not a terminal (a CI log, a pipe): rich would squeeze tables to 80 columns and cut the numbers
-# a CI reader needs to "m…"; give them room instead (COLUMNS still wins where it is set).
-_LOG_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-out = Console(soft_wrap=True, width=_LOG_WIDTH)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 200)
+
+
+def _log_width(stream) -> int | None:
+    """Not a terminal (a CI log, a pipe): rich would squeeze tables to 80 columns and cut the numbers
+    a CI reader needs to "m…"; give them room instead (COLUMNS still wins where it is set)."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 200
+
+
+out = Console(soft_wrap=True, width=_log_width(sys.stdout))
+err = Console(stderr=True, soft_wrap=True, width=_log_width(sys.stderr))
 COLOUR = {"ok": "green", "failed": "red", "skipped": "yellow", "unverified": "red", "passed": "green"}
 
 ARCH_HELP = "Architecture name (see 'bsconv-export models'). Omit it, and --checkpoint, for the shipped trained model."
@@ -554,16 +559,16 @@ def bench_cmd(
     from .exporter.manifest import check_recordable, record_bundle_file, write_bundle_file
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
-    if target.is_dir() and target.suffix != ".mlpackage":
-        into = out_file or target / "bench.json"
-        if into.parent.resolve() == target.resolve():
-            check_recordable(target, into.name)   # before minutes of timing, not after
+    is_bundle = target.is_dir() and target.suffix != ".mlpackage"
+    dest = out_file or (target / "bench.json" if is_bundle else None)
+    into_bundle = is_bundle and dest.parent.resolve() == target.resolve()
+    if into_bundle:
+        check_recordable(target, dest.name)   # before minutes of timing, not after
     results = run_bench(target, opts, original, progress)
     timed = any(r["status"] == "ok" for r in results["results"])
-    dest = out_file or (target / "bench.json" if results["model"] else None)
     if dest and timed:   # a run that timed nothing never replaces results
         text = json.dumps(results, indent=1) + "\n"
-        if results["model"] and dest.parent.resolve() == target.resolve():
+        if into_bundle:
             record_bundle_file(target, dest.name, text)   # ours: --force may replace it with the bundle
         else:
             write_bundle_file(dest.parent, dest.name, text)
