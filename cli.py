@@ -7,11 +7,14 @@ stderr. Exit codes: 0 success, 1 a stage failed, 2 bad usage or bad input.
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +26,7 @@ from typer.core import TyperGroup
 
 from .models.errors import StageError, UserInputError
 from .models.registry import DEFAULT_ARCH
+from .exporter.formats import formats_help
 
 #: errno values that mean "the environment refused" (a full disk, a read-only folder), not a bug
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EISDIR,
@@ -149,20 +153,23 @@ def models_cmd(
 @app.command("formats")
 def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """The format table: what each --formats name builds, what checks it and what bench times."""
-    from .exporter.formats import describe_formats
+    from .exporter.formats import describe_formats, plugin_errors, plugins
     rows = describe_formats()
     if as_json:
-        emit_json({"formats": rows})
+        emit_json({"formats": rows, "plugins": [{"name": p.name, "module": p.module} for p in plugins()],
+                   "plugin_errors": plugin_errors()})
         return
-    table = Table(Column("format", no_wrap=True), "file", "precision", "needs", "checked by", "timed by",
+    table = Table(Column("format", no_wrap=True), "plugin", "file", "precision", "needs", "checked by", "timed by",
                   "options", "what")
     for r in rows:
         name = r["name"] + (" *" if r["default"] else "") + ("" if r["selectable"] else " (auto)")
-        table.add_row(name, r["file"], r["precision"], ", ".join(r["requires"]) or "-",
+        table.add_row(name, r["plugin"], r["file"], r["precision"], ", ".join(r["requires"]) or "-",
                       ", ".join(r["verified_by"]), ", ".join(r["timed_by"]) or "-", ", ".join(r["options"]) or "-",
                       r["description"])
     out.print(table)
     out.print("* default; (auto) built whenever what it needs is built", highlight=False)
+    for problem in plugin_errors():
+        err.print(f"[yellow]not loaded:[/yellow] {escape(problem)}", highlight=False)
 
 
 @app.command("info")
@@ -300,7 +307,49 @@ def _terminate_cleanly(*_: Any) -> None:
     raise SystemExit(143)
 
 
+def with_format_options(command):
+    """Give ``command`` one parameter per declared export option (the pipeline's and every format
+    plugin's, see exporter/options.py), passed to it as ``format_options``: the options the user
+    gave, by name, each as its declaration reads it."""
+    from .exporter.formats import declared_options
+    declared = declared_options()
+    sig = inspect.signature(command)
+    hints = typing.get_type_hints(command)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+              if p.name != "format_options"]
+    for o in declared.values():
+        help_ = o.help + (f" One of: {', '.join(map(str, o.choices))}." if o.choices and o.type is not bool else "")
+        if o.type is bool:
+            annotation, default = bool, False
+        elif o.repeatable:
+            annotation, default = list[o.type], []
+        else:
+            annotation, default = Optional[o.type], None
+        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                        default=typer.Option(default, o.flag, help=help_)))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given = {}
+        for name, o in declared.items():
+            value = kwargs.pop(name)
+            if o.type is bool:
+                if value:
+                    given[name] = not o.default   # the flag flips the default ("--no-simplify")
+            elif o.repeatable:
+                if value:
+                    given[name] = tuple(value)
+            elif value is not None:
+                given[name] = value
+        return command(**kwargs, format_options=given)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 @app.command("export")
+@with_format_options
 def export_cmd(
     arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
@@ -312,23 +361,15 @@ def export_cmd(
     std: Optional[str] = STD_OPT,
     labels: Optional[Path] = LABELS_OPT,
     out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
-    formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated formats (list them with 'bsconv-export formats'); default pt2,onnx,ort,coreml,pte."),
+    formats: Optional[str] = typer.Option(None, "--formats", help=formats_help()),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own; for --model/--program, the input spec's size)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Fixed batch size (CoreML takes 1)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX, ORT, pt2 and pte take any batch size (not with coreml; a .pte is planned for batches up to 15)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18, the dynamo exporter's own; below 18 needs --legacy-exporter)."),
-    legacy_exporter: bool = typer.Option(False, "--legacy-exporter", help="ONNX and CoreML from torch.jit.trace (TorchScript exporter) instead of the torch.export program: deprecated by torch, needed only for --opset below 18."),
-    coreml_precision: str = typer.Option("fp32", "--coreml-precision", help="coreml: fp32 or fp16 compute precision."),
-    coreml_input: str = typer.Option("tensor", "--coreml-input", help="coreml: tensor (float array, like ONNX) or image (ImageType, 8-bit RGB)."),
-    no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim; ORT converts the plain ONNX."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (only one this tool wrote), once the new one passes its check."),
     replace_anyway: bool = typer.Option(False, "--replace-anyway", help="With --force: replace the old bundle even when the new one fails or is not checked."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="int8 calibration: an .npz with an 'input' array of real samples, or 'random' (latency work only). Default: the digits' training split for a digits model."),
-    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="int8: ONNX node name left in float (repeatable); the manifest's weakest_layers suggests candidates."),
-    int8_plan: str = typer.Option("measured", "--int8-plan", help="int8: 'measured' (default) profiles float and int8 per block on onnxruntime, keeps in float the blocks int8 makes slower, then more until the output agrees with float; 'uniform' quantises every node (except --keep-fp32)."),
-    palettize_bits: Optional[int] = typer.Option(None, "--palettize-bits", help="coreml-fp16: palettise weights to this many bits (k-means)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check: the bundle is then 'unverified', not passed (run 'check' later)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    format_options: Optional[dict] = None,
 ) -> None:
     """Export a checkpoint to a bundle of mobile artifacts, then prove each one equivalent to PyTorch.
 
@@ -337,8 +378,8 @@ def export_cmd(
     """
     from .exporter.bundle import export_bundle
     from .exporter.check import CheckOptions
-    from .exporter.context import ExportOptions
     from .exporter.formats import default_formats, parse_formats
+    from .exporter.options import ExportOptions
     from .models.limits import check_batch
     from .models.source import request_from_options, resolve_request
     quiet_third_party_logs()
@@ -347,11 +388,8 @@ def export_cmd(
         raise UserInputError(f"--batch {batch} and --dynamic-batch exclude each other: a dynamic-batch bundle takes "
                              "any batch; drop one of them")
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
-                         input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
-                         coreml_precision=coreml_precision, coreml_input=coreml_input, simplify=not no_simplify,
-                         force=force, calibration=calibration, keep_fp32=tuple(keep_fp32), int8_plan=int8_plan,
-                         palettize_bits=palettize_bits, replace_anyway=replace_anyway,
-                         legacy_exporter=legacy_exporter)
+                         input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, force=force,
+                         replace_anyway=replace_anyway, **format_options)
     loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
                                            mean, std, labels))
     if loaded.metadata.get("untrained"):

@@ -25,10 +25,11 @@ import numpy as np
 from ..models.errors import StageError, UserInputError
 
 from .machine import default_threads, fingerprint, machine_info, usable_cores
-from .context import INPUT_NAME
+from .contract import INPUT_NAME
 from .formats import benchmark_targets
-from .runners import Runner, RunnerUnavailable, runners_for
-from .runners.onnx_runner import onnxruntime
+from .backends import onnxruntime
+from .formats import artifact_suffixes, get_format, kind_for_suffix, runners_for
+from .runners import Runner, RunnerUnavailable
 from .stats import bootstrap_ci, summarize, windows_agree
 
 SCHEMA = "bsconv-export-bench/1"
@@ -50,23 +51,17 @@ class BenchOptions:
 
 @dataclass
 class Target:
-    name: str               # the artifact's format, e.g. "onnx-simplified"
+    name: str               # the artifact's format (a row of the format table)
     path: Path
     kind: str               # which runners load it
-
-
-FILE_KINDS = {".onnx": "onnx", ".ort": "ort", ".mlpackage": "mlpackage", ".pte": "pte", ".pt2": "pt2"}
-#: kinds that onnxruntime loads: the baseline of the paired comparison, never paired themselves
-ONNX_KINDS = ("onnx", "ort")
 
 
 def resolve_targets(path: str | Path):
     """A bundle's benchmarkable artifacts (the format table decides), or one artifact file;
     plus the bundle's manifest (None for a file)."""
-    from .formats import get_format
     from .manifest import MAX_ARTIFACT_BYTES, changed_since_export, inside, read_manifest
     path = Path(path)
-    if path.is_dir() and path.suffix != ".mlpackage":
+    if path.is_dir() and path.suffix not in artifact_suffixes():
         manifest = read_manifest(path)
         changed = changed_since_export(path, manifest)
         if changed:
@@ -77,29 +72,12 @@ def resolve_targets(path: str | Path):
         if not targets:
             raise UserInputError(f"{path} holds no artifact that can be benchmarked")
         return targets, manifest
-    kind = FILE_KINDS.get(path.suffix)
+    kind = kind_for_suffix(path.suffix)
     if kind is None or not path.exists():
-        raise UserInputError(f"{path} is neither a bundle directory nor an {', '.join(FILE_KINDS)} artifact")
+        raise UserInputError(f"{path} is neither a bundle directory nor an {', '.join(artifact_suffixes())} artifact")
     if path.is_file() and path.stat().st_size > MAX_ARTIFACT_BYTES:
         raise UserInputError(f"{path} is over the {MAX_ARTIFACT_BYTES >> 30} GiB this tool loads")
     return [Target(path.suffix[1:], path, kind)], None
-
-
-def with_batch(path: Path, batch: int, workdir: Path) -> Path:
-    """The model itself if it takes ``batch``; else a copy whose batch dimension is ``batch``."""
-    if path.suffix != ".onnx":
-        return path
-    import onnx
-    model = onnx.load(path, load_external_data=False)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    if dim.dim_param or dim.dim_value == batch:
-        return path
-    for value in list(model.graph.input) + list(model.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_value = batch
-    del model.graph.value_info[:]
-    out = workdir / f"{path.stem}.b{batch}.onnx"
-    onnx.save(model, out)
-    return out
 
 
 def measure(fn: Callable[[], object], opts: BenchOptions) -> tuple[np.ndarray, bool]:
@@ -179,12 +157,6 @@ def pick_threads(cls: type[Runner], path: Path, provider: str, x: np.ndarray,
     return min(medians, key=medians.get), medians
 
 
-def session_options(threads: int | None) -> dict:
-    return {"intra_op_num_threads": threads or "onnxruntime default (physical cores)", "inter_op_num_threads": 1,
-            "execution_mode": "ORT_SEQUENTIAL", "graph_optimization_level": "ORT_ENABLE_ALL",
-            "session.intra_op.allow_spinning": "1 (default)"}
-
-
 def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts: BenchOptions, workdir: Path,
               torch_model=None) -> dict:
     probe = cls(target.path, provider=provider)
@@ -193,7 +165,7 @@ def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts
     reason = probe.unavailable_reason()
     if reason:
         return {**row, "status": "skipped", "reason": reason}
-    path = with_batch(target.path, batch, workdir)
+    path = cls.rebatched(target.path, batch, workdir)
     tried = None
     threads = opts.threads if opts.threads is not None else default_threads()
     try:
@@ -213,7 +185,7 @@ def bench_one(target: Target, cls: type[Runner], provider: str, batch: int, opts
                 "reason": f"the artifact takes batch {runner.fixed_batch} only; export with --dynamic-batch"}
     feed = {INPUT_NAME: x}
     result = {**row, "status": "ok", "threads": threads, "threads_tried_p50_ms": tried,
-              "session_options": session_options(threads if isinstance(threads, int) else None)}
+              "runtime_options": runner.settings()}
     if torch_model is not None:
         import torch
         threads_before = torch.get_num_threads()
@@ -263,7 +235,7 @@ def run_bench(target_path: str | Path, opts: BenchOptions, torch_model=None,
                         results.append(row)
                         if progress:
                             progress(row)
-        paired = pair_with_onnxruntime(targets, results, opts, Path(tmp), progress) if opts.pair_with_onnx else []
+        paired = pair_with_baseline(targets, results, opts, Path(tmp), progress) if opts.pair_with_onnx else []
     return {"schema": SCHEMA, "target": str(target_path),
             "model": manifest.model.to_dict() if manifest else None,
             "machine": machine, "fingerprint": fingerprint(machine),
@@ -271,53 +243,66 @@ def run_bench(target_path: str | Path, opts: BenchOptions, torch_model=None,
             "results": results, "paired": paired}
 
 
-#: onnxruntime's options in a paired run (see pair_with_onnxruntime)
+#: onnxruntime's options in a paired run (see pair_with_baseline)
 PAIRED_ORT_OPTIONS = {"session.intra_op.allow_spinning": "0"}
 
 
-def pair_with_onnxruntime(targets: list[Target], results: list[dict], opts: BenchOptions, workdir: Path,
-                          progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Each CPU artifact of a non-onnxruntime runner, interleaved (ABBA) with the bundle's ONNX file
-    on onnxruntime's CPU provider at the same batch and threads: ``ratio = artifact / onnxruntime``.
+def _baseline(targets: list[Target]) -> tuple[Target, type[Runner]] | None:
+    """The artifact other formats are paired with (the table's ``bench_baseline`` row present, the
+    superseding build first) and the first runner that times it on the CPU."""
+    rows = [t for t in targets if (f := get_format(t.name)) is not None and f.bench_baseline]
+    for t in rows:
+        cls = next(iter(runners_for(t.kind, purpose="time")), None)
+        if cls is not None:
+            return t, cls
+    return None
 
-    onnxruntime runs here with its thread spinning off (:data:`PAIRED_ORT_OPTIONS`): its spinning
-    pool keeps the cores busy after each run and slows whatever runs next in the process (measured
-    on 2 cores: an XNNPACK .pte ran 1.9x slower right after a spinning onnxruntime, 0.8x after a
+
+def pair_with_baseline(targets: list[Target], results: list[dict], opts: BenchOptions, workdir: Path,
+                       progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Each CPU artifact of another runtime, interleaved (ABBA) with the bundle's baseline artifact
+    (ONNX on onnxruntime's CPU provider) at the same batch and threads: ``ratio = artifact / baseline``.
+
+    The baseline runs here with its thread pool's spinning off: onnxruntime's spinning pool keeps
+    the cores busy after each run and slows whatever runs next in the process (measured on 2
+    cores: an XNNPACK .pte ran 1.9x slower right after a spinning onnxruntime, 0.8x after a
     non-spinning one). An app runs one runtime, so neither should pay for the other. What spinning
-    is worth to onnxruntime alone is timed as a second pair, spinning on / off."""
-    from .runners.onnx_runner import OnnxRunner
-    onnx_target = next((t for t in targets if t.kind == "onnx"), None)
-    if onnx_target is None:
+    is worth to the baseline alone is timed as a second pair, spinning on / off."""
+    found = _baseline(targets)
+    if found is None:
         return []
+    base_target, base_cls = found
     by_path = {t.name: t for t in targets}
     out = []
     for row in results:
         target = by_path.get(row["artifact"])
-        if row["status"] != "ok" or target is None or target.kind in ONNX_KINDS:
+        if row["status"] != "ok" or target is None:
             continue
         cls = next(c for c in runners_for(target.kind, purpose="time") if c.name == row["runner"])
+        if issubclass(cls, base_cls):
+            continue   # the baseline's own runtime: never paired with itself
         threads = row.get("threads") if isinstance(row.get("threads"), int) else None
         batch = row["batch"]
+        base_path = base_cls.rebatched(base_target.path, batch, workdir)
         try:
             other = cls(target.path, threads=threads).load()
-            base = OnnxRunner(with_batch(onnx_target.path, batch, workdir), "cpu", threads=threads,
-                              session_options=PAIRED_ORT_OPTIONS).load()
+            base = base_cls(base_path, threads=threads, spinning=False).load()
         except Exception as e:  # noqa: BLE001 - recorded, the single rows above still stand
-            out.append({"artifact": row["artifact"], "baseline": onnx_target.name, "batch": batch,
+            out.append({"artifact": row["artifact"], "baseline": base_target.name, "batch": batch,
                         "status": "skipped", "reason": str(e).splitlines()[0][:200] if str(e) else type(e).__name__})
             continue
         x = example_for(base, batch)
         a, b = measure_paired(lambda: other.infer({INPUT_NAME: x}), lambda: base.infer({INPUT_NAME: x}), opts)
         ratios = a / b
         low, high = bootstrap_ci(ratios)
-        pair = {"artifact": row["artifact"], "runner": row["runner"], "baseline": onnx_target.name,
-                "baseline_runner": "onnxruntime-cpu", "batch": batch, "status": "ok", "threads": threads,
+        pair = {"artifact": row["artifact"], "runner": row["runner"], "baseline": base_target.name,
+                "baseline_runner": base.label(), "batch": batch, "status": "ok", "threads": threads,
                 "ratio_median": float(np.median(ratios)), "ratio_ci95": [low, high], "pairs": int(ratios.size),
                 "latency": summarize(a, batch), "baseline_latency": summarize(b, batch),
-                "method": "ABBA-interleaved pairs in one process; ratio = artifact / onnxruntime "
+                "method": f"ABBA-interleaved pairs in one process; ratio = artifact / {base.label()} "
                           "(spinning off, see baseline_spinning)"}
         other.close()
-        spinning = OnnxRunner(with_batch(onnx_target.path, batch, workdir), "cpu", threads=threads).load()
+        spinning = base_cls(base_path, threads=threads).load()
         s_on, s_off = measure_paired(lambda: spinning.infer({INPUT_NAME: x}), lambda: base.infer({INPUT_NAME: x}), opts)
         on_off = s_on / s_off
         pair["baseline_spinning"] = {"ratio_on_over_off": float(np.median(on_off)),

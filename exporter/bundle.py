@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,13 +25,13 @@ from ..models.checkpoint import LoadedCheckpoint
 from ..models import limits
 from ..models.errors import UserInputError
 from ..models.profile import profile_model
-from . import __version__
 from .check import CheckOptions, run_check
-from .context import ExportContext, ExportOptions
-from .formats import Format, default_formats, plan, reproduce_command, validate_options
+from .context import ExportContext
+from .formats import (Format, complete_options, default_formats, plan, recorded_options, reproduce_command,
+                      tool_versions, validate_options)
 from .manifest import ExportInfo, Manifest, ModelInfo, inventory, write_manifest
-from .onnx_export import resolve_opset
 from .outdir import OutClaim
+from .options import ExportOptions
 from .prepare import example_input, prepare_for_export
 from .records import ArtifactRecord, Status, finished
 
@@ -101,27 +100,6 @@ def release_export_memory(ctx: ExportContext) -> None:
         pass   # not glibc: the memory is still free for this process to reuse
 
 
-def tool_versions() -> dict[str, str]:
-    """Versions of what produced or runs an artifact: the imported modules' own where cheap
-    (pip metadata can name another distribution, e.g. onnxruntime beside onnxruntime-gpu)."""
-    import importlib
-    from importlib.metadata import PackageNotFoundError, version
-    out = {"bsconv-export": __version__, "python": platform.python_version()}
-    from .runners.onnx_runner import onnxruntime
-    out["onnxruntime_device"] = onnxruntime().get_device()
-    for pkg in ("torch", "onnx", "onnxruntime", "numpy"):
-        try:
-            out[pkg] = importlib.import_module(pkg).__version__
-        except ImportError:
-            out[pkg] = "not installed"
-    for pkg in ("onnxsim", "coremltools"):  # importing coremltools is slow and noisy: read metadata
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _run_stage(fmt: Format, ctx: ExportContext) -> ArtifactRecord:
     failed = [r for r in fmt.requires if not ctx.records[r].ok]
     if failed:
@@ -146,7 +124,8 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
     """Export ``loaded`` to a bundle at ``out``; with ``check``, prove it equivalent before it lands."""
     out = Path(out)
     if not opts.formats:
-        opts = replace(opts, formats=default_formats())
+        opts = opts.replace(formats=default_formats())
+    opts = complete_options(opts)
     size = check_input_size(opts, loaded)
     spec = loaded.input_spec
     if size != spec.size:
@@ -158,7 +137,6 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
     if claim.check() and check is None and not opts.replace_anyway:
         raise UserInputError(f"--no-check would leave the new bundle unverified, so it would not replace {out}; "
                              "drop --no-check, or add --replace-anyway")
-    opset = resolve_opset(opts.opset, legacy=opts.legacy_exporter)
     with claim:
         prepared = prepare_for_export(loaded.model)
         profile = profile_model(loaded.model, size)
@@ -166,7 +144,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
         try:
             ctx = ExportContext(model=prepared, arch=loaded.arch, spec=spec,
                                 example=example_input(spec.channels, size, opts.batch), options=opts,
-                                opset=opset, workdir=tmp, checkpoint_sha256=loaded.sha256,
+                                workdir=tmp, checkpoint_sha256=loaded.sha256,
                                 params=profile.params, macs=profile.macs)
             with torch.no_grad():
                 for fmt in plan(opts):
@@ -207,7 +185,5 @@ def build_manifest(ctx: ExportContext, loaded: LoadedCheckpoint, command: str) -
                         checkpoint_sha256=loaded.sha256 or None,
                         trained=not loaded.metadata.get("untrained", False), source=loaded.source),
         export=ExportInfo(input_shape=list(ctx.example.shape), dynamic_batch=ctx.options.dynamic_batch,
-                          opset=ctx.opset, coreml_precision=ctx.options.coreml_precision,
-                          coreml_input=ctx.options.coreml_input, simplify=ctx.options.simplify,
-                          formats=list(ctx.options.formats)),
-        artifacts=list(ctx.records.values()), tools=tool_versions(), command=command)
+                          formats=list(ctx.options.formats), options=recorded_options(ctx.options)),
+        artifacts=list(ctx.records.values()), tools=tool_versions(ctx.records), command=command)

@@ -9,15 +9,28 @@ latency work only — the check says what it costs).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..models.data import digits_to_input, is_digits_model, load_npz_inputs, split_digits
 from ..models.errors import UserInputError
 
 from .context import ExportContext
+from .options import ExportOptions
 
 CALIBRATION_SAMPLES = 256
 GATE_SAMPLES = 128
+
+
+def validate_calibration(opts: ExportOptions, spec) -> None:
+    """Before any work: real samples from a file that exists, 'random' said out loud, or the shipped digits."""
+    if opts.calibration not in (None, "random") and not Path(opts.calibration).is_file():
+        raise UserInputError(f"--calibration {opts.calibration} does not exist; pass an .npz with an "
+                             "'input' array or 'random'")
+    if opts.calibration is None and not is_digits_model(spec):
+        raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' "
+                             "array of real inputs), or --calibration random for latency work only")
 
 
 def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray | None, str]:

@@ -39,10 +39,11 @@ from torch import nn
 from ..models.data import is_digits_model, load_holdout, load_npz_inputs
 from ..models.registry import InputSpec
 from .bundle_files import BundleFile, bundle_files
-from .context import OUTPUT_NAME
+from .contract import OUTPUT_NAME
 from .declared import contract_problem, declared_problem
 from .records import CheckRecord, CheckReport, Status, path_sha256
-from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched, runners_for
+from .formats import runners_for
+from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
 from .tolerances import (DEFAULT_TOLERANCES, FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance,
                          agreement_interval, user_tolerance)
 
@@ -326,8 +327,11 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         base = dict(artifact=target.label, precision=precision, tolerance=tol.describe(),
                     reference_accuracy=ref_acc)
         if fmt is None:
+            claimed = f" (the manifest says format {target.record.format!r}: install the plugin that writes it)" \
+                if target.record is not None else ""
             emit(CheckRecord(runner="-", status=Status.UNVERIFIED, **base,
-                             reason=f"{target.name} is no file this bsconv-export writes; nothing can vouch for it"))
+                             reason=f"{target.name} is no file this bsconv-export writes; nothing can vouch for "
+                                    f"it{claimed}"))
             continue
         if target.problem:
             emit(CheckRecord(runner="-", status=Status.FAILED, **base, reason=target.problem))
@@ -341,9 +345,7 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         verified = False
         skipped: list[str] = []
         for cls in runners_for(fmt.kind):
-            runner = cls(path, threads=threads)
-            if isinstance(getattr(runner, "session_options", None), dict):   # onnxruntime: no spinning pool
-                runner.session_options.setdefault("session.intra_op.allow_spinning", "0")
+            runner = cls(path, threads=threads, spinning=False)
             runner.input_spec = manifest.model.input_spec   # inputs come from the spec, never the file's own claims
             rec = CheckRecord(runner=runner.label(), status=Status.OK, **base)
             reason = runner.unavailable_reason()
@@ -352,12 +354,11 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
             else:
                 out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, tol, class_labels, manifest,
                                target)
-                if out is not None and fmt.kind == "onnx" and precision == "fp32" and (
+                if out is not None and precision == "fp32" and (
                         localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
-                    from .localize import first_divergence
                     worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
                     x_worst = inputs.x[rows][worst:worst + 1]
-                    rec.first_divergence = first_divergence(path, model, x_worst, tol.atol or 1e-4)
+                    rec.first_divergence = runner.first_divergence(model, x_worst, tol.atol or 1e-4)
             verified |= rec.status in (Status.OK, Status.FAILED)
             if rec.status is Status.SKIPPED:
                 skipped.append(f"{rec.runner}: {rec.reason}")

@@ -39,7 +39,7 @@ def default_threads() -> int | None:
 
 
 def machine_info() -> dict:
-    from .bundle import tool_versions
+    from .formats import tool_versions
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
     cpu = info.get("model name") or info.get("Hardware") or platform.processor() or platform.machine()

@@ -33,7 +33,7 @@ from ..models.safe_io import loads_json, read_regular
 from ..models.source import ModelSource
 from .records import ArtifactRecord, CheckRecord, CheckReport, Status
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_ARTIFACT_BYTES = 2 << 30            # ONNX's own protobuf limit; nothing larger is loaded
@@ -72,14 +72,13 @@ class ModelInfo:
 class ExportInfo:
     input_shape: list[int]
     dynamic_batch: bool
-    opset: int | None
-    coreml_precision: str
-    coreml_input: str
-    simplify: bool
     formats: list[str]
+    #: every declared export option's value by name (see exporter.options); schema 4 on
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {"input_shape": self.input_shape, "dynamic_batch": self.dynamic_batch, "formats": self.formats,
+                "options": dict(self.options)}
 
 
 @dataclass
@@ -254,6 +253,35 @@ def _files(r: _Reader, d: Any) -> dict[str, dict] | None:
     return {name: {"sha256": e["sha256"], "bytes": e["bytes"]} for name, e in files.items()}
 
 
+MAX_OPTIONS = 256
+MAX_OPTION_VALUES = 1024
+
+
+def _option_value_ok(v: Any) -> bool:
+    scalar = lambda x: x is None or isinstance(x, (str, int, float, bool))  # noqa: E731
+    return scalar(v) or (isinstance(v, list) and len(v) <= MAX_OPTION_VALUES and all(scalar(x) for x in v))
+
+
+def _options(r: _Reader, e: Any) -> dict[str, Any]:
+    """Schema 4: the export options by name, each a JSON scalar or a list of them (what they mean is
+    the declaring plugin's business; bounded here)."""
+    options = r.get(e, "options", dict)
+    if len(options) > MAX_OPTIONS or not all(isinstance(k, str) and len(k) <= 100 for k in options):
+        raise r.bad("'options' must map at most 256 option names to values")
+    bad = [k for k, v in options.items() if not _option_value_ok(v)]
+    if bad:
+        raise r.bad(f"option {bad[0]!r} must be a JSON scalar or a list of them")
+    return dict(options)
+
+
+def _options_before_4(r: _Reader, e: Any) -> dict[str, Any]:
+    """Schemas 1-3 recorded four options as fields of ``export``: migrated to the options map."""
+    return {"opset": r.get(e, "opset", int, optional=True),
+            "coreml_precision": r.get(e, "coreml_precision", str, optional=True, default="fp32"),
+            "coreml_input": r.get(e, "coreml_input", str, optional=True, default="tensor"),
+            "simplify": r.get(e, "simplify", bool, optional=True, default=True)}
+
+
 def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
     r = _Reader(where)
     version = r.get(d, "schema_version", int)
@@ -284,12 +312,9 @@ def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
                         trained=r.get(m, "trained", bool, optional=True, default=False),
                         source=_source(r, r.get(m, "source", dict, optional=True), r.get(m, "arch", str))),
         export=ExportInfo(input_shape=shape, dynamic_batch=r.get(e, "dynamic_batch", bool),
-                          opset=r.get(e, "opset", int, optional=True),
-                          coreml_precision=r.get(e, "coreml_precision", str, optional=True, default="fp32"),
-                          coreml_input=r.get(e, "coreml_input", str, optional=True, default="tensor"),
-                          simplify=r.get(e, "simplify", bool, optional=True, default=True),
                           # version 1 did not record the chosen formats: every built one was chosen
-                          formats=formats if formats is not None else [a.format for a in artifacts]),
+                          formats=formats if formats is not None else [a.format for a in artifacts],
+                          options=_options(r, e) if version >= 4 else _options_before_4(r, e)),
         artifacts=artifacts, tools=r.get(d, "tools", dict, optional=True, default={}),
         command=r.get(d, "command", str, optional=True, default=""),
         check=_check_report(r, check) if check is not None else None, user_checks=user_checks,

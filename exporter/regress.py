@@ -16,9 +16,10 @@ from ..models.errors import UserInputError
 from ..models.safe_io import loads_json, read_regular
 
 from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets, usable_cores
-from .context import INPUT_NAME
+from .contract import INPUT_NAME
 from .machine import default_threads, fingerprint, machine_info
-from .runners import Runner, runners_for
+from .formats import runners_for
+from .runners import Runner
 from .stats import paired_decision, summarize, unpaired_decision
 
 MAX_RESULTS_BYTES = 64 << 20

@@ -34,7 +34,7 @@ import numpy as np
 
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.exporter.machine import machine_info
 from bsconv_export.exporter.stats import bootstrap_ci
 from bsconv_export.models.checkpoint import resolve_model
@@ -63,7 +63,7 @@ def openvino_bf16_reason() -> str | None:
 
 
 def pte_method(path: Path):
-    from bsconv_export.exporter.runners.executorch_runner import ExecuTorchRunner
+    from bsconv_export.exporter.formats.executorch.runner import ExecuTorchRunner
     runner = ExecuTorchRunner(path).load()
     return lambda x: runner.infer({"input": x})["logits"]
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.exporter.regress import regress_ab
 from bsconv_export.models.checkpoint import resolve_model
 

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 
 from bsconv_export.exporter.bundle import export_bundle  # noqa: E402
 from bsconv_export.exporter.check import check_inputs, compare, torch_reference, verdict  # noqa: E402
-from bsconv_export.exporter.context import ExportOptions  # noqa: E402
+from bsconv_export.exporter.options import ExportOptions  # noqa: E402
 from bsconv_export.exporter.runners import infer_batched  # noqa: E402
 from bsconv_export.exporter.runners.onnx_runner import OnnxRunner  # noqa: E402
 from bsconv_export.exporter.tolerances import DEFAULT_TOLERANCES  # noqa: E402

@@ -54,7 +54,7 @@ SHARED_BUNDLES = {
 def shared_bundle(tmp_path_factory, shipped):
     from bsconv_export.exporter.bundle import export_bundle
     from bsconv_export.exporter.check import CheckOptions
-    from bsconv_export.exporter.context import ExportOptions
+    from bsconv_export.exporter.options import ExportOptions
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -5,10 +5,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bench import BenchOptions, run_bench, with_batch
+from bsconv_export.exporter.bench import BenchOptions, run_bench
 from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.context import ExportOptions
-from bsconv_export.exporter.runners.onnx_runner import available_providers
+from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.formats.onnx.runner import OnnxRunner, available_providers
 from bsconv_export.exporter.stats import bootstrap_ci, paired_decision, summarize, unpaired_decision, windows_agree
 from bsconv_export.models.checkpoint import resolve_model
 
@@ -92,7 +92,7 @@ def test_provider_discovery_and_the_skip_path(bundles):
         assert cuda["status"] == "skipped" and "CUDAExecutionProvider is not available" in cuda["reason"]
     ok = rows[("onnx-simplified", "cpu", 1)]
     assert set(ok["latency"]) >= {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s"}
-    assert ok["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL" and ok["samples_ms"]
+    assert ok["runtime_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL" and ok["samples_ms"]
     assert res["schema"] == "bsconv-export-bench/1" and res["machine"]["logical_cores"] >= 1
     assert "isa" in res["machine"] and res["fingerprint"]["cpu"] == res["machine"]["cpu"]
 
@@ -108,8 +108,8 @@ def test_iters_threads_auto_and_vs_torch(bundles, shipped):
 
 def test_with_batch_rewrites_only_when_needed(bundles, tmp_path):
     src = bundles / "digits" / "model.sim.onnx"
-    assert with_batch(src, 1, tmp_path) == src
-    assert with_batch(src, 3, tmp_path) != src
+    assert OnnxRunner.rebatched(src, 1, tmp_path) == src
+    assert OnnxRunner.rebatched(src, 3, tmp_path) != src
 
 
 # --- CLI -----------------------------------------------------------------------------------------

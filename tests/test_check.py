@@ -13,11 +13,11 @@ from bsconv_export.exporter.check import CheckOptions, Reference, check_inputs, 
 from bsconv_export.exporter.manifest import read_manifest
 from helpers import rehash
 from bsconv_export.exporter.tolerances import Tolerance
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.exporter.records import Status
 from bsconv_export.exporter.runners import infer_batched
-from bsconv_export.exporter.runners.mil import CoreMLRunner, MilProgram, MilReferenceRunner
-from bsconv_export.exporter.runners.onnx_runner import OnnxRunner, OrtFormatRunner
+from bsconv_export.exporter.formats.coreml.mil import CoreMLRunner, MilProgram, MilReferenceRunner
+from bsconv_export.exporter.formats.onnx.runner import OnnxRunner, OrtFormatRunner
 from bsconv_export.exporter.runners.torch_runner import TorchRunner
 from bsconv_export.models.checkpoint import resolve_model
 
@@ -189,7 +189,7 @@ def test_runners_share_one_contract(good_bundle, shipped):
 
 def test_the_mil_interpreter_drops_each_value_after_its_last_reader(good_bundle):
     """Kept to the end of a run, every activation of a V2 at 224 held 1.5 GiB."""
-    from bsconv_export.exporter.runners.mil import MilProgram
+    from bsconv_export.exporter.formats.coreml.mil import MilProgram
     p = MilProgram(good_bundle / "model.mlpackage")
 
     def names(var):
@@ -220,7 +220,7 @@ def test_unavailable_providers_and_runtimes_say_why():
 # --- the MIL interpreter against coremltools conversions of small models -----------------
 
 def _convert(module, shape, precision="fp32"):
-    from bsconv_export.exporter.coreml import import_coremltools
+    from bsconv_export.exporter.formats.coreml.backend import import_coremltools
     ct = import_coremltools()
     traced = torch.jit.trace(module.eval(), torch.rand(shape))
     prec = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32

@@ -9,7 +9,7 @@ import torch
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.formats import FORMATS, default_formats
 from bsconv_export.exporter.manifest import read_manifest
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 
 # exports many formats or models: make test-all, not the fast tier
@@ -62,7 +62,7 @@ def validate_bundle(root, loaded, formats=None):
         assert c.deployment_target == "iOS16" and c.details["outputs"] == ["classLabel", "logits"]
         assert (root / c.path / "Manifest.json").exists()
     if "pte" in by_fmt:
-        from bsconv_export.exporter.runners.executorch_runner import ExecuTorchRunner
+        from bsconv_export.exporter.formats.executorch.runner import ExecuTorchRunner
         with ExecuTorchRunner(root / by_fmt["pte"].path) as r:
             np.testing.assert_allclose(r.infer({"input": x})["logits"], ref, atol=1e-4 * scale, rtol=0)
         assert by_fmt["pte"].details["delegated_nodes"] > by_fmt["pte"].details["outside_nodes"]

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.check import CheckOptions, Reference, compare, run_check, verdict
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.exporter.manifest import read_manifest
 from bsconv_export.exporter.records import Status
 from bsconv_export.exporter.tolerances import DEFAULT_TOLERANCES

@@ -98,7 +98,7 @@ def test_a_recorded_file_with_other_bytes_is_the_users(bundle):
 def test_force_rechecks_ownership_just_before_replacing(tmp_path, shipped, monkeypatch):
     """A file the user drops into the old bundle while the new one is built is not deleted."""
     from bsconv_export.exporter import bundle as bundle_mod
-    from bsconv_export.exporter.context import ExportOptions
+    from bsconv_export.exporter.options import ExportOptions
     out = tmp_path / "b"
     bundle_mod.export_bundle(shipped, out, ExportOptions(formats=("onnx",), simplify=False), check=None)
     real = bundle_mod.build_manifest
@@ -120,7 +120,7 @@ def test_a_file_arriving_during_the_final_rename_is_kept_with_the_old_bundle(tmp
 
     from bsconv_export.exporter import outdir
     from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.context import ExportOptions
+    from bsconv_export.exporter.options import ExportOptions
     out = tmp_path / "b"
     export_bundle(shipped, out, ExportOptions(formats=("onnx",), simplify=False))
     before = snapshot([out])
@@ -143,7 +143,7 @@ def test_a_file_arriving_during_the_final_rename_is_kept_with_the_old_bundle(tmp
 
 def test_leftover_cleanup_removes_only_folders_this_tool_made(tmp_path, shipped):
     from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.context import ExportOptions
+    from bsconv_export.exporter.options import ExportOptions
     drafts = tmp_path / ".lv.building-drafts"
     drafts.mkdir()
     (drafts / "chapter1.txt").write_text("chapter one")

@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bsconv_export.exporter import mixed_precision as mp
-from bsconv_export.exporter.quantize import compact, shield_float_convs
+from bsconv_export.exporter.formats.onnx import mixed_precision as mp
+from bsconv_export.exporter.formats.onnx.quantize import compact, shield_float_convs
 
 
 @pytest.mark.parametrize("name, group", [
@@ -213,7 +213,7 @@ def test_compaction_drops_waste_and_keeps_outputs_and_compute_names(tmp_path):
 
 def test_profile_attributes_every_kernel_to_a_group(tmp_path, shipped):
     from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.context import ExportOptions
+    from bsconv_export.exporter.options import ExportOptions
     out = tmp_path / "b"
     r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "int8")))
     assert all(a.ok for a in r.records)

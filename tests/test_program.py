@@ -23,7 +23,7 @@ import torch
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.capture import capture_program
 from bsconv_export.exporter.check import CheckOptions, run_check
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.exporter.manifest import read_manifest
 from bsconv_export.exporter.prepare import example_input, prepare_for_export
 from bsconv_export.exporter.records import Status
@@ -105,7 +105,7 @@ def test_dynamic_batch_bundle_runs_any_batch_at_a_custom_size(tmp_path, shipped)
 
 
 def test_a_weight_changed_before_lowering_is_caught_in_the_pte(program_bundle, tmp_path, shipped):
-    from bsconv_export.exporter.executorch_export import lower_to_pte
+    from bsconv_export.exporter.formats.executorch.export import lower_to_pte
     bad = prepare_for_export(shipped.model)
     with torch.no_grad():
         bad.classifier.conv.bias[3] += 0.002   # the size of fault the audit's small plants had

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from bsconv_export.cli import app
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.context import ExportOptions
-from bsconv_export.exporter.quantize import ArrayReader
+from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.formats.onnx.reader import ArrayReader
 from bsconv_export.models import UserInputError
 from bsconv_export.models.checkpoint import resolve_model
 

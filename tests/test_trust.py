@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from bsconv_export.cli import app
 from bsconv_export.exporter.bundle import export_bundle
 from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.context import ExportOptions
+from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.exporter.manifest import read_manifest
 from bsconv_export.exporter.outdir import OutClaim
 from bsconv_export.models import UserInputError

@@ -141,7 +141,7 @@ def test_an_opset_that_differs_from_the_record_fails(bundle):
 
 def edit_coreml_spec(bundle, fn):
     """Change the package's model spec in place (its description and metadata), hashes updated."""
-    from bsconv_export.exporter.runners.mil import load_spec
+    from bsconv_export.exporter.formats.coreml.mil import load_spec
     pkg = bundle / "model.mlpackage"
     spec = load_spec(pkg)
     fn(spec)

@@ -1,12 +1,14 @@
-"""Runners: one small class per backend, one contract, one registry.
+"""Runners: one small class per backend, one contract.
 
 A runner loads an artifact and maps named inputs to named outputs, all NumPy
-arrays: ``infer({"input": x}) -> {"logits": y}``. Each runner class declares the
-artifact *kinds* it loads (``"onnx"``, ``"ort"``, ``"mlpackage"``; a format row
-in :mod:`exporter.formats` names its kind) and, per instance, why it cannot run
-here (:meth:`Runner.unavailable_reason`). The check and the benchmark pick
-runners from this registry and from nothing else, so a new backend is one
-class with ``@register_runner``. Use runners as context managers.
+arrays: ``infer({"input": x}) -> {"logits": y}``. It owns what it can read from
+the loaded artifact: input and output names and the input shape, the labels
+and metadata it tells an app, whatever else it declares to an app
+(:meth:`Runner.declared_problem`), and why it cannot run here
+(:meth:`Runner.unavailable_reason`). Runner classes belong to a format plugin,
+which names the artifact *kinds* they load (see :mod:`exporter.formats`); the
+check and the benchmark find them through the plugin registry only. Use
+runners as context managers.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..context import INPUT_NAME
+from ..contract import INPUT_NAME
 
 
 class RunnerUnavailable(RuntimeError):
@@ -48,14 +50,48 @@ class Runner(ABC):
     #: what an app hands the artifact (pixels) uses it, never the artifact's own metadata
     input_spec = None
 
+    #: metadata keys this kind of artifact must carry beyond the ones every format with metadata carries
+    metadata_keys: tuple[str, ...] = ()
+
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool = True):
+        self.path = Path(path)
+        self.provider = provider
+        #: threads for the runtime's pool (None: its default); ``spinning=False`` keeps an idle pool
+        #: from busy-waiting between runs (the check and paired timings choose that)
+        self.threads = threads
+        self.spinning = spinning
+
     def metadata(self) -> dict[str, str] | None:
         """After ``load``: the key/value metadata the artifact carries for apps (None: the format has none)."""
         return None
 
-    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
-        self.path = Path(path)
-        self.provider = provider
-        self.threads = threads
+    def labels(self) -> list[str] | None:
+        """After ``load``: the class labels the artifact carries for apps (None: it carries none)."""
+        return None
+
+    def declared_problem(self, input_shape: list[int]) -> str | None:
+        """After ``load``: what else the artifact declares to an app (a model description) that
+        disagrees with the export's input shape; None when nothing does."""
+        return None
+
+    def first_divergence(self, model, x, atol: float) -> dict | None:
+        """Where this artifact's intermediate values first leave the original's, for one input
+        (``check --localize``); None where the runner cannot look inside."""
+        return None
+
+    # --- the timing loop's hooks (bench, regress) ---
+
+    @classmethod
+    def rebatched(cls, path: Path, batch: int, workdir: Path) -> Path:
+        """The artifact to load for ``batch``: ``path`` itself, or a copy in ``workdir`` made for that
+        batch where the runtime cannot take another batch than the file's (default: ``path``)."""
+        return path
+
+    def settings(self) -> dict:
+        """The runtime settings a timing ran under, recorded beside it."""
+        return {"threads": self.threads if self.threads is not None else "runtime default",
+                "spinning": self.spinning}
 
     def unavailable_reason(self) -> str | None:
         """None when this runner can run here, else the reason it cannot."""
@@ -80,33 +116,6 @@ class Runner(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-_RUNNERS: list[type[Runner]] = []
-
-
-def register_runner(cls: type[Runner]) -> type[Runner]:
-    """Class decorator: make ``cls`` available to the check and the benchmark."""
-    if any(r.name == cls.name for r in _RUNNERS):
-        raise ValueError(f"a runner named {cls.name!r} is registered twice")
-    _RUNNERS.append(cls)
-    return cls
-
-
-def unregister_runner(cls: type[Runner]) -> None:
-    _RUNNERS.remove(cls)
-
-
-def _ensure_loaded() -> None:
-    # Importing the modules registers their runners; they import their backends lazily.
-    from . import executorch_runner, mil, onnx_runner, torch_program  # noqa: F401
-
-
-def runners_for(kind: str, *, purpose: str = "verify") -> list[type[Runner]]:
-    """Registered runner classes for an artifact kind, for ``"verify"`` (check) or ``"time"`` (bench)."""
-    _ensure_loaded()
-    attr = "verifies" if purpose == "verify" else "timeable"
-    return [r for r in _RUNNERS if kind in r.kinds and getattr(r, attr)]
 
 
 def infer_batched(runner: Runner, x: np.ndarray, input_name: str = INPUT_NAME) -> dict[str, np.ndarray]:

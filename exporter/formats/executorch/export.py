@@ -21,10 +21,11 @@ import time
 import numpy as np
 import torch
 
-from .capture import op_counts
-from .context import ExportContext
-from .manifest import MAX_BATCH
-from .records import ArtifactRecord, Status
+from ...capture import op_counts
+from ...context import ExportContext
+from ....models.limits import MAX_BATCH
+from ...records import ArtifactRecord, Status
+from .backend import abi_hint
 
 PTE_NAME = "model.pte"
 BACKEND = "XnnpackBackend"
@@ -36,7 +37,7 @@ class ExecuTorchUnavailable(RuntimeError):
 
 def import_lowering():
     """``(to_edge_transform_and_lower, XnnpackPartitioner)``, imported quietly, or a clear error."""
-    from .quiet import quiet_logs
+    from ...quiet import quiet_logs
     try:
         with quiet_logs():
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -44,12 +45,6 @@ def import_lowering():
     except ImportError as e:
         raise ExecuTorchUnavailable(abi_hint(e)) from e
     return to_edge_transform_and_lower, XnnpackPartitioner
-
-
-def abi_hint(e: BaseException) -> str:
-    return (f"ExecuTorch does not load beside torch {torch.__version__} ({type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); install the pinned pair: "
-            "pip install -c constraints.txt -e .")
 
 
 def delegation(edge_program) -> dict:
@@ -73,7 +68,7 @@ def delegation(edge_program) -> dict:
 
 def lower_to_pte(program) -> tuple[bytes, dict]:
     """The ``.pte`` bytes of ``program`` lowered to XNNPACK, and its delegation summary."""
-    from .quiet import quiet_logs
+    from ...quiet import quiet_logs
     lower, partitioner = import_lowering()
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         edge = lower(program, partitioner=[partitioner()])
@@ -106,7 +101,7 @@ def quantize_program(program, x, batch: int):
     """The program's module quantised for XNNPACK: ExecuTorch's XNNPACK quantizer (int8, symmetric,
     per-channel weights, per-tensor activations), calibrated by running ``x`` through the observed
     module ``batch`` samples at a time."""
-    from .quiet import quiet_logs
+    from ...quiet import quiet_logs
     try:
         with quiet_logs():
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -124,7 +119,7 @@ def quantize_program(program, x, batch: int):
 
 
 def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
-    from .calibration import calibration_data
+    from ...calibration import calibration_data
     t0 = time.perf_counter()
     x, _, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import Runner, RunnerUnavailable, UnsupportedOp, register_runner
+from ...runners import Runner, RunnerUnavailable, UnsupportedOp
 
 
 def _pads(pad_type: str, pad, x_hw, k_hw, strides, dilations) -> list[tuple[int, int]]:
@@ -166,7 +166,7 @@ OPS: dict[str, Callable[..., Any]] = {
 
 def load_spec(path: str | Path):
     """The package's model spec (description and ML Program), without loading weights or running it."""
-    from ..coreml import import_coremltools
+    from .backend import import_coremltools
     ct = import_coremltools()
     if not (Path(path) / "Manifest.json").is_file():
         raise FileNotFoundError(f"{path} is not an .mlpackage")
@@ -179,7 +179,7 @@ class MilProgram:
     """An ML Program's main function, ready to interpret."""
 
     def __init__(self, path: str | Path):
-        from ..coreml import import_coremltools
+        from .backend import import_coremltools
         ct = import_coremltools()
         from coremltools.converters.mil.frontend.milproto.load import load as load_mil
         path = Path(path)
@@ -300,7 +300,6 @@ class MilProgram:
         return np.asarray(env[outputs[-1].name], dtype=np.float32)
 
 
-@register_runner
 class MilReferenceRunner(Runner):
     """CoreML ``.mlpackage`` run by the NumPy MIL interpreter (any OS). It verifies; it is not
     timed (an interpreter's speed says nothing about a phone's)."""
@@ -310,8 +309,9 @@ class MilReferenceRunner(Runner):
     timeable = False
     max_batch = 2  # the interpreter's im2col views grow with the batch: bound peak memory
 
-    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
-        super().__init__(path, provider=provider, threads=threads)
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool = True):
+        super().__init__(path, provider=provider, threads=threads, spinning=spinning)
         self.program: MilProgram | None = None
 
     def unavailable_reason(self) -> str | None:
@@ -335,16 +335,22 @@ class MilReferenceRunner(Runner):
     def metadata(self) -> dict[str, str] | None:
         return dict(self.program.metadata) if self.program is not None else None
 
+    def labels(self) -> list[str] | None:
+        return list(self.program.classes) if self.program is not None and self.program.classes is not None else None
 
-@register_runner
+    def declared_problem(self, input_shape: list[int]) -> str | None:
+        return description_problem(self.program.spec.description, input_shape) if self.program is not None else None
+
+
 class CoreMLRunner(Runner):
     """CoreML ``.mlpackage`` run by Apple's runtime (``MLModel.predict``): macOS only."""
 
     name = "coreml-apple"
     kinds = ("mlpackage",)
 
-    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None):
-        super().__init__(path, provider=provider, threads=threads)
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool = True):
+        super().__init__(path, provider=provider, threads=threads, spinning=spinning)
         self.model = None
         self.classes: list[str] = []
 
@@ -358,7 +364,7 @@ class CoreMLRunner(Runner):
         reason = self.unavailable_reason()
         if reason:
             raise RunnerUnavailable(reason)
-        from ..coreml import import_coremltools
+        from .backend import import_coremltools
         ct = import_coremltools()
         self.model = ct.models.MLModel(str(self.path))
         program = MilProgram(self.path)
@@ -378,3 +384,45 @@ class CoreMLRunner(Runner):
             out = self.model.predict({name: x[i:i + self.fixed_batch]})[self.scores_name]
             rows.append([out[c] for c in self.classes])
         return {self.scores_name: np.asarray(rows, dtype=np.float32)}
+
+
+def description_problem(desc, shape: list[int]) -> str | None:
+    """The CoreML model description an app builds its inputs from and reads its outputs by, held
+    to the export's input shape; None when it agrees."""
+    kind = desc.input[0].type.WhichOneof("Type")
+    if kind == "imageType":
+        image = desc.input[0].type.imageType
+        if [image.height, image.width] != shape[2:]:
+            return f"the image input is {image.width}x{image.height}, the export's {shape[3]}x{shape[2]}"
+    elif kind == "multiArrayType":
+        if list(desc.input[0].type.multiArrayType.shape) != shape:
+            return f"the input is declared {list(desc.input[0].type.multiArrayType.shape)}, the export's {shape}"
+    else:
+        return f"the input is a {kind}, not an image or a multi-array"
+    for out in desc.output:
+        t = out.type.WhichOneof("Type")
+        if out.name == desc.predictedFeatureName and t != "stringType":
+            return f"the predicted label '{out.name}' is a {t}, not the string labels apps read"
+        if out.name == desc.predictedProbabilitiesName and t == "dictionaryType" and \
+                out.type.dictionaryType.WhichOneof("KeyType") != "stringKeyType":
+            return f"the probabilities '{out.name}' are keyed by {out.type.dictionaryType.WhichOneof('KeyType')}, not labels"
+    return None
+
+
+def program_precision(path: Path) -> str | None:
+    """fp16 when any op of the ML Program computes in fp16, else fp32 (the spec, not its metadata);
+    None when it cannot be read here (its runner then reports that)."""
+    from importlib.util import find_spec
+    if find_spec("coremltools") is None:
+        return None
+    try:
+        spec = load_spec(path)
+    except Exception:  # noqa: BLE001 - an unreadable package fails when its runner loads it
+        return None
+    fp16 = 10   # MILSpec.DataType.FLOAT16
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                if any(o.type.tensorType.dataType == fp16 for o in op.outputs):
+                    return "fp16"
+    return "fp32"

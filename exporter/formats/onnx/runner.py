@@ -1,12 +1,12 @@
 """ONNX Runtime runners: ONNX files on any execution provider, and the ``.ort`` format."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
-from . import Runner, RunnerUnavailable, register_runner
+from ...backends import onnxruntime
+from ...runners import Runner, RunnerUnavailable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider", "coreml": "CoreMLExecutionProvider",
@@ -18,20 +18,10 @@ def provider_name(short: str) -> str:
     return PROVIDERS.get(short.lower(), short)
 
 
-@functools.lru_cache(maxsize=1)
-def onnxruntime():
-    """onnxruntime, imported once with its telemetry turned off (this tool makes no network calls)."""
-    import onnxruntime as ort
-    if hasattr(ort, "disable_telemetry_events"):
-        ort.disable_telemetry_events()
-    return ort
-
-
 def available_providers() -> list[str]:
     return list(onnxruntime().get_available_providers())
 
 
-@register_runner
 class OnnxRunner(Runner):
     """An ONNX file on one execution provider."""
 
@@ -39,9 +29,11 @@ class OnnxRunner(Runner):
     kinds = ("onnx",)
     per_provider = True
 
+    metadata_keys = ("input_size",)
+
     def __init__(self, path: str | Path, provider: str = "cpu", *, threads: int | None = None,
-                 session_options: dict | None = None):
-        super().__init__(path, provider=provider.lower(), threads=threads)
+                 spinning: bool = True, session_options: dict | None = None):
+        super().__init__(path, provider=provider.lower(), threads=threads, spinning=spinning)
         self.provider_full = provider_name(provider)
         self.session_options = session_options or {}
         self.session = None
@@ -56,6 +48,47 @@ class OnnxRunner(Runner):
     def metadata(self) -> dict[str, str] | None:
         return dict(self.session.get_modelmeta().custom_metadata_map) if self.session is not None else None
 
+    @classmethod
+    def rebatched(cls, path: Path, batch: int, workdir: Path) -> Path:
+        """The ONNX file itself if it takes ``batch``; else a copy whose batch dimension is ``batch``."""
+        if path.suffix != ".onnx":
+            return path
+        import onnx
+        model = onnx.load(path, load_external_data=False)
+        dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+        if dim.dim_param or dim.dim_value == batch:
+            return path
+        for value in list(model.graph.input) + list(model.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_value = batch
+        del model.graph.value_info[:]
+        out = workdir / f"{path.stem}.b{batch}.onnx"
+        onnx.save(model, out)
+        return out
+
+    def settings(self) -> dict:
+        """onnxruntime's session options for this runner."""
+        return {"intra_op_num_threads": self.threads or "onnxruntime default (physical cores)",
+                "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+                "graph_optimization_level": "ORT_ENABLE_ALL",
+                "session.intra_op.allow_spinning": "1 (default)" if self.spinning else "0",
+                **{k: str(v) for k, v in self.session_options.items()}}
+
+    def labels(self) -> list[str] | None:
+        """The ``labels`` metadata (a JSON list), or None when the file carries none."""
+        from ....models.errors import UserInputError
+        from ....models.safe_io import loads_json
+        text = (self.metadata() or {}).get("labels")
+        if text is None:
+            return None
+        try:
+            return [str(v) for v in loads_json(text, "labels", "re-export")]
+        except (UserInputError, TypeError):
+            return ["<unreadable labels metadata>"]
+
+    def first_divergence(self, model, x, atol: float) -> dict | None:
+        from .localize import first_divergence
+        return first_divergence(self.path, model, x, atol)
+
     def load(self) -> "OnnxRunner":
         ort = onnxruntime()
         reason = self.unavailable_reason()
@@ -67,6 +100,8 @@ class OnnxRunner(Runner):
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = self.threads
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for key, value in self.session_options.items():
             if key == "graph_optimization_level":
                 so.graph_optimization_level = value
@@ -92,9 +127,11 @@ class OnnxRunner(Runner):
         self.session = None
 
 
-@register_runner
 class OrtFormatRunner(OnnxRunner):
     """A ``.ort`` file: onnxruntime loads it like ONNX."""
 
     name = "ort-format"
     kinds = ("ort",)
+
+    def first_divergence(self, model, x, atol: float) -> dict | None:
+        return None   # a .ort file's graph is not ONNX: its ONNX source is localised instead

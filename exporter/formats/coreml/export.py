@@ -28,21 +28,14 @@ import warnings
 
 import torch
 
-from . import __version__
-from .context import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME, ExportContext
-from .records import ArtifactRecord, Status
+from ... import __version__
+from ...context import ExportContext
+from ...contract import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME
+from ...records import ArtifactRecord, Status
+from .backend import import_coremltools
 
 COREML_NAME = "model.mlpackage"
 DEPLOYMENT_TARGET = "iOS16"   # ML Programs need iOS 15; 16 adds fp16 I/O and newer ops
-
-
-def import_coremltools():
-    """Import coremltools quietly (on Linux it logs that its native runtime is missing)."""
-    from .quiet import quiet_logs
-    with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import coremltools as ct
-    return ct
 
 
 def _input_type(ct, ctx: ExportContext):
@@ -85,7 +78,7 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
         pipeline.append_pass("compression::palettize_weights")
         pipeline.set_options("compression::palettize_weights", {"config": OptimizationConfig(
             global_config=OpPalettizerConfig(mode="kmeans", nbits=palettize_bits, weight_threshold=512))})
-    from .quiet import quiet_logs
+    from ...quiet import quiet_logs
     with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(

@@ -22,15 +22,18 @@ import sys
 import time
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
 
-from ..models.errors import UserInputError
+from ....models.errors import UserInputError
 
-from . import __version__
-from .context import INPUT_NAME, OUTPUT_NAME, ExportContext
-from .records import ArtifactRecord, Status
+from ... import __version__
+from ...context import ExportContext
+from ...contract import INPUT_NAME, OUTPUT_NAME
+from ...records import ArtifactRecord, Status
 
 ONNX_NAME = "model.onnx"
 MIN_OPSET = 11          # the TorchScript exporter's oldest useful opset
@@ -51,7 +54,7 @@ def _tiny_model(opset: int) -> bytes:
 @functools.lru_cache(maxsize=1)
 def newest_runnable_opset() -> int:
     """The newest opset both the exporter writes and the installed onnxruntime loads."""
-    from .runners.onnx_runner import onnxruntime
+    from ...backends import onnxruntime
     ort = onnxruntime()
     for opset in range(min(TORCH_MAX_OPSET, onnx.defs.onnx_opset_version()), MIN_OPSET - 1, -1):
         try:
@@ -77,6 +80,25 @@ def resolve_opset(requested: int | None, *, legacy: bool = False) -> int:
     return requested
 
 
+def opset_of(ctx: ExportContext) -> int:
+    """The opset this export writes (validated before any stage ran, see :func:`validate_onnx`)."""
+    return resolve_opset(ctx.options.opset, legacy=ctx.options.legacy_exporter)
+
+
+def validate_onnx(opts, spec) -> None:
+    """Before any work: an opset the chosen exporter writes and the installed onnxruntime runs."""
+    resolve_opset(opts.opset, legacy=opts.legacy_exporter)
+
+
+def onnx_source(ctx: ExportContext) -> tuple[str, Path]:
+    """The best ONNX artifact built so far: simplified if it succeeded, else plain."""
+    from .. import preferred
+    rec = preferred(ctx.records.values(), "onnx")
+    if rec is None:
+        raise RuntimeError("no ONNX artifact to start from")  # the pipeline runs requirements first
+    return rec.format, ctx.workdir / rec.path
+
+
 def metadata_props(ctx: ExportContext) -> dict[str, str]:
     return {
         "arch": ctx.arch,
@@ -98,7 +120,7 @@ def export_onnx(ctx: ExportContext) -> ArtifactRecord:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, ctx.workdir / ONNX_NAME)
     return ArtifactRecord(format="onnx", status=Status.OK, path=ONNX_NAME, seconds=time.perf_counter() - t0,
-                          nodes=len(model.graph.node), opset=ctx.opset,
+                          nodes=len(model.graph.node), opset=opset_of(ctx),
                           details={"exporter": "torchscript" if ctx.options.legacy_exporter else "dynamo",
                                    "op_types": op_histogram(model),
                                    "input_shape": io_shape(model.graph.input[0]),
@@ -106,11 +128,11 @@ def export_onnx(ctx: ExportContext) -> ArtifactRecord:
 
 
 def _dynamo_onnx(ctx: ExportContext) -> onnx.ModelProto:
-    from .quiet import quiet_logs
+    from ...quiet import quiet_logs
     program = ctx.program()
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         onnx_program = torch.onnx.export(program, (ctx.example,), input_names=[INPUT_NAME],
-                                         output_names=[OUTPUT_NAME], opset_version=ctx.opset, dynamo=True,
+                                         output_names=[OUTPUT_NAME], opset_version=opset_of(ctx), dynamo=True,
                                          verbose=False, optimize=True, external_data=False)
     model = onnx_program.model_proto
     if ctx.options.dynamic_batch:
@@ -171,7 +193,7 @@ def _legacy_onnx(ctx: ExportContext) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy-exporter notice, see module doc
         torch.onnx.export(ctx.model, (ctx.example,), buf, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=ctx.opset, dynamic_axes=dynamic,
+                          output_names=[OUTPUT_NAME], opset_version=opset_of(ctx), dynamic_axes=dynamic,
                           do_constant_folding=True, dynamo=False)
     return onnx.load_from_string(buf.getvalue())
 
@@ -189,7 +211,7 @@ def io_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 def run_onnx(path_or_bytes, x: np.ndarray) -> np.ndarray:
     """One CPU inference, for the stages' own sanity checks."""
-    from .runners.onnx_runner import onnxruntime
+    from ...backends import onnxruntime
     ort = onnxruntime()
     src = str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])

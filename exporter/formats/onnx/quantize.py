@@ -35,45 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.errors import UserInputError
+from ....models.errors import UserInputError
 
-from .calibration import calibration_data, gate_data
-from .context import INPUT_NAME, ExportContext
-from .tolerances import DEFAULT_TOLERANCES
-from .onnx_export import op_histogram
-from .records import ArtifactRecord, Status
+from ...calibration import calibration_data, gate_data
+from ...context import ExportContext
+from ...contract import INPUT_NAME
+from ...tolerances import DEFAULT_TOLERANCES
+from .export import onnx_source, op_histogram, opset_of
+from ...records import ArtifactRecord, Status
 
 INT8_NAME = "model.int8.onnx"
-
-
-def _reader_base():
-    from onnxruntime.quantization import CalibrationDataReader
-    return CalibrationDataReader
-
-
-class ArrayReader(_reader_base()):
-    """onnxruntime's CalibrationDataReader over an [N, C, H, W] array, ``batch`` samples at a time."""
-
-    def __init__(self, x: np.ndarray, batch: int = 1, input_name: str = INPUT_NAME):
-        if x.ndim != 4 or len(x) < 1:
-            raise UserInputError(f"calibration data must be [N, C, H, W] with N >= 1, got shape {list(x.shape)}")
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.batch = batch
-        self.input_name = input_name
-        self.i = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i + self.batch > len(self.x):
-            return None
-        out = {self.input_name: self.x[self.i:self.i + self.batch]}
-        self.i += self.batch
-        return out
-
-    def rewind(self) -> None:
-        self.i = 0
-
-    def __len__(self) -> int:
-        return len(self.x) // self.batch
 
 
 @contextlib.contextmanager
@@ -87,6 +58,11 @@ def _quietly():
             yield
     finally:
         root.setLevel(level)
+
+
+def array_reader(x: np.ndarray, batch: int):
+    from .reader import ArrayReader
+    return ArrayReader(x, batch)
 
 
 def preprocess(src: Path, dst: Path) -> None:
@@ -105,7 +81,7 @@ def quantize_int8(pre: Path, dst: Path, x: np.ndarray | None, batch: int, exclud
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     cached = calibration_cache is not None and calibration_cache.is_file()
     with _quietly():
-        quantize_static(str(pre), str(dst), None if cached else ArrayReader(x, batch), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(dst), None if cached else array_reader(x, batch), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=list(exclude) or None,
@@ -233,8 +209,8 @@ def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: in
         dbg.modify_model_output_intermediate_tensors(str(float_path), str(f_aug))
         dbg.modify_model_output_intermediate_tensors(str(qdq_path), str(q_aug))
         sample = x[:min(len(x), 16 * batch)]
-        f_act = dbg.collect_activations(str(f_aug), ArrayReader(sample, batch))
-        q_act = dbg.collect_activations(str(q_aug), ArrayReader(sample, batch))
+        f_act = dbg.collect_activations(str(f_aug), array_reader(sample, batch))
+        q_act = dbg.collect_activations(str(q_aug), array_reader(sample, batch))
         matching = {k: v for k, v in dbg.create_activation_matching(q_act, f_act).items() if "float" in v}
         errors = dbg.compute_activation_error(matching)
     producers = {out: n.name for n in onnx.load(float_path).graph.node for out in n.output}
@@ -251,7 +227,7 @@ def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float
     provider at its defaults, as an app runs it (thread spinning on — worth ~35 % to fp32 and
     little to int8 on a 2-core AVX2 CPU, so timing without it would favour int8). Blocks, not
     single runs: a session's spinning threads slow the next session's first run."""
-    from .runners.onnx_runner import onnxruntime
+    from ...backends import onnxruntime
     ort = onnxruntime()
     sessions = {}
     for name, p in paths.items():
@@ -280,7 +256,7 @@ def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float
 def export_int8(ctx: ExportContext) -> ArtifactRecord:
     from . import mixed_precision as mp
     t0 = time.perf_counter()
-    source_name, src = ctx.onnx_source()
+    source_name, src = onnx_source(ctx)
     x, labels, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1
     if len(x) >= batch:
@@ -339,7 +315,7 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
     model = onnx.load(dst)
     return ArtifactRecord(
         format="int8", status=Status.OK, path=INT8_NAME, seconds=time.perf_counter() - t0,
-        nodes=len(model.graph.node), opset=ctx.opset,
+        nodes=len(model.graph.node), opset=opset_of(ctx),
         details={"precision": "int8", "source": source_name, "calibration": origin,
                  "calibration_samples": int(len(x)), "recipe": "QDQ, per-channel int8 weights (symmetric, 7-bit reduced range), "
                  "uint8 activations (asymmetric), MinMax", "kept_fp32": list(user_kept),

@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .context import ExportContext
-from .records import ArtifactRecord, Status
+from ...context import ExportContext
+from ...records import ArtifactRecord, Status
+from .export import onnx_source, opset_of
 
 ORT_NAME = "model.ort"
 CONFIG_NAME = "model.required_operators.config"
@@ -76,13 +77,13 @@ def mobile_usability(src: Path) -> tuple[str, dict[str, str]]:
 
 def export_ort(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
-    source_name, src = ctx.onnx_source()
+    source_name, src = onnx_source(ctx)
     ort_path, cfg_path = convert_to_ort(src, ctx.workdir)
     text, verdicts = mobile_usability(src)
     (ctx.workdir / USABILITY_NAME).write_text(text)
     return ArtifactRecord(
         format="ort", status=Status.OK, path=ort_path.name, seconds=time.perf_counter() - t0,
-        opset=ctx.opset,
+        opset=opset_of(ctx),
         details={"source": source_name, "required_operators_config": cfg_path.name,
                  "required_operators": parse_required_ops(cfg_path),
                  "mobile_usability_report": USABILITY_NAME, "mobile_usability": verdicts})

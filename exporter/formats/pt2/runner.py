@@ -5,25 +5,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..context import INPUT_NAME, OUTPUT_NAME
-from . import Runner, register_runner
+from ...contract import INPUT_NAME, OUTPUT_NAME
+from ...runners import Runner
 
 
-@register_runner
 class TorchProgramRunner(Runner):
     """``model.pt2`` through :func:`models.program.load_program` and ``program.module()``."""
 
     name = "torch-export"
     kinds = ("pt2",)
 
-    def __init__(self, path: str | Path, provider: str = "cpu", *, threads: int | None = None):
-        super().__init__(path, provider=provider, threads=threads)
+    def __init__(self, path: str | Path, provider: str = "cpu", *, threads: int | None = None,
+                 spinning: bool = True):
+        super().__init__(path, provider=provider, threads=threads, spinning=spinning)
         self.module = None
 
     def load(self) -> "TorchProgramRunner":
         import torch
 
-        from ...models.program import load_program
+        from ....models.program import load_program
         program, _ = load_program(self.path)
         spec = program.graph_signature.user_inputs
         if len(spec) != 1 or len(program.graph_signature.user_outputs) != 1:

@@ -16,30 +16,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ..context import INPUT_NAME, OUTPUT_NAME
-from . import Runner, RunnerUnavailable, register_runner
+from ...contract import INPUT_NAME, OUTPUT_NAME
+from ...runners import Runner, RunnerUnavailable
 
 
 @functools.lru_cache(maxsize=1)
 def _runtime():
     """``(Runtime.get(), Verification)``, or the reason ExecuTorch cannot run here."""
-    from ..quiet import quiet_logs
+    from ...quiet import quiet_logs
     try:
         with quiet_logs():
             from executorch.runtime import Runtime, Verification
         return Runtime.get(), Verification
     except Exception as e:  # noqa: BLE001 - a missing package or a native ABI mismatch
-        from ..executorch_export import abi_hint
+        from .backend import abi_hint
         return abi_hint(e), None
 
 
-@register_runner
 class ExecuTorchRunner(Runner):
     name = "executorch-xnnpack"
     kinds = ("pte",)
 
-    def __init__(self, path: str | Path, provider: str = "cpu", *, threads: int | None = None):
-        super().__init__(path, provider=provider, threads=threads)
+    def __init__(self, path: str | Path, provider: str = "cpu", *, threads: int | None = None,
+                 spinning: bool = True):
+        super().__init__(path, provider=provider, threads=threads, spinning=spinning)
         self.method = None
 
     def unavailable_reason(self) -> str | None:
@@ -54,7 +54,7 @@ class ExecuTorchRunner(Runner):
         program = runtime.load_program(str(self.path), verification=verification.InternalConsistency)
         if "forward" not in program.method_names:
             raise ValueError(f"the .pte has no 'forward' method (methods: {sorted(program.method_names)})")
-        from ..quiet import quiet_native_stderr
+        from ...quiet import quiet_native_stderr
         with quiet_native_stderr():  # XNNPACK's thread pool logs CPU probing on its first start
             self.method = program.load_method("forward")
         meta = self.method.metadata

@@ -1,0 +1,50 @@
+"""The CoreML plugin: ML Program ``.mlpackage`` files (fp32 and fp16), verified by a NumPy interpreter
+of the MIL program on any OS and by Apple's runtime on macOS. coremltools is imported in this
+folder and nowhere else."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import Format, Plugin
+from ...options import Option
+from .export import COREML_NAME, export_coreml
+from .fp16 import COREML_FP16_NAME, export_coreml_fp16
+from .mil import CoreMLRunner, MilReferenceRunner, program_precision
+
+PRECISIONS = ("fp32", "fp16")
+INPUTS = ("tensor", "image")
+PALETTE_BITS = (1, 2, 3, 4, 6, 8)
+
+OPTIONS = (
+    Option("coreml_precision", "--coreml-precision", str, "fp32", "coreml: fp32 or fp16 compute precision.",
+           choices=PRECISIONS),
+    Option("coreml_input", "--coreml-input", str, "tensor",
+           "coreml: tensor (float array, like ONNX) or image (ImageType, 8-bit RGB).", choices=INPUTS),
+    Option("palettize_bits", "--palettize-bits", int, None,
+           "coreml-fp16: palettise weights to this many bits (k-means).", choices=PALETTE_BITS),
+)
+
+
+def _facts(path: Path) -> tuple[str | None, int | None]:
+    return program_precision(path), None
+
+
+def _note(r) -> str:
+    d = r.details
+    return f"{r.deployment_target}, {d.get('precision')}, {d.get('input_kind')} input"
+
+
+PLUGIN = Plugin(
+    name="coreml",
+    order=20,
+    options=OPTIONS,
+    tools=("coremltools",),
+    formats=(
+        Format("coreml", export_coreml, COREML_NAME, "mlpackage", "CoreML ML Program", default=True,
+               options=("coreml_precision", "coreml_input", "legacy_exporter"), precisions=PRECISIONS,
+               batch_one=True, facts=_facts, note=_note),
+        Format("coreml-fp16", export_coreml_fp16, COREML_FP16_NAME, "mlpackage", "CoreML with fp16 compute",
+               precision="fp16", options=("palettize_bits",), batch_one=True, facts=_facts, note=_note),
+    ),
+    runners=(MilReferenceRunner, CoreMLRunner),
+)

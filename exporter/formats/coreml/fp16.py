@@ -1,0 +1,25 @@
+"""FP16 CoreML: the ML Program with fp16 compute, optionally with weights palettised to
+``--palettize-bits`` (k-means lookup tables, coremltools.optimize)."""
+from __future__ import annotations
+
+import time
+
+from ...context import ExportContext
+from ...records import ArtifactRecord, Status
+from .export import DEPLOYMENT_TARGET, convert_coreml, mil_op_histogram, validate_spec
+
+COREML_FP16_NAME = "model.fp16.mlpackage"
+
+
+def export_coreml_fp16(ctx: ExportContext) -> ArtifactRecord:
+    t0 = time.perf_counter()
+    fp16_ctx = ctx.with_options(coreml_precision="fp16", coreml_input="tensor")
+    bits = ctx.options.palettize_bits
+    mlmodel = convert_coreml(fp16_ctx, palettize_bits=bits)
+    details = validate_spec(mlmodel, fp16_ctx)
+    details.update(precision="fp16", palettize_bits=bits)
+    mlmodel.save(str(ctx.workdir / COREML_FP16_NAME))
+    ops = mil_op_histogram(mlmodel)
+    return ArtifactRecord(format="coreml-fp16", status=Status.OK, path=COREML_FP16_NAME,
+                          seconds=time.perf_counter() - t0, nodes=sum(n for op, n in ops.items() if op != "const"),
+                          deployment_target=DEPLOYMENT_TARGET, details={**details, "op_types": ops})

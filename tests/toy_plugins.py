@@ -1,0 +1,44 @@
+"""In-process plugins for tests/test_plugins.py, found through a test entry point (``toy_plugins:NAME``)."""
+from bsconv_export.exporter.formats import Format, Plugin, preferred
+from bsconv_export.exporter.records import ArtifactRecord, Status
+from bsconv_export.exporter.runners import Runner
+
+
+def export_copy(ctx):
+    """The best ONNX file, under another name."""
+    import shutil
+    source = preferred(ctx.records.values(), "onnx")
+    shutil.copyfile(ctx.workdir / source.path, ctx.workdir / "model.squash")
+    return ArtifactRecord(format="squash", status=Status.OK, path="model.squash")
+
+
+def export_orphan(ctx):
+    (ctx.workdir / "model.orphan").write_bytes(b"nothing loads this")
+    return ArtifactRecord(format="orphan", status=Status.OK, path="model.orphan")
+
+
+class SquashRunner(Runner):
+    """Runs the ONNX copy but returns 3 of the 10 logits: it breaks the output contract."""
+    name = "squash-runner"
+    kinds = ("squash",)
+
+    def load(self):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(self.path.read_bytes(), providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)
+        self.fixed_batch = self.input_shape[0]
+        return self
+
+    def infer(self, inputs):
+        (y,) = self.session.run(None, inputs)
+        return {"logits": y[:, :3]}
+
+
+SQUASH = Plugin(name="squash", formats=(Format("squash", export_copy, "model.squash", "squash", "breaks the contract",
+                                               requires=("onnx",)),), runners=(SquashRunner,))
+ORPHAN = Plugin(name="orphan", formats=(Format("orphan", export_orphan, "model.orphan", "nobody-loads-this",
+                                               "no runner loads it"),))
+CLASH = Plugin(name="clash", formats=(Format("onnx", export_orphan, "model.clash", "onnx", "reuses a built-in name"),))
+NOT_A_PLUGIN = object()
