@@ -95,6 +95,79 @@ STD_OPT = typer.Option(None, "--std", help="--model/--program: per-channel std t
 LABELS_OPT = typer.Option(None, "--labels", help="--model/--program: text file, one class label per line.")
 
 
+def _extend(command, extra: list[inspect.Parameter], into: str, first: bool = False):
+    """``command`` with ``extra`` parameters in its signature (typer reads them from there); their
+    values reach it as one dict, keyword ``into``."""
+    sig = inspect.signature(command)
+    hints = typing.get_type_hints(command)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != into]
+    params = [*extra, *own] if first else [*own, *extra]
+    names = [p.name for p in extra]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**{k: v for k, v in kwargs.items() if k not in names},
+                       **{into: {k: kwargs[k] for k in names}})
+
+    wrapper.__signature__ = sig.replace(parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params])
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _param(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def with_model_options(command):
+    """The model options every command that takes a model shares (see models/source.py), declared
+    once: ``command`` receives them as ``model_options`` (request_from_options' keywords)."""
+    return _extend(command, [
+        _param("arch", Optional[str], typer.Argument(None, help=ARCH_HELP)),
+        _param("checkpoint", Optional[Path], typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP)),
+        _param("model", Optional[str], MODEL_OPT), _param("model_arg", list[str], MODEL_ARG_OPT),
+        _param("program", Optional[Path], PROGRAM_OPT), _param("input_spec", Optional[Path], SPEC_OPT),
+        _param("mean", Optional[str], MEAN_OPT), _param("std", Optional[str], STD_OPT),
+        _param("labels", Optional[Path], LABELS_OPT)], "model_options", first=True)
+
+
+def with_format_options(command):
+    """Give ``command`` one parameter per declared export option (the pipeline's and every format
+    plugin's, see exporter/options.py), passed to it as ``format_options``: the options the user
+    gave, by name, each as its declaration reads it."""
+    from .exporter.formats import declared_options
+    declared = declared_options()
+    extra = []
+    for o in declared.values():
+        help_ = o.help + (f" One of: {', '.join(map(str, o.choices))}." if o.choices and o.type is not bool else "")
+        if o.type is bool:
+            annotation, default = bool, False
+        elif o.repeatable:
+            annotation, default = list[o.type], []
+        else:
+            annotation, default = Optional[o.type], None
+        extra.append(_param(o.name, annotation, typer.Option(default, o.flag, help=help_)))
+
+    def given(values: dict) -> dict:
+        out = {}
+        for name, value in values.items():
+            o = declared[name]
+            if o.type is bool:
+                if value:
+                    out[name] = not o.default   # the flag flips the default ("--no-simplify")
+            elif o.repeatable:
+                if value:
+                    out[name] = tuple(value)
+            elif value is not None:
+                out[name] = value
+        return out
+
+    @functools.wraps(command)
+    def convert(**kwargs):
+        return command(**{**kwargs, "format_options": given(kwargs["format_options"])})
+
+    return _extend(convert, extra, "format_options")
+
+
 def quiet_third_party_logs() -> None:
     # coremltools and onnxruntime's tools log version notices and Linux-only runtime
     # warnings at import; they say nothing about this run.
@@ -173,26 +246,18 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JS
 
 
 @app.command("info")
+@with_model_options
 def info_cmd(
-    arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
-    model: Optional[str] = MODEL_OPT,
-    model_arg: list[str] = MODEL_ARG_OPT,
-    program: Optional[Path] = PROGRAM_OPT,
-    input_spec: Optional[Path] = SPEC_OPT,
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Profile at this input size (default: the model's own; for --model/--program, the input spec's size)."),
-    mean: Optional[str] = MEAN_OPT,
-    std: Optional[str] = STD_OPT,
-    labels: Optional[Path] = LABELS_OPT,
     replace: Optional[str] = typer.Option(None, "--replace", help="Also report what BSConv's replacer would do: bsconvu or bsconvs (p=1/6 here)."),
     layers: bool = typer.Option(False, "--layers", help="Also print every layer's parameters and MACs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model_options: Optional[dict] = None,
 ) -> None:
     """Parameters and MACs of a model, in total and per layer, and which convolutions are BSConv."""
     from .models.profile import conv_inventory, profile_model, replacement_preview
     from .models.source import request_from_options, resolve_request
-    loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
-                                           mean, std, labels))
+    loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
     prof = profile_model(loaded.model, input_size)
     convs = conv_inventory(loaded.model)
     preview = replacement_preview(loaded.model, replace) if replace else None
@@ -225,26 +290,18 @@ def info_cmd(
 
 
 @app.command("evaluate")
+@with_model_options
 def evaluate_cmd(
-    arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
-    model: Optional[str] = MODEL_OPT,
-    model_arg: list[str] = MODEL_ARG_OPT,
-    program: Optional[Path] = PROGRAM_OPT,
-    input_spec: Optional[Path] = SPEC_OPT,
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="--model/--program: the input size."),
-    mean: Optional[str] = MEAN_OPT,
-    std: Optional[str] = STD_OPT,
-    labels: Optional[Path] = LABELS_OPT,
     data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 and 'label' [N]; default: the shipped held-out digits."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model_options: Optional[dict] = None,
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
     from .models.data import is_digits_model, load_holdout, load_npz_inputs
     from .models.source import request_from_options, resolve_request
     from .models.train import accuracy
-    loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
-                                           mean, std, labels))
+    loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
     if data is None:
         if not is_digits_model(loaded.input_spec):
             raise UserInputError(f"{loaded.arch} does not take the shipped digits ({loaded.input_spec.num_classes} "
@@ -307,59 +364,10 @@ def _terminate_cleanly(*_: Any) -> None:
     raise SystemExit(143)
 
 
-def with_format_options(command):
-    """Give ``command`` one parameter per declared export option (the pipeline's and every format
-    plugin's, see exporter/options.py), passed to it as ``format_options``: the options the user
-    gave, by name, each as its declaration reads it."""
-    from .exporter.formats import declared_options
-    declared = declared_options()
-    sig = inspect.signature(command)
-    hints = typing.get_type_hints(command)
-    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
-              if p.name != "format_options"]
-    for o in declared.values():
-        help_ = o.help + (f" One of: {', '.join(map(str, o.choices))}." if o.choices and o.type is not bool else "")
-        if o.type is bool:
-            annotation, default = bool, False
-        elif o.repeatable:
-            annotation, default = list[o.type], []
-        else:
-            annotation, default = Optional[o.type], None
-        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                        default=typer.Option(default, o.flag, help=help_)))
-
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        given = {}
-        for name, o in declared.items():
-            value = kwargs.pop(name)
-            if o.type is bool:
-                if value:
-                    given[name] = not o.default   # the flag flips the default ("--no-simplify")
-            elif o.repeatable:
-                if value:
-                    given[name] = tuple(value)
-            elif value is not None:
-                given[name] = value
-        return command(**kwargs, format_options=given)
-
-    wrapper.__signature__ = sig.replace(parameters=params)
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper
-
-
 @app.command("export")
+@with_model_options
 @with_format_options
 def export_cmd(
-    arch: Optional[str] = typer.Argument(None, help=ARCH_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP),
-    model: Optional[str] = MODEL_OPT,
-    model_arg: list[str] = MODEL_ARG_OPT,
-    program: Optional[Path] = PROGRAM_OPT,
-    input_spec: Optional[Path] = SPEC_OPT,
-    mean: Optional[str] = MEAN_OPT,
-    std: Optional[str] = STD_OPT,
-    labels: Optional[Path] = LABELS_OPT,
     out_dir: Path = typer.Option(..., "--out", "-o", help="Bundle directory to create (built aside, renamed into place)."),
     formats: Optional[str] = typer.Option(None, "--formats", help=formats_help()),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="Square input size (default: the model's own; for --model/--program, the input spec's size)."),
@@ -370,6 +378,7 @@ def export_cmd(
     no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check: the bundle is then 'unverified', not passed (run 'check' later)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     format_options: Optional[dict] = None,
+    model_options: Optional[dict] = None,
 ) -> None:
     """Export a checkpoint to a bundle of mobile artifacts, then prove each one equivalent to PyTorch.
 
@@ -390,8 +399,7 @@ def export_cmd(
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, force=force,
                          replace_anyway=replace_anyway, **format_options)
-    loaded = resolve_request(request_from_options(arch, checkpoint, model, model_arg, program, input_spec, input_size,
-                                           mean, std, labels))
+    loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
     if loaded.metadata.get("untrained"):
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
 

@@ -100,6 +100,13 @@ def release_export_memory(ctx: ExportContext) -> None:
         pass   # not glibc: the memory is still free for this process to reuse
 
 
+def export_threads() -> int:
+    """Threads for the stages' own runtime sessions (int8's planning and gates): the torch pool's size,
+    at most the usable cores, so a stage's onnxruntime and torch never fight over the machine."""
+    from .machine import usable_cores
+    return max(1, min(torch.get_num_threads(), usable_cores()))
+
+
 def _run_stage(fmt: Format, ctx: ExportContext) -> ArtifactRecord:
     failed = [r for r in fmt.requires if not ctx.records[r].ok]
     if failed:
@@ -144,7 +151,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
         try:
             ctx = ExportContext(model=prepared, arch=loaded.arch, spec=spec,
                                 example=example_input(spec.channels, size, opts.batch), options=opts,
-                                workdir=tmp, checkpoint_sha256=loaded.sha256,
+                                workdir=tmp, threads=export_threads(), checkpoint_sha256=loaded.sha256,
                                 params=profile.params, macs=profile.macs)
             with torch.no_grad():
                 for fmt in plan(opts):

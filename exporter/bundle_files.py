@@ -70,6 +70,12 @@ def bundle_files(bundle: Path, manifest) -> tuple[list[BundleFile], list[CheckRe
             problems.append(CheckRecord(artifact=a.format, runner="-", status=Status.FAILED, precision=fmt.precision,
                                         reason=f"the manifest's {a.format} row names {a.path}, but {a.format}'s file "
                                                f"is {fmt.filename}: the row does not describe that file"))
+        missing = [f for f in (a.side_files if a.ok else []) if f not in present]
+        if missing:
+            problems.append(CheckRecord(artifact=a.format, runner="-", status=Status.FAILED,
+                                        precision=fmt.precision if fmt is not None else "fp32",
+                                        reason=f"the export wrote {', '.join(missing)} beside {a.path} for apps, "
+                                               "but it is missing"))
     return targets, problems
 
 

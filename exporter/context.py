@@ -25,6 +25,8 @@ class ExportContext:
     checkpoint_sha256: str
     params: int
     macs: int
+    #: threads a stage's own runtime sessions use (chosen by the pipeline, never inherited)
+    threads: int | None = None
     records: dict[str, ArtifactRecord] = field(default_factory=dict)
     capture: Capture | None = None
     capture_error: Exception | None = None

@@ -208,7 +208,12 @@ def _artifact(r: _Reader, d: Any) -> ArtifactRecord:
     elif st is Status.OK:
         raise r.bad(f"artifact {d.get('format')!r} is ok but names no file ('path')")
     ints = {k: r.get(d, k, int, optional=True) for k in ("bytes", "nodes", "opset")}
-    return ArtifactRecord(format=r.get(d, "format", str), status=st, path=path,
+    side_files = r.get(d, "side_files", list, optional=True, default=[])
+    if len(side_files) > 64 or not all(isinstance(f, str) for f in side_files):
+        raise r.bad("'side_files' must be a list of at most 64 file names")
+    for f in side_files:
+        check_relative(f, r.where)
+    return ArtifactRecord(side_files=list(side_files), format=r.get(d, "format", str), status=st, path=path,
                           sha256=r.get(d, "sha256", str, optional=True),
                           seconds=float(r.get(d, "seconds", (int, float), optional=True, default=0.0)),
                           deployment_target=r.get(d, "deployment_target", str, optional=True),

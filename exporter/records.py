@@ -40,6 +40,8 @@ class ArtifactRecord(_Record):
     deployment_target: str | None = None
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: other files the stage wrote into the bundle for apps (ORT's operator config), by name
+    side_files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

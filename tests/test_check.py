@@ -165,7 +165,7 @@ def test_nan_and_inf_fail_whatever_the_tolerance():
 
 
 def test_unsupported_mil_op_is_skipped_not_passed(good_bundle, shipped, monkeypatch):
-    from bsconv_export.exporter.runners import mil
+    from bsconv_export.exporter.formats.coreml import mil
     monkeypatch.delitem(mil.OPS, "conv")
     report = _check(good_bundle, shipped)
     rec = next(r for r in report.records if r.runner == "coreml-mil-reference")

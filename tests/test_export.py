@@ -31,7 +31,7 @@ def _torch(model, x):
 
 def validate_bundle(root, loaded, formats=None):
     m = read_manifest(root)
-    assert m.schema_version == 3 and m.verdict in ("passed", "unverified")
+    assert m.schema_version == 4 and m.verdict in ("passed", "unverified")
     assert m.model.arch == loaded.arch and m.model.num_classes == loaded.input_spec.num_classes
     assert m.model.params == sum(p.numel() for p in loaded.model.parameters()) and m.model.macs > 0
     assert len(m.model.labels) == loaded.input_spec.num_classes
@@ -151,7 +151,8 @@ def test_interrupt_leaves_nothing_behind(tmp_path, shipped, monkeypatch):
         raise KeyboardInterrupt
 
     from dataclasses import replace
-    monkeypatch.setitem(FORMATS, "ort", replace(FORMATS["ort"], stage=interrupted))
+    from bsconv_export.exporter.formats import registry
+    monkeypatch.setitem(registry().formats, "ort", replace(FORMATS["ort"], stage=interrupted))
     with pytest.raises(KeyboardInterrupt):
         export_bundle(shipped, tmp_path / "out", ExportOptions(formats=("onnx", "ort")))
     assert list(tmp_path.iterdir()) == []

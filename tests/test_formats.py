@@ -2,6 +2,7 @@
 
 A third-party plugin, installed from outside the repository, is tested in test_plugins.py.
 """
+import json
 import shutil
 import subprocess
 import sys
@@ -74,3 +75,21 @@ def test_help_does_not_import_heavy_backends():
             "'torchao') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr[-1000:]
+
+
+def test_the_manifest_records_every_option_and_reads_the_schema_3_fields_as_options(shared_bundle):
+    from bsconv_export.exporter.manifest import manifest_from_dict
+    d = json.loads((shared_bundle("onnx-ort-coreml") / "manifest.json").read_text())
+    assert d["schema_version"] == 4
+    assert d["export"]["options"]["coreml_input"] == "tensor" and d["export"]["options"]["keep_fp32"] == []
+    old = json.loads(json.dumps(d))
+    old["schema_version"] = 3
+    del old["export"]["options"]
+    old["export"].update(opset=18, coreml_precision="fp16", coreml_input="image", simplify=False)
+    m = manifest_from_dict(old)
+    assert m.schema_version == 4 and m.export.options == {"opset": 18, "coreml_precision": "fp16",
+                                                          "coreml_input": "image", "simplify": False}
+    bad = json.loads(json.dumps(d))
+    bad["export"]["options"]["opset"] = {"deep": [1]}
+    with pytest.raises(Exception, match="option 'opset' must be a JSON scalar"):
+        manifest_from_dict(bad)

@@ -248,3 +248,16 @@ def test_the_exporter_has_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_a_stages_side_files_are_its_records_and_must_be_there(shared_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(shared_bundle("onnx-ort-coreml"), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ort = next(a for a in manifest["artifacts"] if a["format"] == "ort")
+    assert ort["side_files"] == ["model.required_operators.config", "mobile_usability.txt"]
+    assert "/tmp" not in (bundle / "model.required_operators.config").read_text()  # no path of the exporting machine
+    (bundle / "mobile_usability.txt").unlink()
+    rehash(bundle)
+    r = CliRunner().invoke(app, ["check", str(bundle)])
+    assert r.exit_code == 1 and "mobile_usability.txt beside model.ort for apps, but it is missing" in r.output

@@ -53,7 +53,6 @@ class Format:
     note: Callable[[Any], str] | None = None  # what the bundle table says about its record
     #: what the file itself says, read without running it: (precision or None, opset or None)
     facts: Callable[[Path], tuple[str | None, int | None]] | None = None
-    side_files: tuple[str, ...] = ()        # other files its stage writes into the bundle
 
     @property
     def suffix(self) -> str:

@@ -44,7 +44,7 @@ def _block_outputs(model: nn.Module, x: np.ndarray) -> list[tuple[str, np.ndarra
     return seen
 
 
-def _onnx_values(path: Path, x: np.ndarray) -> tuple[list[tuple[str, str]], dict[str, np.ndarray]]:
+def _onnx_values(path: Path, x: np.ndarray, threads: int | None = None) -> tuple[list[tuple[str, str]], dict[str, np.ndarray]]:
     from ...backends import onnxruntime
     ort = onnxruntime()
     model = onnx.load(path)
@@ -55,6 +55,9 @@ def _onnx_values(path: Path, x: np.ndarray) -> tuple[list[tuple[str, str]], dict
             model.graph.output.append(onnx.ValueInfoProto(name=out))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: x})))
@@ -69,10 +72,11 @@ def _fit_batch(path: Path, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def first_divergence(onnx_path: str | Path, model: nn.Module, x: np.ndarray, tol: float) -> dict:
+def first_divergence(onnx_path: str | Path, model: nn.Module, x: np.ndarray, tol: float,
+                     threads: int | None = None) -> dict:
     """The first block whose ONNX output differs from PyTorch's by more than ``tol``."""
     x = _fit_batch(Path(onnx_path), x.astype(np.float32))
-    nodes, values = _onnx_values(Path(onnx_path), x)
+    nodes, values = _onnx_values(Path(onnx_path), x, threads)
     compared = 0
     for module_name, ref in _block_outputs(model, x.astype(np.float32)):
         scope = "/" + module_name.replace(".", "/") + "/"

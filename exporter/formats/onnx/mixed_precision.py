@@ -309,20 +309,21 @@ def profile_groups(path: Path, x: np.ndarray, groups: GraphGroups, threads: int 
     return dict(totals)
 
 
-def logits(path: Path, x: np.ndarray, batch: int) -> np.ndarray:
+def logits(path: Path, x: np.ndarray, batch: int, threads: int | None = None) -> np.ndarray:
     """``path``'s outputs on ``x``, ``batch`` samples at a time, on onnxruntime's CPU provider."""
     from ...contract import INPUT_NAME, OUTPUT_NAME
     from .runner import OnnxRunner
-    with OnnxRunner(path, "cpu") as runner:
+    with OnnxRunner(path, "cpu", threads=threads, spinning=False) as runner:
         return np.concatenate([runner.infer({INPUT_NAME: x[i:i + batch]})[OUTPUT_NAME]
                                for i in range(0, len(x), batch)])
 
 
 def top1_gate(candidate: Path, reference_logits: np.ndarray, x: np.ndarray, batch: int,
-              min_agreement: float, labels: np.ndarray | None = None, max_accuracy_drop: float | None = None) -> dict:
+              min_agreement: float, labels: np.ndarray | None = None, max_accuracy_drop: float | None = None,
+              threads: int | None = None) -> dict:
     """Top-1 agreement of ``candidate`` with the float model's logits on ``x`` (and the accuracy
     drop where labels exist); ``passed`` when both are within the int8 tolerance."""
-    out = logits(candidate, x, batch)
+    out = logits(candidate, x, batch, threads)
     agree = float(np.mean(out.argmax(1) == reference_logits.argmax(1)))
     result = {"agreement": round(agree, 4), "samples": int(len(x))}
     passed = agree >= min_agreement

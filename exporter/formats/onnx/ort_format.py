@@ -52,7 +52,9 @@ def convert_to_ort(src: Path, out_dir: Path) -> tuple[Path, Path]:
             raise RuntimeError(f"the converter wrote {len(produced)} .ort and {len(configs)} .config files")
         ort_path, cfg_path = out_dir / ORT_NAME, out_dir / CONFIG_NAME
         shutil.move(str(produced[0]), ort_path)
-        shutil.move(str(configs[0]), cfg_path)
+        # the converter lists the files it read by their temporary paths: this machine's, not the model's
+        cfg_path.write_text("".join(f"# - {Path(line[4:].strip()).name}\n" if line.startswith("# - ") else line
+                                    for line in configs[0].read_text().splitlines(keepends=True)))
     return ort_path, cfg_path
 
 
@@ -83,7 +85,7 @@ def export_ort(ctx: ExportContext) -> ArtifactRecord:
     (ctx.workdir / USABILITY_NAME).write_text(text)
     return ArtifactRecord(
         format="ort", status=Status.OK, path=ort_path.name, seconds=time.perf_counter() - t0,
-        opset=opset_of(ctx),
+        opset=opset_of(ctx), side_files=[cfg_path.name, USABILITY_NAME],
         details={"source": source_name, "required_operators_config": cfg_path.name,
                  "required_operators": parse_required_ops(cfg_path),
                  "mobile_usability_report": USABILITY_NAME, "mobile_usability": verdicts})

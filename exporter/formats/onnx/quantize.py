@@ -221,10 +221,10 @@ def layer_sensitivity(float_path: Path, qdq_path: Path, x: np.ndarray, batch: in
 
 
 def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float = 3.0, min_rounds: int = 8,
-                          block: int = 6, settle: int = 2) -> dict[str, np.ndarray]:
+                          block: int = 6, settle: int = 2, threads: int | None = None) -> dict[str, np.ndarray]:
     """Per round, each file's median seconds per run over a block of ``block`` runs (the first
     ``settle`` dropped), the files' blocks in rotating order, for ``budget_s``: onnxruntime's CPU
-    provider at its defaults, as an app runs it (thread spinning on — worth ~35 % to fp32 and
+    provider as an app runs it, on the export's ``threads`` (thread spinning on — worth ~35 % to fp32 and
     little to int8 on a 2-core AVX2 CPU, so timing without it would favour int8). Blocks, not
     single runs: a session's spinning threads slow the next session's first run."""
     from ...backends import onnxruntime
@@ -233,6 +233,8 @@ def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float
     for name, p in paths.items():
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
         sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
     feed = {INPUT_NAME: x}
     names = list(sessions)
@@ -289,19 +291,20 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
             gx, gy, gate_origin = gate_data(ctx, x, labels)
             gx = gx[:len(gx) - len(gx) % batch] if len(gx) >= batch else np.repeat(gx, batch, axis=0)[:batch]
             gy = gy[:len(gx)] if gy is not None else None
-            reference = mp.logits(pre, gx, batch)
+            reference = mp.logits(pre, gx, batch, ctx.threads)
             tol = DEFAULT_TOLERANCES["int8"]
             local = sorted(sensitivity, key=lambda r: r["local_sqnr_db"] if np.isfinite(r["local_sqnr_db"]) else np.inf)
             order = list(dict.fromkeys(g for g in (groups.tensor_group.get(r["tensor"]) for r in local) if g))
             one = ctx.example.detach().cpu().numpy()[:batch].astype(np.float32)
 
             def time_models(files: dict[str, Path]) -> dict[str, np.ndarray]:
-                return interleaved_latencies({"fp32": pre, **files}, one)
+                return interleaved_latencies({"fp32": pre, **files}, one, threads=ctx.threads)
 
             def gate(path: Path) -> dict:
-                return mp.top1_gate(path, reference, gx, batch, tol.min_top1_agreement, gy, tol.max_accuracy_drop)
-            plan, chosen = mp.decide(groups.groups, mp.profile_groups(pre, one, groups, threads=None),
-                                     mp.profile_groups(full, one, groups, threads=None), build, time_models, gate, order,
+                return mp.top1_gate(path, reference, gx, batch, tol.min_top1_agreement, gy, tol.max_accuracy_drop,
+                                    threads=ctx.threads)
+            plan, chosen = mp.decide(groups.groups, mp.profile_groups(pre, one, groups, threads=ctx.threads),
+                                     mp.profile_groups(full, one, groups, threads=ctx.threads), build, time_models, gate, order,
                                      weights=groups.weights)
             details["plan"] = {"method": "measured: onnxruntime's profiler per group (float vs all-int8) proposes "
                                "float regions at three granularities; the fastest file (timed interleaved with "

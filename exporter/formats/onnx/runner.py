@@ -87,7 +87,7 @@ class OnnxRunner(Runner):
 
     def first_divergence(self, model, x, atol: float) -> dict | None:
         from .localize import first_divergence
-        return first_divergence(self.path, model, x, atol)
+        return first_divergence(self.path, model, x, atol, self.threads)
 
     def load(self) -> "OnnxRunner":
         ort = onnxruntime()
