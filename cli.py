@@ -245,6 +245,21 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JS
         err.print(f"[yellow]not loaded:[/yellow] {escape(problem)}", highlight=False)
 
 
+@app.command("setup")
+def setup_cmd(
+    plugin: str = typer.Argument(..., help="The plugin to prepare, e.g. litert (see the plugin column of 'bsconv-export formats')."),
+) -> None:
+    """Prepare what a format plugin needs outside this environment (LiteRT: its converter's own environment)."""
+    from .exporter.formats import plugins
+    found = {p.name: p for p in plugins()}
+    chosen = found.get(plugin)
+    if chosen is None:
+        raise UserInputError(f"no format plugin named {plugin!r}; installed: {', '.join(sorted(found))}")
+    if chosen.setup is None:
+        raise UserInputError(f"the {plugin} plugin needs no setup; its formats work as installed")
+    out.print(chosen.setup(lambda message: err.print(message, highlight=False)), highlight=False)
+
+
 @app.command("info")
 @with_model_options
 def info_cmd(

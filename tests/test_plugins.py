@@ -163,13 +163,14 @@ def test_an_artifact_no_runner_can_load_is_unverified(tmp_path, plugin, shipped)
 
 
 def test_each_backend_is_imported_in_one_plugin_folder_only():
-    """coremltools, executorch/torchao, onnxsim, onnxruntime.quantization, onnxscript and
-    onnxconverter_common: each named by imports in one folder of exporter/formats, nowhere else."""
+    """coremltools, executorch/torchao, onnxsim, onnxruntime.quantization, onnxscript,
+    onnxconverter_common, ai_edge_litert and litert_torch: each named by imports in one folder of
+    exporter/formats, nowhere else."""
     owners: dict[str, set[str]] = {}
     for path in (REPO / "exporter").rglob("*.py"):
         text = path.read_text()
         for backend in ("coremltools", "executorch", "torchao", "onnxsim", "onnxruntime.quantization", "onnxscript",
-                        "onnxconverter_common"):
+                        "onnxconverter_common", "ai_edge_litert", "litert_torch"):
             if re.search(rf"^\s*(from|import) {re.escape(backend)}\b", text, re.M):
                 rel = path.relative_to(REPO / "exporter")
                 owners.setdefault(backend, set()).add(

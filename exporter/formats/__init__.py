@@ -73,6 +73,9 @@ class Plugin:
     tools: tuple[str, ...] = ()
     #: where its stages go among the plugins' (lower first; a row's requirements always come first)
     order: int = 100
+    #: prepares what the plugin needs outside this environment (``bsconv-export setup NAME``):
+    #: called with a progress callback, returns one line saying what is ready
+    setup: Callable[..., str] | None = None
     #: the module it came from (filled in on discovery)
     module: str = ""
 

@@ -1,0 +1,131 @@
+"""The LiteRT converter's own environment: where it lives, how it is made, how it is run.
+
+litert-torch cannot share bsconv-export's environment (its xdsl pins typing-extensions
+< 4.13, which leaves coremltools broken), so it gets one of its own: a virtual environment
+built from ``requirements.txt`` (every package pinned) in a per-user cache folder
+(``$BSCONV_EXPORT_CACHE``, else ``$XDG_CACHE_HOME/bsconv-export``, else
+``~/.cache/bsconv-export``), named by the requirements' hash, so a changed pin builds a new
+one. ``bsconv-export setup litert`` makes it (built aside, renamed into place when pip
+succeeded); the export refuses the format up front, with that command, while it is missing.
+The converter runs as a subprocess fed ``model.pt2`` (:mod:`convert_pt2`), with a time limit,
+its own process group (killed whole at the limit) and no network.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ....models.errors import UserInputError
+
+HERE = Path(__file__).resolve().parent
+REQUIREMENTS = HERE / "requirements.txt"
+SCRIPT = HERE / "convert_pt2.py"
+READY = ".bsconv-export-ready"
+CONVERT_TIMEOUT_S = 900
+SETUP_COMMAND = "bsconv-export setup litert"
+
+
+def cache_root() -> Path:
+    if os.environ.get("BSCONV_EXPORT_CACHE"):
+        return Path(os.environ["BSCONV_EXPORT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "bsconv-export"
+
+
+def env_dir() -> Path:
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    return cache_root() / f"litert-converter-{digest}"
+
+
+def env_python() -> Path | None:
+    """The converter environment's Python, or None while it is not made (or half-made)."""
+    d = env_dir()
+    python = d / "bin" / "python"
+    return python if (d / READY).is_file() and python.exists() else None
+
+
+def missing_reason() -> str | None:
+    if env_python() is None:
+        return (f"the LiteRT converter environment is not set up here (it needs its own 2.1 GB environment, "
+                f"~3 minutes to make): run '{SETUP_COMMAND}'")
+    return None
+
+
+def pinned(package: str) -> str | None:
+    """The version ``requirements.txt`` pins for ``package``."""
+    for line in REQUIREMENTS.read_text().splitlines():
+        name, _, ver = line.partition("==")
+        if name.strip().lower() == package.lower():
+            return ver.strip()
+    return None
+
+
+def setup(progress=None) -> Path:
+    """Make the converter environment (nothing to do when it exists); returns its folder."""
+    target = env_dir()
+    if env_python() is not None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    t0 = time.perf_counter()
+    try:
+        if progress:
+            progress(f"creating {target} (2.1 GB; pip output follows)")
+        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
+        pip = [str(building / "bin" / "python"), "-m", "pip"]
+        subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, "install", "-q", "--no-deps", "-r", str(REQUIREMENTS)], check=True)
+        subprocess.run([*pip, "check"], check=True)
+        if target.exists():      # a half-made one (no ready marker): replaced whole
+            shutil.rmtree(target)
+        building.rename(target)   # its bin/python finds its packages wherever the folder is
+        (target / READY).write_text(f"made in {time.perf_counter() - t0:.0f} s from {REQUIREMENTS.name}\n")
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(building, ignore_errors=True)
+        raise UserInputError(f"making the LiteRT converter environment failed ({' '.join(map(str, e.cmd[:4]))} "
+                             f"exited {e.returncode}); see pip's output above") from None
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return target
+
+
+class ConversionFailed(RuntimeError):
+    """The converter ran and failed (or ran out of time); the message holds its last words."""
+
+
+def convert(pt2: Path, out: Path, shape: tuple[int, ...], timeout: float = CONVERT_TIMEOUT_S) -> str:
+    """Run the converter on ``pt2``, writing ``out``; returns its log's tail."""
+    python = env_python()
+    if python is None:
+        raise ConversionFailed(missing_reason())
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONNOUSERSITE": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "NO_PROXY": "*"}
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([str(python), "-I", str(SCRIPT), str(pt2), str(out), ",".join(map(str, shape))],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(out.parent),
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise ConversionFailed(f"the LiteRT converter did not finish within {timeout:.0f} s") from None
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        log.seek(0)
+        lines = [ln for ln in log.read().splitlines() if ln.strip()]
+    if code != 0 or not out.is_file():
+        last = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
+        raise ConversionFailed(f"the LiteRT converter failed (exit {code}): {last.strip()[:400]}")
+    return "\n".join(lines[-5:])
