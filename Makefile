@@ -38,7 +38,7 @@ setup-litert: $(STAMP)
 	$(VENV)/bin/bsconv-export setup litert
 
 # Every zoo architecture at native size, every fp32 format (.pte included), checked: hours on 2 cores.
-test-zoo: $(STAMP)
+test-zoo: $(STAMP) setup-litert
 	$(PY) -m pytest -q -n auto -m zoo tests/test_zoo_check.py tests/test_reference.py tests/test_zoo.py tests/test_sources.py
 
 train: $(STAMP)

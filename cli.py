@@ -415,7 +415,7 @@ def export_cmd(
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, force=force,
                          replace_anyway=replace_anyway, **format_options)
     loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
-    if loaded.metadata.get("untrained"):
+    if loaded.untrained:
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
 
     def progress(stage: str, record) -> None:
@@ -471,7 +471,6 @@ def check_cmd(
     --atol or --rtol it is recorded beside it (user_checks) and never changes the export's verdict.
     """
     from .exporter.check import CheckOptions, run_check
-    from .exporter.original import load_original
     from .exporter.manifest import read_manifest, write_manifest
     from .models.limits import check_finite
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
@@ -479,7 +478,8 @@ def check_cmd(
             check_finite(value, flag, 0.0)
     quiet_third_party_logs()
     manifest = read_manifest(bundle)
-    original = load_original(manifest, checkpoint, entry_point=model, program=program)
+    original = manifest.model.source.reload(manifest.model, checkpoint=checkpoint, entry_point=model,
+                                            program=program)
     report = run_check(bundle, manifest, original, CheckOptions(data=str(data) if data else None, samples=samples,
                                                              atol=atol, rtol=rtol, localize=localize),
                        progress=check_progress)
@@ -498,50 +498,33 @@ def check_cmd(
     raise typer.Exit(0 if report.passed and not failed_stages else 1)
 
 
-def print_check_table(report) -> None:
-    out.print(f"check on {report.samples} inputs ({report.inputs}): "
-              f"{'[green]passed[/green]' if report.passed else '[red]FAILED[/red]'}", highlight=False)
-    if report.reference_error:
-        out.print(f"PyTorch fp32 vs float64 (the reference's own error): max "
-                  f"{report.reference_error['torch_fp32_vs_fp64_max']:.2g}, logits up to "
-                  f"{report.reference_error['logit_scale_max']:.3g}", highlight=False)
-    table = Table(Column("artifact", no_wrap=True), Column("runner", no_wrap=True), "status", "max abs",
-                  "torch fp32 err", "cos min", "top-1 agr", "top-5", "acc (torch)", "note")
-    for r in report.records:
-        m = r.metrics
-        colour = COLOUR[r.status.value]
-        acc = f"{r.accuracy:.2%} ({r.reference_accuracy:.2%})" if r.accuracy is not None else "-"
-        note = r.reason or ""
-        fd = r.first_divergence
-        if fd and fd.get("found"):
-            note += f"; first divergence at {fd['torch_module']} (ONNX {fd['onnx_node']}, error {fd['max_abs_error']:.3g})"
-        table.add_row(r.artifact, r.runner, f"[{colour}]{r.status.value}[/{colour}]",
-                      f"{m['max_abs']:.2g}" if m else "-",
-                      f"{m['torch_fp32_error_max']:.2g}" if "torch_fp32_error_max" in m else "-",
-                      f"{m['cosine_min']:.6f}" if m else "-", f"{m['top1_agreement']:.2%}" if m else "-",
-                      f"{m['top5_overlap']:.2%}" if m else "-", acc, escape(note))
+def show(view, title_style: str = "", status_colour: bool = True) -> None:
+    """Draw a :class:`~exporter.views.View` (the same one ``report`` writes) with rich."""
+    title = escape(view.title)
+    for word, colour in COLOUR.items():   # the verdict word in the title, coloured
+        title = title.replace(f": {word}", f": [{colour}]{word}[/{colour}]")
+    title = title.replace(": FAILED", ": [red]FAILED[/red]")
+    out.print(f"[{title_style}]{title}[/{title_style}]" if title_style else title, highlight=False)
+    table = Table(*[Column(h, no_wrap=i < 2) for i, h in enumerate(view.head)])
+    for row, status in zip(view.rows, view.status or [""] * len(view.rows)):
+        cells = [escape(c) for c in row]
+        if status_colour and status in COLOUR and "status" in view.head:
+            i = view.head.index("status")
+            cells[i] = f"[{COLOUR[status]}]{cells[i]}[/{COLOUR[status]}]"
+        table.add_row(*cells)
     out.print(table)
-    tolerances = sorted({(r.precision, r.tolerance) for r in report.records})
-    out.print("tolerances: " + "; ".join(f"{p} {t}" for p, t in tolerances), highlight=False)
+    for note in view.notes:
+        out.print(note, highlight=False)
+
+
+def print_check_table(report) -> None:
+    from .exporter.views import check_view
+    show(check_view(report))
 
 
 def print_bundle_table(manifest, bundle: Path) -> None:
-    from .exporter.formats import get_format
-    m = manifest.model
-    colour = COLOUR.get(manifest.verdict, "red")
-    out.print(f"[bold]{m.arch}[/bold] → {bundle}  ({m.params:,} params, {m.macs:,} MACs, "
-              f"input {manifest.export.input_shape}): [{colour}]{manifest.verdict}[/{colour}]", highlight=False)
-    table = Table(Column("format", no_wrap=True), Column("file", no_wrap=True), Column("size", no_wrap=True),
-                  "nodes", "status", "note")
-    for a in manifest.artifacts:
-        size = f"{a.bytes / 1e6:.2f} MB" if a.bytes else "-"
-        fmt = get_format(a.format)
-        note = a.error or (fmt.note(a) if a.ok and fmt and fmt.note else "")
-        c = COLOUR[a.status.value]
-        table.add_row(a.format, a.path or "-", size, str(a.nodes or "-"), f"[{c}]{a.status.value}[/{c}]",
-                      escape(note))
-    out.print(table)
-    out.print(f"reproduce: {manifest.command}", highlight=False)
+    from .exporter.views import bundle_view
+    show(bundle_view(manifest, bundle))
 
 
 def parse_threads(text: str, cores: int) -> int | str | None:
@@ -599,14 +582,14 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-        from .exporter.original import load_original
-        from .exporter.manifest import read_manifest
-        original = load_original(read_manifest(target), entry_point=model, program=program)
+            from .exporter.manifest import read_manifest
+        recorded = read_manifest(target).model
+        original = recorded.source.reload(recorded, entry_point=model, program=program)
 
     def progress(row: dict) -> None:
         if row.get("paired"):
             lo, hi = row["ratio_ci95"]
-            err.print(f"  {row['artifact']} vs {row['baseline']} (onnxruntime), b{row['batch']}, interleaved: "
+            err.print(f"  {row['artifact']} vs {row['baseline']} ({row['baseline_runner']}), b{row['batch']}, interleaved: "
                       f"{row['ratio_median']:.2f}x [{lo:.2f}, {hi:.2f}]", highlight=False)
             return
         if row["status"] == "ok":
@@ -620,7 +603,8 @@ def bench_cmd(
     from .exporter.manifest import check_recordable, record_bundle_file, write_bundle_file
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
-    is_bundle = target.is_dir() and target.suffix != ".mlpackage"
+    from .exporter.formats import artifact_suffixes
+    is_bundle = target.is_dir() and target.suffix not in artifact_suffixes()
     dest = out_file or (target / "bench.json" if is_bundle else None)
     into_bundle = is_bundle and dest.parent.resolve() == target.resolve()
     if into_bundle:
@@ -636,31 +620,14 @@ def bench_cmd(
     if as_json:
         emit_json(results)
         raise typer.Exit(0 if timed else 1)
-    from .exporter.report import BENCH_HEAD, bench_rows
-    mach = results["machine"]
-    out.print(f"{mach['cpu']}, {mach['usable_cores']} cores, ISA {', '.join(mach['isa'])}; "
-              f"onnxruntime {mach['versions']['onnxruntime']}", highlight=False)
-    table = Table(*BENCH_HEAD)
-    skipped = []
-    for row, res in zip(bench_rows(results), results["results"]):
-        if res["status"] != "ok":
-            skipped.append(f"{res['artifact']} {res['provider']} b{res['batch']}: {res['reason']}")
-            row = row[:-1] + ["see below"]
-        table.add_row(*[escape(c) for c in row])
-    out.print(table)
-    for line in skipped:
-        out.print(f"skipped {line}", highlight=False)
-    for pair in results["paired"]:
-        if pair["status"] == "ok":
-            lo, hi = pair["ratio_ci95"]
-            out.print(f"{pair['artifact']} ({pair['runner']}) / {pair['baseline']} (onnxruntime-cpu), batch "
-                      f"{pair['batch']}, {pair['pairs']} interleaved pairs: median ratio {pair['ratio_median']:.2f} "
-                      f"(95% CI {lo:.2f}–{hi:.2f})", highlight=False)
-        else:
-            out.print(f"{pair['artifact']} vs {pair['baseline']}: skipped — {pair['reason']}", highlight=False)
+    from .exporter.bench_result import BenchResult
+    from .exporter.views import bench_view
+    view = bench_view(BenchResult.from_dict(results))
+    show(view)
     if dest and timed:
         out.print(f"results: {dest}", highlight=False)
     if not timed:
+        skipped = [n for n in view.notes if n.startswith("skipped ")]
         err.print("[red]nothing was timed[/red]: " + escape("; ".join(skipped) or "no configuration ran"),
                   highlight=False)
         raise typer.Exit(1)

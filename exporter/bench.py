@@ -28,11 +28,11 @@ from .machine import default_threads, fingerprint, machine_info, usable_cores
 from .contract import INPUT_NAME
 from .formats import benchmark_targets
 from .backends import onnxruntime
+from .bench_result import SCHEMA
 from .formats import artifact_suffixes, get_format, kind_for_suffix, runners_for
 from .runners import Runner, RunnerUnavailable
 from .stats import bootstrap_ci, summarize, windows_agree
 
-SCHEMA = "bsconv-export-bench/1"
 MAX_STORED_SAMPLES = 2000
 
 

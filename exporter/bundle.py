@@ -52,16 +52,6 @@ class BundleResult:
         return self.manifest.artifacts
 
 
-def model_source_args(loaded: LoadedCheckpoint, spec_args: list[str] = ()) -> list[str]:
-    """How the reproduce command names the model: a zoo checkpoint, else its architecture; an
-    entry point or program with its checkpoint and the input-spec options it was given."""
-    src = loaded.source
-    if src.kind == "zoo":
-        return ["--checkpoint", str(loaded.path)] if loaded.sha256 else [loaded.arch]
-    ckpt = ["--checkpoint", str(loaded.path)] if src.kind == "entry_point" and loaded.sha256 else []
-    return [*src.cli_args(), *ckpt, *spec_args]
-
-
 def check_input_size(opts: ExportOptions, loaded: LoadedCheckpoint) -> int:
     size = opts.input_size or loaded.input_spec.size
     stride = getattr(loaded.model, "total_stride", 1)
@@ -139,7 +129,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
         spec = type(spec).from_dict({**spec.to_dict(), "size": size})
     validate_options(opts, spec)
     check_program_batch(opts, loaded)
-    inputs = tuple(Path(p) for p in (loaded.path if loaded.sha256 else None, loaded.source.program or None) if p)
+    inputs = loaded.source.input_files(loaded)
     claim = OutClaim(out, force=opts.force, inputs=inputs)
     if claim.check() and check is None and not opts.replace_anyway:
         raise UserInputError(f"--no-check would leave the new bundle unverified, so it would not replace {out}; "
@@ -161,7 +151,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
                     if progress:
                         progress(fmt.name, ctx.records[fmt.name])
             manifest = build_manifest(ctx, loaded, reproduce_command(
-                model_source_args(loaded, loaded.metadata.get("spec_args", [])), opts, out, size))
+                loaded.source.reproduce_args(loaded), opts, out, size))
             release_export_memory(ctx)
             del prepared
             if check is not None:
@@ -190,7 +180,7 @@ def build_manifest(ctx: ExportContext, loaded: LoadedCheckpoint, command: str) -
         model=ModelInfo(arch=ctx.arch, num_classes=ctx.spec.num_classes, params=ctx.params, macs=ctx.macs,
                         input_spec=ctx.spec, checkpoint=str(loaded.path) if loaded.sha256 else None,
                         checkpoint_sha256=loaded.sha256 or None,
-                        trained=not loaded.metadata.get("untrained", False), source=loaded.source),
+                        trained=not loaded.untrained, source=loaded.source),
         export=ExportInfo(input_shape=list(ctx.example.shape), dynamic_batch=ctx.options.dynamic_batch,
                           formats=list(ctx.options.formats), options=recorded_options(ctx.options)),
         artifacts=list(ctx.records.values()), tools=tool_versions(ctx.records), command=command)

@@ -30,7 +30,7 @@ from ..models.errors import UserInputError
 from ..models.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE  # noqa: F401 - re-exported
 from ..models.registry import InputSpec
 from ..models.safe_io import loads_json, read_regular
-from ..models.source import ModelSource
+from ..models.source import ModelSource, ZooSource, source_from_dict
 from .records import ArtifactRecord, CheckRecord, CheckReport, Status
 
 SCHEMA_VERSION = 4
@@ -55,7 +55,7 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         if self.source is None:
-            self.source = ModelSource("zoo", arch=self.arch)
+            self.source = ZooSource(arch=self.arch)
 
     @property
     def labels(self) -> list[str]:
@@ -180,22 +180,6 @@ def _spec(r: _Reader, d: Any) -> InputSpec:
         raise r.bad(f"'input_spec' is invalid ({e})") from None
 
 
-def _source(r: _Reader, d: Any, arch: str) -> ModelSource:
-    if d is None:
-        return ModelSource("zoo", arch=arch)
-    kind = r.get(d, "kind", str)
-    if kind == "zoo":
-        return ModelSource("zoo", arch=r.get(d, "arch", str))
-    if kind == "entry_point":
-        args = r.get(d, "model_args", dict, optional=True, default={})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
-            raise r.bad("'model_args' must map names to strings")
-        return ModelSource("entry_point", entry_point=r.get(d, "entry_point", str), model_args=tuple(args.items()))
-    if kind == "program":
-        return ModelSource("program", program=r.get(d, "program", str), program_sha256=r.get(d, "program_sha256", str))
-    raise r.bad(f"model source kind {kind!r} is unknown")
-
-
 def _artifact(r: _Reader, d: Any) -> ArtifactRecord:
     status = r.get(d, "status", str)
     try:
@@ -315,7 +299,7 @@ def manifest_from_dict(d: Any, where: str = MANIFEST) -> Manifest:
                         checkpoint=r.get(m, "checkpoint", str, optional=True),
                         checkpoint_sha256=r.get(m, "checkpoint_sha256", str, optional=True),
                         trained=r.get(m, "trained", bool, optional=True, default=False),
-                        source=_source(r, r.get(m, "source", dict, optional=True), r.get(m, "arch", str))),
+                        source=source_from_dict(r, r.get(m, "source", dict, optional=True), r.get(m, "arch", str))),
         export=ExportInfo(input_shape=shape, dynamic_batch=r.get(e, "dynamic_batch", bool),
                           # version 1 did not record the chosen formats: every built one was chosen
                           formats=formats if formats is not None else [a.format for a in artifacts],

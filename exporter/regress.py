@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..models.errors import UserInputError
-from ..models.safe_io import loads_json, read_regular
 
 from .bench import BenchOptions, example_for, measure, measure_paired, resolve_targets, usable_cores
+from .bench_result import BenchResult
 from .contract import INPUT_NAME
 from .machine import default_threads, fingerprint, machine_info
 from .formats import runners_for
@@ -54,34 +54,27 @@ def regress_ab(baseline: str | Path, candidate: str | Path, *, provider: str = "
 
 def regress_stored(results_json: str | Path, candidate: str | Path, *, provider: str = "cpu",
                    duration: float = 20.0, max_slowdown: float = 0.05, confidence: float = 0.95) -> dict:
-    path = Path(results_json)
-    stored = loads_json(read_regular(path, "the bench result", max_bytes=MAX_RESULTS_BYTES), str(path),
-                        f"make one with 'bsconv-export bench ... --out {results_json}'")
-    results = stored.get("results") if isinstance(stored, dict) else None
-    if not isinstance(results, list):
-        raise UserInputError(f"{results_json}: not a bench result (no 'results' list); make one with "
-                             f"'bsconv-export bench ... --out {results_json}'")
-    rows = [r for r in results if isinstance(r, dict) and r.get("status") == "ok" and r.get("provider") == provider
-            and r.get("batch") == 1 and isinstance(r.get("samples_ms"), list) and len(r["samples_ms"]) >= 5
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in r["samples_ms"])]
+    stored = BenchResult.read(results_json, f"make one with 'bsconv-export bench ... --out {results_json}'")
+    rows = [r for r in stored.rows if r.ok and r.provider == provider and r.batch == 1 and len(r.samples_ms) >= 5
+            and all(v > 0 for v in r.samples_ms)]
     if not rows:
         raise UserInputError(f"{results_json} has no batch-1 {provider} samples; make it with "
                              f"'bsconv-export bench ... --providers {provider} --out {results_json}'")
     row = rows[0]
     warnings = []
     here = fingerprint(machine_info())
-    stored_fp = stored.get("fingerprint") if isinstance(stored.get("fingerprint"), dict) else {}
+    stored_fp = stored.fingerprint
     if stored_fp != here:
         diff = {k: (stored_fp.get(k), v) for k, v in here.items() if stored_fp.get(k) != v}
         warnings.append(f"machine fingerprint differs from the stored run ({diff}); the comparison may not hold")
-    threads = row.get("threads")
+    threads = row.threads
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= usable_cores():
         threads = None  # a stored count this machine cannot honour: onnxruntime's default
     with _runner(candidate, provider, threads) as r:
         path = r.path
         x = example_for(r)
         lat, _ = measure(lambda: r.infer({INPUT_NAME: x}), BenchOptions(warmup=10, duration=duration))
-    base = np.asarray(row["samples_ms"]) / 1e3
+    base = np.asarray(row.samples_ms) / 1e3
     d = unpaired_decision(base, lat, max_slowdown, confidence)
     return {"mode": "stored", "baseline": str(results_json), "candidate": str(path), "provider": provider,
             "decision": d.to_dict(), "summary": d.describe(), "warnings": warnings,

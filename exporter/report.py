@@ -10,32 +10,33 @@ from pathlib import Path
 
 from ..models.errors import UserInputError
 
-from ..models.safe_io import loads_json, read_regular
+from .bench_result import BenchResult
 from .manifest import (changed_since_export, check_recordable, read_manifest, record_bundle_file,
                        write_bundle_file)
+from .views import bench_view, bundle_view, check_view, html_table, markdown
 
 PLOT_NAME = "report_latency.png"
 
 
-def _plot(bench: dict, out: Path, bundle: Path) -> bool:
+def _plot(bench: BenchResult, title: str, out: Path, bundle: Path) -> bool:
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-    rows = [r for r in bench["results"] if r.get("status") == "ok" and r.get("samples_ms")]
+    rows = [r for r in bench.rows if r.ok and r.samples_ms]
     if not rows:
         return False
     labels, data = [], []
     for r in rows:
-        labels.append(f"{r['artifact']}\n{r['provider']} b{r['batch']}")
-        data.append(r["samples_ms"])
-        if r.get("vs_torch"):
-            labels.append(f"torch eager\n(paired) b{r['batch']}")
-            data.append(r["vs_torch"]["samples_ms"])
+        labels.append(f"{r.artifact}\n{r.provider} b{r.batch}")
+        data.append(r.samples_ms)
+        if r.torch_samples_ms:
+            labels.append(f"torch eager\n(paired) b{r.batch}")
+            data.append(r.torch_samples_ms)
     fig = Figure(figsize=(max(5, 1.6 * len(labels)), 4), dpi=110)
     ax = fig.subplots()
     ax.boxplot(data, positions=range(len(data)), showfliers=True, widths=0.6)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("latency (ms, log scale)")
-    ax.set_title(f"{(bench.get('model') or {}).get('arch', bench['target'])} on {bench['machine']['cpu']}", fontsize=9)
+    ax.set_title(f"{title} on {bench.machine.get('cpu')}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     import io
@@ -52,53 +53,14 @@ def _write(out: Path, data: str | bytes, bundle: Path) -> Path:
     return write_bundle_file(out.parent, out.name, data)
 
 
-def bench_rows(bench: dict) -> list[list[str]]:
-    rows = []
-    for r in bench["results"]:
-        if r["status"] != "ok":
-            rows.append([r["artifact"], r["provider"], str(r["batch"]), "skipped", "-", "-", "-", "-", r.get("reason", "")])
-            continue
-        lat = r["latency"]
-        vs = r.get("vs_torch")
-        ratio = f"{vs['ratio_median']:.2f} ({vs['ratio_ci95'][0]:.2f}–{vs['ratio_ci95'][1]:.2f})" if vs else "-"
-        rows.append([r["artifact"], r["provider"], str(r["batch"]), str(r.get("threads") or "default"),
-                     f"{lat['p50_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
-                     f"{lat['throughput_per_s']:.0f}", ratio])
-    return rows
-
-
-BENCH_HEAD = ["artifact", "provider", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "items/s", "vs torch (95% CI)"]
-
-
-MAX_BENCH_BYTES = 64 << 20
-
-
-def _read_bench(path: Path) -> dict | None:
+def _read_bench(path: Path) -> BenchResult | None:
     """The bundle's bench.json, if it is one of ours; a foreign or broken one is an error."""
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_symlink() or not path.is_file():
         raise UserInputError(f"{path} is not a bench result of ours (a link or not a file); "
                              "delete it and run 'bsconv-export bench' again")
-    bench = loads_json(read_regular(path, "the bench result", max_bytes=MAX_BENCH_BYTES, follow_links=False),
-                       str(path), "run 'bsconv-export bench' again")
-    from .bench import SCHEMA
-    ok = (isinstance(bench, dict) and bench.get("schema") == SCHEMA and isinstance(bench.get("results"), list)
-          and isinstance(bench.get("machine"), dict) and all(isinstance(r, dict) for r in bench["results"]))
-    if not ok:
-        raise UserInputError(f"{path} is not a {SCHEMA} result; run 'bsconv-export bench' again")
-    try:
-        bench_rows(bench)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise UserInputError(f"{path} has a malformed result row ({type(e).__name__}: {e}); "
-                             "run 'bsconv-export bench' again") from None
-    return bench
-
-
-def _metric(record, key: str, spec: str) -> str:
-    """A stored check metric, or "-" where a manifest (anyone's) does not hold it."""
-    value = record.metrics.get(key)
-    return format(value, spec) if value is not None else "-"
+    return BenchResult.read(path)
 
 
 def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "md") -> tuple[Path, list[str]]:
@@ -119,36 +81,26 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
     if out.parent.resolve() == bundle.resolve():
         for name in (out.name, plot.name):   # both refused up front: never a plot without its report
             check_recordable(bundle, name)
-    has_plot = bool(bench) and _plot(bench, plot, bundle)
+    has_plot = bool(bench) and _plot(bench, manifest.model.arch, plot, bundle)
     m = manifest.model
-    art_head = ["format", "file", "bytes", "nodes", "status", "error"]
-    art_rows = [[a.format, a.path or "-", str(a.bytes or "-"), str(a.nodes or "-"), a.status.value,
-                 a.error or ""] for a in manifest.artifacts]
-    chk = manifest.check
-    chk_head = ["artifact", "runner", "status", "max abs", "torch fp32 err", "cosine min", "top-1 agreement",
-                "accuracy", "note"]
-    chk_rows = [[r.artifact, r.runner, r.status.value,
-                 _metric(r, "max_abs", ".2g"), _metric(r, "torch_fp32_error_max", ".2g"),
-                 _metric(r, "cosine_min", ".6f"), _metric(r, "top1_agreement", ".2%"),
-                 f"{r.accuracy:.2%}" if r.accuracy is not None else "-", r.reason or ""]
-                for r in (chk.records if chk else [])]
-    verdict = (f"recorded verdict {manifest.verdict}, but files changed since: {', '.join(changed)}; run "
-               "'bsconv-export check' on it" if changed else f"verdict: {manifest.verdict}")
-    sections = [(f"Artifacts ({verdict})", art_head, art_rows)]
-    if chk:
-        sections.append((f"Equivalence check ({'passed' if chk.passed else 'FAILED'}, {chk.inputs})",
-                         chk_head, chk_rows))
+    artifacts = bundle_view(manifest, bundle)
+    artifacts.title = (f"Artifacts (recorded verdict {manifest.verdict}, but files changed since: {', '.join(changed)}; "
+                       "run 'bsconv-export check' on it)" if changed else f"Artifacts (verdict: {manifest.verdict})")
+    artifacts.notes = []
+    views = [artifacts]
+    if manifest.check:
+        check = check_view(manifest.check)
+        check.title = f"Equivalence check: {check.title}"
+        views.append(check)
     if bench:
-        mach = bench["machine"]
-        sections.append((f"Latency on {mach.get('cpu')} ({mach.get('usable_cores')} cores, "
-                         f"ISA {', '.join(map(str, mach.get('isa') or []))})", BENCH_HEAD, bench_rows(bench)))
+        latency = bench_view(bench)
+        latency.title = f"Latency on {latency.title}"
+        views.append(latency)
     title = f"{m.arch} — {m.params:,} parameters, {m.macs:,} MACs"
     if fmt == "md":
         text = [f"# {title}", "", f"Reproduce: `{manifest.command}`", ""]
-        for name, head, rows in sections:
-            text += [f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            text += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-            text.append("")
+        for view in views:
+            text += markdown(view)
         if has_plot:
             text += [f"![latency]({plot.name})", ""]
         elif not bench:
@@ -156,11 +108,7 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
         body = "\n".join(text)
     else:
         parts = [f"<h1>{html.escape(title)}</h1><p>Reproduce: <code>{html.escape(manifest.command)}</code></p>"]
-        for name, head, rows in sections:
-            parts.append(f"<h2>{html.escape(name)}</h2><table border=1 cellpadding=3><tr>"
-                         + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-                         + "</table>")
+        parts += [html_table(view) for view in views]
         if has_plot:
             parts.append(f'<img src="{html.escape(plot.name)}" alt="latency">')
         body = ("<!doctype html><meta charset=utf-8><title>" + html.escape(m.arch) + "</title>" + "\n".join(parts))

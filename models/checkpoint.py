@@ -43,13 +43,18 @@ class LoadedCheckpoint:
     path: Path
     sha256: str
     input_spec: InputSpec
-    metadata: dict[str, Any]
+    #: the checkpoint's own JSON header (training config, accuracy), as the file holds it
+    header: dict[str, Any] = field(default_factory=dict)
     source: "ModelSource" = field(default=None)  # type: ignore[assignment]
+    #: no checkpoint: seeded, untrained weights (enough to export a shape, not to ship)
+    untrained: bool = False
+    #: the input-spec options a model outside the zoo was given (the reproduce command repeats them)
+    spec_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.source is None:
-            from .source import ModelSource
-            self.source = ModelSource("zoo", arch=self.arch)
+            from .source import ZooSource
+            self.source = ZooSource(arch=self.arch)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -215,7 +220,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> LoadedC
     model.eval()
     return LoadedCheckpoint(model=model, arch=model.arch, path=path, sha256=file_sha256(path),
                             input_spec=model.input_spec,
-                            metadata={k: v for k, v in header.items() if k != "input_spec"})
+                            header={k: v for k, v in header.items() if k != "input_spec"})
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -255,4 +260,4 @@ def resolve_model(arch: str | None = None, checkpoint: str | os.PathLike | None 
     torch.manual_seed(0)
     model = create_model(arch)
     return LoadedCheckpoint(model=model, arch=model.arch, path=Path(""), sha256="",
-                            input_spec=model.input_spec, metadata={"untrained": True})
+                            input_spec=model.input_spec, untrained=True)

@@ -27,7 +27,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -46,41 +46,248 @@ SPEC_KEYS = {"size", "channels", "num_classes", "mean", "std", "value_range", "c
 SPEC_HINT = "pass --input-spec spec.json, or --input-size N (with --mean, --std, --labels as needed)"
 
 
-@dataclass(frozen=True)
 class ModelSource:
-    """What the manifest records about where the model came from."""
+    """Where a model came from: one class per kind (:class:`ZooSource`, :class:`EntryPointSource`,
+    :class:`ProgramSource`), each with its manifest record (``to_dict`` / :func:`source_from_dict`),
+    its command-line spelling, its loading from a request (``load``) and its way of rebuilding the
+    original a bundle came from (``reload``)."""
 
-    kind: str                                   # "zoo", "entry_point" or "program"
-    arch: str = ""                              # zoo name
-    entry_point: str = ""                       # package.module:factory
-    model_args: tuple[tuple[str, str], ...] = ()  # as typed, in order
-    program: str = ""                           # path of the .pt2
-    program_sha256: str = ""
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if cls.kind:
+            SOURCES[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
-        if self.kind == "zoo":
-            return {"kind": "zoo", "arch": self.arch}
-        if self.kind == "entry_point":
-            return {"kind": "entry_point", "entry_point": self.entry_point,
-                    "model_args": {k: v for k, v in self.model_args}}
-        return {"kind": "program", "program": self.program, "program_sha256": self.program_sha256}
+        raise NotImplementedError
 
     def cli_args(self) -> list[str]:
         """How a command line names this source (without the checkpoint or spec options)."""
-        if self.kind == "entry_point":
-            return ["--model", self.entry_point] + [a for k, v in self.model_args for a in ("--model-arg", f"{k}={v}")]
-        if self.kind == "program":
-            return ["--program", self.program]
-        return [self.arch] if self.arch else []
+        raise NotImplementedError
 
     @property
     def label(self) -> str:
         """A short name for tables and the manifest's ``arch``."""
-        if self.kind == "entry_point":
-            return self.entry_point
-        if self.kind == "program":
-            return Path(self.program).name
+        raise NotImplementedError
+
+    def reproduce_args(self, loaded) -> list[str]:
+        """How the reproduce command names the model: the source, its checkpoint and its spec options."""
+        return [*self.cli_args(), *loaded.spec_args]
+
+    def input_files(self, loaded) -> tuple[Path, ...]:
+        """The files an export reads for this model (never to be replaced by its bundle)."""
+        return (Path(loaded.path),) if loaded.sha256 else ()
+
+    @classmethod
+    def load(cls, req: "ModelRequest"):
+        """The model ``req`` names, loaded (a :class:`~.checkpoint.LoadedCheckpoint`)."""
+        raise NotImplementedError
+
+    def reload(self, model_info, *, checkpoint: str | Path | None = None, entry_point: str | None = None,
+               program: str | Path | None = None) -> nn.Module:
+        """The PyTorch model a bundle was exported from, by this source as its manifest records it
+        (``model_info``); the caller's flags confirm or replace what the manifest says."""
+        raise NotImplementedError
+
+    def _refuse(self, entry_point, program) -> None:
+        """A --model or --program given for a bundle that came from elsewhere."""
+        if program is not None and not isinstance(self, ProgramSource):
+            raise UserInputError(f"the bundle was exported from {self.label}, not a program file; drop --program")
+        if entry_point is not None and not isinstance(self, EntryPointSource):
+            raise UserInputError(f"the bundle was exported from {self.label}, not a Python entry point; drop --model")
+
+
+SOURCES: dict[str, type[ModelSource]] = {}
+
+
+@dataclass(frozen=True)
+class ZooSource(ModelSource):
+    """``ARCH`` and/or ``--checkpoint``: the model zoo."""
+
+    kind: ClassVar[str] = "zoo"
+    arch: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "arch": self.arch}
+
+    @classmethod
+    def from_dict(cls, r, d: dict) -> "ZooSource":
+        return cls(arch=r.get(d, "arch", str))
+
+    def cli_args(self) -> list[str]:
+        return [self.arch] if self.arch else []
+
+    @property
+    def label(self) -> str:
         return self.arch
+
+    def reproduce_args(self, loaded) -> list[str]:
+        return ["--checkpoint", str(loaded.path)] if loaded.sha256 else [loaded.arch]
+
+    @classmethod
+    def load(cls, req: "ModelRequest"):
+        from .checkpoint import resolve_model
+        if req.spec.spec_file or req.spec.mean or req.spec.std or req.spec.labels_file:
+            raise UserInputError("a zoo model has its own input spec; --input-spec, --mean, --std and --labels "
+                                 "are for --model and --program")
+        return resolve_model(req.arch, req.checkpoint)
+
+    def reload(self, model_info, *, checkpoint=None, entry_point=None, program=None) -> nn.Module:
+        from .checkpoint import load_checkpoint, resolve_model
+        self._refuse(entry_point, program)
+        path = Path(checkpoint) if checkpoint is not None else recorded_checkpoint(model_info)
+        if path is not None:
+            return load_checkpoint(path, model_info.arch).model
+        return resolve_model(model_info.arch).model  # untrained: seeded, so rebuilt identically
+
+
+@dataclass(frozen=True)
+class EntryPointSource(ModelSource):
+    """``--model package.module:factory`` with ``--model-arg key=value``: the user's own code."""
+
+    kind: ClassVar[str] = "entry_point"
+    entry_point: str = ""
+    model_args: tuple[tuple[str, str], ...] = ()  # as typed, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "entry_point": self.entry_point, "model_args": {k: v for k, v in self.model_args}}
+
+    @classmethod
+    def from_dict(cls, r, d: dict) -> "EntryPointSource":
+        args = r.get(d, "model_args", dict, optional=True, default={})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
+            raise r.bad("'model_args' must map names to strings")
+        return cls(entry_point=r.get(d, "entry_point", str), model_args=tuple(args.items()))
+
+    def cli_args(self) -> list[str]:
+        return ["--model", self.entry_point] + [a for k, v in self.model_args for a in ("--model-arg", f"{k}={v}")]
+
+    @property
+    def label(self) -> str:
+        return self.entry_point
+
+    def reproduce_args(self, loaded) -> list[str]:
+        ckpt = ["--checkpoint", str(loaded.path)] if loaded.sha256 else []
+        return [*self.cli_args(), *ckpt, *loaded.spec_args]
+
+    @classmethod
+    def load(cls, req: "ModelRequest"):
+        from .checkpoint import load_state_into
+        pairs = parse_model_args(req.model_args)
+        model = call_entry_point(req.entry_point, {k: literal(v) for k, v in pairs})
+        source = cls(entry_point=req.entry_point, model_args=pairs)
+        digest, header = "", {}
+        if req.checkpoint is not None:
+            digest, header = load_state_into(model, req.checkpoint, req.entry_point)
+        spec = spec_for(model, req.spec, header.get("input_spec"), label=req.entry_point)
+        return _loaded(model, source, spec, req.checkpoint or Path(""), digest, req)
+
+    def reload(self, model_info, *, checkpoint=None, entry_point=None, program=None) -> nn.Module:
+        """A Python entry point is code, and a bundle may come from anyone: it is imported only when
+        the caller names the same entry point (the CLI's ``--model``), never because a manifest says so."""
+        from .checkpoint import load_state_into
+        self._refuse(entry_point, program)
+        if entry_point is None:
+            raise UserInputError(f"the bundle was exported from the Python entry point {self.entry_point}; running "
+                                 f"it imports that code, so confirm it: pass --model {self.entry_point}")
+        if entry_point != self.entry_point:
+            raise UserInputError(f"the bundle was exported from {self.entry_point}, not {entry_point}")
+        path = Path(checkpoint) if checkpoint is not None else recorded_checkpoint(model_info)
+        model = call_entry_point(self.entry_point, {k: literal(v) for k, v in self.model_args})
+        if path is not None:
+            load_state_into(model, path, self.entry_point)
+        model.input_spec = model_info.input_spec
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class ProgramSource(ModelSource):
+    """``--program model.pt2``: an ExportedProgram, read without unpickling or running code from it."""
+
+    kind: ClassVar[str] = "program"
+    program: str = ""                           # path of the .pt2
+    program_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "program": self.program, "program_sha256": self.program_sha256}
+
+    @classmethod
+    def from_dict(cls, r, d: dict) -> "ProgramSource":
+        return cls(program=r.get(d, "program", str), program_sha256=r.get(d, "program_sha256", str))
+
+    def cli_args(self) -> list[str]:
+        return ["--program", self.program]
+
+    @property
+    def label(self) -> str:
+        return Path(self.program).name
+
+    def input_files(self, loaded) -> tuple[Path, ...]:
+        return (Path(self.program),)
+
+    @classmethod
+    def load(cls, req: "ModelRequest"):
+        if req.checkpoint is not None:
+            raise UserInputError("--program holds its weights; drop --checkpoint")
+        if req.model_args:
+            raise UserInputError("--model-arg goes with --model, not --program")
+        model, digest = load_program_module(req.program)
+        source = cls(program=str(req.program), program_sha256=digest)
+        spec = spec_for(model, req.spec, None, label=req.program.name, fixed_shape=model.program_input_shape)
+        # the program's hash lives in the source, not as a checkpoint
+        return _loaded(model, source, spec, req.program, "", req)
+
+    def reload(self, model_info, *, checkpoint=None, entry_point=None, program=None) -> nn.Module:
+        self._refuse(entry_point, program)
+        path = Path(program) if program is not None else Path(self.program)
+        if path.suffix != ".pt2":
+            raise UserInputError(f"{path} is not a .pt2 program file; pass --program PATH")
+        if not path.is_file():
+            raise UserInputError(f"the bundle's program {path} is not here; pass --program PATH")
+        model, digest = load_program_module(path)
+        if digest != self.program_sha256:
+            raise UserInputError(f"{path} is not the program this bundle was exported from (sha256 differs); "
+                                 "pass the original with --program or re-export")
+        return model.eval()
+
+
+def source_from_dict(r, d: Any, arch: str) -> ModelSource:
+    """A manifest's source record (``r``: the manifest reader, which checks types and bounds); a
+    manifest from before sources were recorded names a zoo model."""
+    if d is None:
+        return ZooSource(arch=arch)
+    kind = r.get(d, "kind", str)
+    cls = SOURCES.get(kind)
+    if cls is None:
+        raise r.bad(f"model source kind {kind!r} is unknown")
+    return cls.from_dict(r, d)
+
+
+def recorded_checkpoint(model_info) -> Path | None:
+    """The manifest's checkpoint, checked to be here and unchanged; None when it records none."""
+    from .checkpoint import file_sha256
+    if not model_info.checkpoint:
+        return None
+    path = Path(model_info.checkpoint)
+    if path.suffix not in (".pt", ".pth", ".safetensors"):
+        raise UserInputError(f"the manifest names {path} as its checkpoint, which is not a checkpoint file; "
+                             "pass --checkpoint PATH")
+    if not path.is_file():
+        raise UserInputError(f"the bundle's checkpoint {path} is not here; pass --checkpoint PATH")
+    if file_sha256(path) != model_info.checkpoint_sha256:
+        raise UserInputError(f"{path} changed since the export (sha256 differs); pass the original "
+                             "with --checkpoint or re-export")
+    return path
+
+
+def _loaded(model: nn.Module, source: ModelSource, spec, path: Path, digest: str, req: "ModelRequest"):
+    from .checkpoint import LoadedCheckpoint
+    model.eval()
+    model.arch = source.label
+    model.input_spec = spec
+    return LoadedCheckpoint(model=model, arch=source.label, path=path, sha256=digest, input_spec=spec,
+                            source=source, spec_args=tuple(req.spec.cli_args(include_size=False)))
 
 
 @dataclass(frozen=True)
@@ -145,37 +352,12 @@ class ModelRequest:
 
 def resolve_request(req: ModelRequest):
     """The model a command means, loaded, with its source and input spec set."""
-    from .checkpoint import LoadedCheckpoint, load_state_into, resolve_model
     _check_exclusive(req)
-    if not req.outside_zoo:
-        if req.spec.spec_file or req.spec.mean or req.spec.std or req.spec.labels_file:
-            raise UserInputError("a zoo model has its own input spec; --input-spec, --mean, --std and --labels "
-                                 "are for --model and --program")
-        return resolve_model(req.arch, req.checkpoint)
     if req.entry_point is not None:
-        pairs = parse_model_args(req.model_args)
-        model = call_entry_point(req.entry_point, {k: literal(v) for k, v in pairs})
-        source = ModelSource("entry_point", entry_point=req.entry_point, model_args=pairs)
-        digest, header = "", {}
-        if req.checkpoint is not None:
-            digest, header = load_state_into(model, req.checkpoint, req.entry_point)
-        spec = spec_for(model, req.spec, header.get("input_spec"), label=req.entry_point)
-        loaded_path = req.checkpoint or Path("")
-    else:
-        if req.checkpoint is not None:
-            raise UserInputError("--program holds its weights; drop --checkpoint")
-        if req.model_args:
-            raise UserInputError("--model-arg goes with --model, not --program")
-        model, digest = load_program_module(req.program)
-        source = ModelSource("program", program=str(req.program), program_sha256=digest)
-        spec = spec_for(model, req.spec, None, label=req.program.name,
-                        fixed_shape=model.program_input_shape)
-        loaded_path, digest = req.program, ""   # the program's hash lives in the source, not as a checkpoint
-    model.eval()
-    model.arch = source.label
-    model.input_spec = spec
-    return LoadedCheckpoint(model=model, arch=source.label, path=loaded_path, sha256=digest, input_spec=spec,
-                            metadata={"spec_args": req.spec.cli_args(include_size=False)}, source=source)
+        return EntryPointSource.load(req)
+    if req.program is not None:
+        return ProgramSource.load(req)
+    return ZooSource.load(req)
 
 
 def _check_exclusive(req: ModelRequest) -> None:

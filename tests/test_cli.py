@@ -59,7 +59,7 @@ def test_export_cli_writes_a_bundle_and_prints_the_table(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["export", "--formats", "onnx,tflite"], "unknown format tflite"),
+    (["export", "--formats", "onnx,tensorrt"], "unknown format tensorrt"),
     (["export", "--input-size", "4"], "smaller than"),
     (["export", "--opset", "99"], "--opset 99 is out of range"),
     (["export", "mobilenetv9_w1"], "unknown architecture"),

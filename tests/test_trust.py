@@ -201,13 +201,13 @@ def test_emptying_the_manifest_rows_hides_no_file(bundle):
 
 def test_an_unknown_format_is_unverified_and_fails(bundle):
     from bsconv_export.exporter.records import path_sha256
-    shutil.copy(bundle / "model.onnx", bundle / "model.tflite")
-    edit_manifest(bundle, lambda d: d["artifacts"].append({**d["artifacts"][0], "format": "tflite",
-                                                           "path": "model.tflite",
-                                                           "sha256": path_sha256(bundle / "model.tflite")}))
+    shutil.copy(bundle / "model.onnx", bundle / "model.engine")   # a format no installed plugin writes
+    edit_manifest(bundle, lambda d: d["artifacts"].append({**d["artifacts"][0], "format": "tensorrt",
+                                                           "path": "model.engine",
+                                                           "sha256": path_sha256(bundle / "model.engine")}))
     r = invoke("check", bundle, "--json")
     assert r.exit_code == 1
-    rec = next(x for x in json.loads(r.stdout)["results"] if x["artifact"] == "model.tflite")
+    rec = next(x for x in json.loads(r.stdout)["results"] if x["artifact"] == "model.engine")
     assert rec["status"] == "unverified" and "nothing can vouch for it" in rec["reason"]
 
 
@@ -346,6 +346,14 @@ def test_malformed_or_huge_manifests_are_bad_input(bundle, mutate, needle):
 def test_malformed_bench_results_are_bad_input(tmp_path, bundle):
     bad = tmp_path / "bench.json"
     bad.write_text(json.dumps({"results": [{"status": "ok", "provider": "cpu", "batch": 1, "samples_ms": "fast"}]}))
+    one_line_exit_2(invoke("regress", "--baseline", bad, "--candidate", bundle, "--duration", "1"),
+                    "not a bsconv-export-bench/1 result")
+    bad.write_text(json.dumps({"schema": "bsconv-export-bench/1", "machine": {}, "results": [
+        {"artifact": "onnx", "status": "ok", "provider": "cpu", "batch": 1, "samples_ms": "fast",
+         "latency": {"p50_ms": 1, "p90_ms": 1, "p99_ms": 1, "throughput_per_s": 1}}]}))
+    one_line_exit_2(invoke("regress", "--baseline", bad, "--candidate", bundle, "--duration", "1"),
+                    "'samples_ms' must be a list")
+    bad.write_text(json.dumps({"schema": "bsconv-export-bench/1", "machine": {}, "results": []}))
     one_line_exit_2(invoke("regress", "--baseline", bad, "--candidate", bundle, "--duration", "1"), "no batch-1")
     bad.write_text("{")
     one_line_exit_2(invoke("regress", "--baseline", bad, "--candidate", bundle, "--duration", "1"), "not valid JSON")

@@ -40,9 +40,13 @@ class LiteRtRunner(Runner):
         from ....models.safe_io import read_regular
         data = read_regular(self.path, "the .tflite", max_bytes=MAX_TFLITE_BYTES)
         self._entries = metadata_entries(data)
+        from ...machine import usable_cores
         from ...quiet import quiet_native_stderr
+        # LiteRT's own default is one thread; onnxruntime's is every physical core. An app chooses
+        # its count; unless told, take the usable cores, as onnxruntime does, so the two compare.
+        threads = self.threads or usable_cores()
         with quiet_native_stderr():   # the interpreter logs its delegate's creation on stderr
-            self.interpreter = Interpreter(model_content=data, num_threads=self.threads,
+            self.interpreter = Interpreter(model_content=data, num_threads=threads,
                                            experimental_op_resolver_type=getattr(OpResolverType, self.resolver))
             self.interpreter.allocate_tensors()
         ins, outs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
@@ -110,7 +114,8 @@ class LiteRtRunner(Runner):
         return {name: self.interpreter.get_tensor(i).copy() for name, i in zip(self.output_names, self._out)}
 
     def settings(self) -> dict:
-        return {"threads": self.threads if self.threads is not None else "LiteRT default",
+        from ...machine import usable_cores
+        return {"num_threads": self.threads or f"{usable_cores()} (the usable cores; LiteRT's own default is 1)",
                 "op_resolver": self.resolver}
 
     def close(self) -> None:
