@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install setup-litert train bench-export bench-latency bench-pte bench-litert bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
+.PHONY: run test test-all test-zoo install setup-litert train bench-export bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ bench-pte: $(STAMP)
 
 bench-litert: $(STAMP) setup-litert
 	$(PY) tests/bench_litert.py
+
+bench-sweep: $(STAMP)
+	$(PY) tests/bench_sweep.py
 
 # OpenVINO beside our files, for this benchmark only (never a product dependency). --no-deps leaves
 # out openvino-telemetry: with it, `import openvino` sends a Google Analytics event; without it,

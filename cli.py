@@ -313,21 +313,10 @@ def evaluate_cmd(
     model_options: Optional[dict] = None,
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
-    from .models.data import is_digits_model, load_holdout, load_npz_inputs
     from .models.source import request_from_options, resolve_request
-    from .models.train import accuracy
+    from .models.train import accuracy, evaluation_data
     loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
-    if data is None:
-        if not is_digits_model(loaded.input_spec):
-            raise UserInputError(f"{loaded.arch} does not take the shipped digits ({loaded.input_spec.num_classes} "
-                                 "classes); pass labelled data with --data FILE.npz")
-        x, y = load_holdout(loaded.input_spec.size)
-        source = "shipped held-out digits"
-    else:
-        x, y = load_npz_inputs(data, loaded.input_spec)
-        source = str(data)
-        if y is None:
-            raise UserInputError(f"{data} has no 'label' array; accuracy needs labels")
+    x, y, source = evaluation_data(loaded, data)
     acc = accuracy(loaded.model, x, y)
     if as_json:
         emit_json({"arch": loaded.arch, "data": source, "samples": len(x), "top1": acc})
@@ -346,19 +335,10 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result."),
 ) -> None:
     """Train a BSConv MobileNet on scikit-learn's bundled digits (no download), seeded and reproducible."""
-    from .models import get_entry
-    from .models.checkpoint import save_checkpoint
-    from .models.limits import check_finite
+    from .models.checkpoint import check_destination, save_checkpoint
     from .models.train import TrainConfig, train_digits
-    get_entry(arch)
-    check_finite(lr, "--lr", 0.0)
-    if output.suffix not in (".pt", ".pth", ".safetensors"):
-        raise UserInputError(f"--out {output} must end in .pt, .pth or .safetensors")
-    if output.exists() and not force:
-        raise UserInputError(f"{output} already exists; pass --force to replace it or choose another --out")
-    if not output.parent.is_dir():
-        raise UserInputError(f"cannot write {output}: {output.parent} does not exist; create it first")
     cfg = TrainConfig(arch=arch, epochs=epochs, seed=seed, lr=lr)
+    check_destination(output, force)
 
     def progress(epoch: int, row: dict) -> None:
         err.print(f"epoch {epoch:3d}/{epochs}  loss {row['loss']:.4f}  held-out top-1 {row['holdout_accuracy']:.2%}",
@@ -404,13 +384,8 @@ def export_cmd(
     from .exporter.check import CheckOptions
     from .exporter.formats import default_formats, parse_formats
     from .exporter.options import ExportOptions
-    from .models.limits import check_batch
     from .models.source import request_from_options, resolve_request
     quiet_third_party_logs()
-    check_batch(batch)
-    if dynamic_batch and batch != 1:
-        raise UserInputError(f"--batch {batch} and --dynamic-batch exclude each other: a dynamic-batch bundle takes "
-                             "any batch; drop one of them")
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, force=force,
                          replace_anyway=replace_anyway, **format_options)
@@ -470,21 +445,11 @@ def check_cmd(
     With the default rules the result becomes the bundle's check; with --data, --samples,
     --atol or --rtol it is recorded beside it (user_checks) and never changes the export's verdict.
     """
-    from .exporter.check import CheckOptions, run_check
-    from .exporter.manifest import read_manifest, write_manifest
-    from .models.limits import check_finite
-    for flag, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None:
-            check_finite(value, flag, 0.0)
+    from .exporter.check import CheckOptions, recheck_bundle
     quiet_third_party_logs()
-    manifest = read_manifest(bundle)
-    original = manifest.model.source.reload(manifest.model, checkpoint=checkpoint, entry_point=model,
-                                            program=program)
-    report = run_check(bundle, manifest, original, CheckOptions(data=str(data) if data else None, samples=samples,
-                                                             atol=atol, rtol=rtol, localize=localize),
-                       progress=check_progress)
-    manifest.record_check(report)
-    write_manifest(bundle, manifest)
+    opts = CheckOptions(data=str(data) if data else None, samples=samples, atol=atol, rtol=rtol, localize=localize)
+    report, manifest = recheck_bundle(bundle, opts, checkpoint=checkpoint, entry_point=model, program=program,
+                                      progress=check_progress)
     failed_stages = [a.format for a in manifest.artifacts if a.status.value == "failed"]
     if as_json:
         emit_json({**report.to_dict(), "bundle_verdict": manifest.verdict, "failed_stages": failed_stages})
@@ -582,7 +547,7 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-            from .exporter.manifest import read_manifest
+        from .exporter.manifest import read_manifest
         recorded = read_manifest(target).model
         original = recorded.source.reload(recorded, entry_point=model, program=program)
 
@@ -631,6 +596,62 @@ def bench_cmd(
         err.print("[red]nothing was timed[/red]: " + escape("; ".join(skipped) or "no configuration ran"),
                   highlight=False)
         raise typer.Exit(1)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    plan: Optional[Path] = typer.Argument(None, help="A plan (TOML): [defaults] and [[job]] tables whose keys are export's options with dashes as underscores, 'model' for the zoo name, and 'out'."),
+    zoo: Optional[str] = typer.Option(None, "--zoo", help="Instead of a plan: every zoo model matching this pattern (writes OUT/sweep.toml, then runs it)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="With --zoo: the folder for the bundles and the plan."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="With --zoo: the formats of every job (default: export's)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="A Dask scheduler's address (tcp://host:8786); default: a local cluster on 127.0.0.1."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local cluster: worker processes (default: one per usable core, one torch thread each)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip jobs whose bundle already passed with the same inputs (model and checkpoint hash, options, tool versions) and is unchanged."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Where to write the results JSON (default: sweep.json beside the plan)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    """Export and check many models at once on Dask: a local cluster sized to this machine, or a scheduler.
+
+    Each job is exactly what 'export' does; a failed or lost job is a failed row (a lost one is
+    retried once) and never stops the others. Exit 1 if any job failed.
+    """
+    from .exporter.formats import parse_formats
+    from .exporter.manifest import write_bundle_file
+    from .exporter.sweep import read_plan, run_sweep, zoo_plan
+    from .exporter.views import sweep_view
+    quiet_third_party_logs()
+    if zoo is not None:
+        if plan is not None or out_dir is None:
+            raise UserInputError("--zoo takes --out DIR (where the plan and bundles go) and no PLAN")
+        if not out_dir.parent.is_dir():
+            raise UserInputError(f"cannot write {out_dir}: {out_dir.parent} does not exist; create it first")
+        out_dir.mkdir(exist_ok=True)
+        plan = write_bundle_file(out_dir, "sweep.toml",
+                                 zoo_plan(zoo, out_dir, parse_formats(formats) if formats else None))
+    elif plan is None:
+        raise UserInputError("name a PLAN.toml, or --zoo PATTERN --out DIR")
+    elif out_dir is not None or formats is not None:
+        raise UserInputError("--out and --formats go with --zoo; a plan says them per job")
+    jobs = read_plan(plan)
+    dest = results or Path(plan).parent / "sweep.json"
+    if not dest.parent.is_dir():
+        raise UserInputError(f"cannot write {dest}: {dest.parent} does not exist; create it first")
+
+    def progress(row: dict, done: int, total: int) -> None:
+        verdict = row.get("verdict") or "failed"
+        colour = "green" if verdict in ("passed", "skipped") else "red"
+        err.print(f"[{done}/{total}] {escape(str(row['out']))}: [{colour}]{escape(verdict)}[/{colour}]"
+                  f" in {row.get('seconds') or 0:.1f} s on {escape(str(row.get('worker') or '-'))}"
+                  + (f" — {escape(row['error'])}" if row.get("error") else ""), highlight=False)
+
+    result = run_sweep(jobs, scheduler=scheduler, workers=workers, resume=resume, progress=progress)
+    write_bundle_file(dest.parent, dest.name, json.dumps(result.to_dict(), indent=1) + "\n")
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        show(sweep_view(result))
+        out.print(f"results: {dest}", highlight=False)
+    raise typer.Exit(1 if result.failed else 0)
 
 
 @app.command("regress")

@@ -424,6 +424,12 @@ class CheckOptions:
     rtol: float | None = None
     localize: bool = False
 
+    def __post_init__(self) -> None:
+        from ..models.limits import check_finite
+        for flag, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if value is not None:
+                check_finite(value, flag, 0.0)
+
     def user_options(self) -> dict:
         """The options that change what the check decides (recorded apart from the export's check)."""
         return {k: v for k, v in (("data", self.data), ("samples", self.samples if self.samples != 32 else None),
@@ -440,3 +446,18 @@ def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions
                           opts.localize, progress, found)
     report.options = opts.user_options()
     return report
+
+
+def recheck_bundle(bundle: str | Path, opts: CheckOptions = CheckOptions(), *, checkpoint=None, entry_point=None,
+                   program=None, progress: Callable[[CheckRecord], None] | None = None):
+    """``check BUNDLE``: the original rebuilt from the manifest's source (the caller's flags confirm
+    or replace it), every artifact checked, the result recorded in the manifest (the export's own
+    check with the default rules, a re-check beside it otherwise). Returns (report, manifest)."""
+    from .manifest import read_manifest, write_manifest
+    manifest = read_manifest(bundle)
+    original = manifest.model.source.reload(manifest.model, checkpoint=checkpoint, entry_point=entry_point,
+                                            program=program)
+    report = run_check(bundle, manifest, original, opts, progress=progress)
+    manifest.record_check(report)
+    write_manifest(bundle, manifest)
+    return report, manifest

@@ -94,6 +94,20 @@ def bench_view(result: BenchResult) -> View:
                       "vs torch (95% CI)"], rows=rows, status=status, notes=notes)
 
 
+def sweep_view(result) -> View:
+    rows, status = [], []
+    for r in result.rows:
+        verdict = r.get("verdict") or "failed"
+        arts = ", ".join(f"{k}:{v}" for k, v in (r.get("artifacts") or {}).items() if v != "ok")
+        rows.append([str(r.get("job")), str(r.get("out")), verdict, f"{r.get('seconds') or 0:.1f}",
+                     str(r.get("worker") or "-"), r.get("error") or r.get("reason") or arts or ""])
+        status.append("ok" if verdict in ("passed", "skipped") else "failed")
+    n_failed = len(result.failed)
+    return View(title=f"sweep of {len(result.rows)} jobs on {result.workers} workers ({result.scheduler}): "
+                      f"{'passed' if not n_failed else f'{n_failed} failed'} in {result.seconds:.0f} s",
+                head=["job", "bundle", "verdict", "seconds", "worker", "note"], rows=rows, status=status)
+
+
 def markdown(view: View, heading: str = "##") -> list[str]:
     lines = [f"{heading} {view.title}", "", "| " + " | ".join(view.head) + " |", "|" + "---|" * len(view.head)]
     lines += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in view.rows]

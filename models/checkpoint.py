@@ -261,3 +261,14 @@ def resolve_model(arch: str | None = None, checkpoint: str | os.PathLike | None 
     model = create_model(arch)
     return LoadedCheckpoint(model=model, arch=model.arch, path=Path(""), sha256="",
                             input_spec=model.input_spec, untrained=True)
+
+
+def check_destination(output: Path, force: bool) -> None:
+    """Before training: a checkpoint file name, a folder that exists, nothing replaced unless asked."""
+    output = Path(output)
+    if output.suffix not in (".pt", ".pth", ".safetensors"):
+        raise UserInputError(f"--out {output} must end in .pt, .pth or .safetensors")
+    if output.exists() and not force:
+        raise UserInputError(f"{output} already exists; pass --force to replace it or choose another --out")
+    if not output.parent.is_dir():
+        raise UserInputError(f"cannot write {output}: {output.parent} does not exist; create it first")

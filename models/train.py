@@ -29,6 +29,12 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        from . import get_entry
+        from .limits import check_finite
+        get_entry(self.arch)            # an unknown name: one line naming the zoo command
+        check_finite(self.lr, "--lr", 0.0)
+
 
 @dataclass
 class TrainResult:
@@ -108,3 +114,21 @@ def train_digits(config: TrainConfig = TrainConfig(),
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(threads_before)
     return model.eval(), result
+
+
+def evaluation_data(loaded, data=None):
+    """What ``evaluate`` measures on: ``--data`` (it must have labels), else the shipped held-out
+    digits for a model that takes them (the one digits rule), else a one-line error.
+    Returns (inputs, labels, where they came from)."""
+    from .data import is_digits_model, load_holdout, load_npz_inputs
+    from .errors import UserInputError
+    if data is None:
+        if not is_digits_model(loaded.input_spec):
+            raise UserInputError(f"{loaded.arch} does not take the shipped digits ({loaded.input_spec.num_classes} "
+                                 "classes); pass labelled data with --data FILE.npz")
+        x, y = load_holdout(loaded.input_spec.size)
+        return x, y, "shipped held-out digits"
+    x, y = load_npz_inputs(data, loaded.input_spec)
+    if y is None:
+        raise UserInputError(f"{data} has no 'label' array; accuracy needs labels")
+    return x, y, str(data)

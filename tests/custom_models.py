@@ -34,3 +34,11 @@ def tiny(num_classes: int = 10, width: int = 8, seed: int = 0) -> nn.Module:
 
 def not_a_module(**_):
     return "a string"
+
+
+def dies(**_: object) -> nn.Module:
+    """A factory whose process dies as it runs (a converter crash, an out-of-memory kill)."""
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")

@@ -165,3 +165,12 @@ def test_regress_against_a_stored_result(bundles, tmp_path):
     r = runner.invoke(app, ["regress", "--baseline", str(stored), "--candidate", str(bundles / "digits"),
                             "--duration", "1"])
     assert "fingerprint differs" in r.stderr
+
+
+def test_the_cli_times_a_bundle_against_eager_torch(bundles, tmp_path):
+    """``bench --vs-torch`` rebuilds the original from the bundle's recorded source and pairs with it."""
+    r = runner.invoke(app, ["bench", str(bundles / "digits"), "--vs-torch", "--iters", "5", "--out",
+                            str(tmp_path / "r.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [row for row in json.loads(r.stdout)["results"] if row["status"] == "ok"]
+    assert rows and all(row["vs_torch"]["pairs"] == 5 for row in rows)

@@ -347,8 +347,11 @@ def validate_options(opts: ExportOptions, spec: InputSpec) -> None:
     if unknown or not opts.formats:
         raise UserInputError(f"unknown format {', '.join(unknown) or 'none given'}; choose from "
                              f"{','.join(selectable())}{_broken_hint()}")
-    if opts.batch < 1:
-        raise UserInputError(f"--batch must be at least 1, got {opts.batch}")
+    from ...models.limits import check_batch
+    check_batch(opts.batch)
+    if opts.dynamic_batch and opts.batch != 1:
+        raise UserInputError(f"--batch {opts.batch} and --dynamic-batch exclude each other: a dynamic-batch bundle "
+                             "takes any batch; drop one of them")
     declared = declared_options()
     for o in declared.values():
         value = getattr(opts, o.name)
