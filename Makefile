@@ -37,9 +37,13 @@ test-all: $(STAMP) setup-litert
 setup-litert: $(STAMP)
 	$(VENV)/bin/bsconv-export setup litert
 
-# Every zoo architecture at native size, every fp32 format (.pte included), checked: hours on 2 cores.
+# Every zoo architecture at native size, every fp32 format (.pte and .tflite included), checked:
+# hours on 2 cores. The exports run through `sweep` (interrupt and rerun: --resume keeps what passed);
+# then the comparisons with the reference package.
 test-zoo: $(STAMP) setup-litert
-	$(PY) -m pytest -q -n auto -m zoo tests/test_zoo_check.py tests/test_reference.py tests/test_zoo.py tests/test_sources.py
+	$(PY) tests/zoo_plan.py --out $(BUILD)/zoo
+	$(VENV)/bin/bsconv-export sweep $(BUILD)/zoo/sweep.toml --resume
+	$(PY) -m pytest -q -n auto -m zoo tests/test_reference.py tests/test_zoo.py tests/test_sources.py
 
 train: $(STAMP)
 	$(VENV)/bin/bsconv-export train --force --out models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt

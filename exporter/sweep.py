@@ -186,6 +186,7 @@ def run_job(job: Job, threads: int = 1) -> dict:
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
+        Path(job.out).parent.mkdir(parents=True, exist_ok=True)   # the plan names the folders its bundles go in
         loaded = resolve_request(request_from_options(**job.model, input_size=job.options.get("input_size")))
         result = export_bundle(loaded, job.out, ExportOptions(**job.options),
                                check=CheckOptions() if job.check else None)
@@ -303,6 +304,9 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
                 progress(rows[job.index], len(rows), len(jobs))
         else:
             todo.append(job)
+    if not todo:
+        return SweepResult(rows=[rows[j.index] for j in jobs], workers=0, scheduler="none (nothing to run)",
+                           seconds=time.perf_counter() - t0)
     cluster = None
     # a task whose worker dies is retried once on another worker, then reported (KilledWorker)
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
@@ -319,7 +323,7 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
         try:
             with Client(address, timeout="30s") as client:
                 n_workers = len(client.scheduler_info().get("workers", {})) if cluster is None else len(cluster.workers)
-                if todo and not n_workers:
+                if not n_workers:
                     client.wait_for_workers(1, timeout=60)
                     n_workers = len(client.scheduler_info().get("workers", {}))
                 futures = {client.submit(run_job, job, 1, pure=False, key=f"bsconv-export-job-{job.index}-"
@@ -342,7 +346,7 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
         finally:
             if cluster is not None:
                 cluster.close()
-    return SweepResult(rows=[rows[j.index] for j in jobs], workers=n_workers if todo else 0,
+    return SweepResult(rows=[rows[j.index] for j in jobs], workers=n_workers,
                        scheduler="local" if scheduler is None else scheduler, seconds=time.perf_counter() - t0)
 
 

@@ -42,7 +42,8 @@ def main() -> None:
                 p = subprocess.run([str(exe), "sweep", str(plan), "--workers", str(workers), "--json"],
                                    capture_output=True, text=True, env=env)
                 wall = time.perf_counter() - t0
-                verdicts = [j["verdict"] for j in json.loads(p.stdout)["jobs"]] if p.stdout else []
+                verdicts = [(j["verdict"], j["out"], j["error"]) for j in json.loads(p.stdout)["jobs"]
+                            if j["verdict"] != "passed"] if p.stdout else []
                 if p.returncode != 0:
                     sys.exit(f"sweep --workers {workers} exited {p.returncode}: {verdicts} {p.stderr[-500:]}")
                 times[workers].append(wall)
