@@ -25,13 +25,14 @@ from .stats import paired_decision, summarize, unpaired_decision
 MAX_RESULTS_BYTES = 64 << 20
 
 
-def _runner(path: str | Path, provider: str, threads: int | None) -> Runner:
+def _runner(path: str | Path, provider: str, threads: int | None, spinning: bool = True) -> Runner:
     """A runner that times the first benchmarkable artifact of ``path`` on ``provider``."""
     target = resolve_targets(path)[0][0]
     classes = runners_for(target.kind, purpose="time")
     if not classes:
         raise UserInputError(f"nothing here can time {target.path} ({target.kind})")
-    runner = classes[0](target.path, provider=provider, threads=threads if threads is not None else default_threads())
+    runner = classes[0](target.path, provider=provider, threads=threads if threads is not None else default_threads(),
+                        spinning=spinning)
     reason = runner.unavailable_reason()
     if reason:
         raise UserInputError(f"cannot time {target.path} on {provider} here: {reason}")
@@ -41,14 +42,17 @@ def _runner(path: str | Path, provider: str, threads: int | None) -> Runner:
 def regress_ab(baseline: str | Path, candidate: str | Path, *, provider: str = "cpu", threads: int | None = None,
                duration: float = 20.0, max_slowdown: float = 0.05, confidence: float = 0.95,
                min_pairs: int = 50) -> dict:
-    with _runner(baseline, provider, threads) as ra, _runner(candidate, provider, threads) as rb:
+    # two runtimes interleaved in one process: neither pool spins between runs, or each would take
+    # the cores from the other's next run (the same reason bench pairs its baseline without spinning)
+    with _runner(baseline, provider, threads, spinning=False) as ra, \
+            _runner(candidate, provider, threads, spinning=False) as rb:
         a_path, b_path = ra.path, rb.path
         xa, xb = example_for(ra), example_for(rb)
         a, b = measure_paired(lambda: ra.infer({INPUT_NAME: xa}), lambda: rb.infer({INPUT_NAME: xb}),
                               BenchOptions(warmup=10, duration=duration), min_pairs=min_pairs)
     d = paired_decision(a, b, max_slowdown, confidence)
     return {"mode": "a/b", "baseline": str(a_path), "candidate": str(b_path), "provider": provider,
-            "decision": d.to_dict(), "summary": d.describe(), "warnings": [],
+            "decision": d.to_dict(), "summary": d.describe(), "warnings": [], "spinning": False,
             "baseline_latency": summarize(a), "candidate_latency": summarize(b)}
 
 

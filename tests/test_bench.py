@@ -145,11 +145,14 @@ def test_bench_cli_bad_input_exit_2(args, message):
 
 def test_regress_cli_ab_same_passes_and_much_slower_fails(bundles):
     a = str(bundles / "digits")
-    r = runner.invoke(app, ["regress", "--baseline", a, "--candidate", a, "--duration", "1", "--json"])
+    # one thread each: a pytest worker per core, so the test chooses its threads rather than inherit them
+    r = runner.invoke(app, ["regress", "--baseline", a, "--candidate", a, "--duration", "1", "--threads", "1",
+                            "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)["decision"]
     assert not d["regression"] and d["ci_low"] <= d["ratio"] <= d["ci_high"]
-    r = runner.invoke(app, ["regress", "--baseline", a, "--candidate", str(bundles / "big"), "--duration", "1"])
+    r = runner.invoke(app, ["regress", "--baseline", a, "--candidate", str(bundles / "big"), "--duration", "1",
+                            "--threads", "1"])
     assert r.exit_code == 1 and "REGRESSION" in r.stdout
 
 

@@ -11,6 +11,8 @@ from ...runners import Runner, RunnerUnavailable
 from .tflite_file import OUR_METADATA, TFLITE_METADATA, metadata_entries, packed_labels, read_model_metadata
 
 MAX_TFLITE_BYTES = 2 << 30
+#: what the LiteRT interpreter writes to stderr when it starts XNNPACK
+DELEGATE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate",)
 
 
 class LiteRtRunner(Runner):
@@ -45,7 +47,7 @@ class LiteRtRunner(Runner):
         # LiteRT's own default is one thread; onnxruntime's is every physical core. An app chooses
         # its count; unless told, take the usable cores, as onnxruntime does, so the two compare.
         threads = self.threads or usable_cores()
-        with quiet_native_stderr():   # the interpreter logs its delegate's creation on stderr
+        with quiet_native_stderr(DELEGATE_NOISE):   # the interpreter logs its delegate's creation on stderr
             self.interpreter = Interpreter(model_content=data, num_threads=threads,
                                            experimental_op_resolver_type=getattr(OpResolverType, self.resolver))
             self.interpreter.allocate_tensors()
