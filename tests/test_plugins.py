@@ -262,3 +262,18 @@ def test_a_stages_side_files_are_its_records_and_must_be_there(shared_bundle, tm
     rehash(bundle)
     r = CliRunner().invoke(app, ["check", str(bundle)])
     assert r.exit_code == 1 and "mobile_usability.txt beside model.ort for apps, but it is missing" in r.output
+
+
+def test_onnx_files_carry_the_contracts_metadata_and_nothing_stale(shared_bundle):
+    """No onnxsim run report, no quantiser flags: an app finds the contract's keys only."""
+    import onnx
+
+    from bsconv_export.exporter.formats.onnx.export import CONTRACT_KEYS
+    from bsconv_export.exporter.formats.onnx.runner import OrtFormatRunner
+    for name in ("reduced", "onnx-ort-coreml"):
+        bundle = shared_bundle(name)
+        for f in sorted(bundle.glob("*.onnx")):
+            keys = [p.key for p in onnx.load(f, load_external_data=False).metadata_props]
+            assert sorted(keys) == sorted(CONTRACT_KEYS), (f.name, keys)
+    with OrtFormatRunner(shared_bundle("onnx-ort-coreml") / "model.ort") as r:
+        assert sorted(r.metadata()) == sorted(CONTRACT_KEYS)

@@ -99,6 +99,18 @@ def onnx_source(ctx: ExportContext) -> tuple[str, Path]:
     return rec.format, ctx.workdir / rec.path
 
 
+#: the metadata keys an ONNX (and .ort) file of ours carries for apps: nothing else, nothing stale
+CONTRACT_KEYS = ("arch", "input_size", "input_spec", "normalization", "labels", "producer", "checkpoint_sha256")
+
+
+def keep_contract_metadata(model) -> None:
+    """Drop what tools leave in ``metadata_props`` (onnxsim's run report, the quantiser's pre-process
+    flags): an app reads the contract's keys and should find nothing stale beside them."""
+    kept = [p for p in model.metadata_props if p.key in CONTRACT_KEYS]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+
+
 def metadata_props(ctx: ExportContext) -> dict[str, str]:
     return {
         "arch": ctx.arch,

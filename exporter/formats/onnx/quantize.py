@@ -41,7 +41,7 @@ from ...calibration import calibration_data, gate_data
 from ...context import ExportContext
 from ...contract import INPUT_NAME
 from ...tolerances import DEFAULT_TOLERANCES
-from .export import onnx_source, op_histogram, opset_of
+from .export import keep_contract_metadata, onnx_source, op_histogram, opset_of
 from ...records import ArtifactRecord, Status
 
 INT8_NAME = "model.int8.onnx"
@@ -175,6 +175,7 @@ def compact(src: Path, dst: Path) -> dict:
         n.output[:] = [rename(o) for o in n.output]
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             n.name = ""
+    keep_contract_metadata(model)
     onnx.save(model, dst)
     return {"zero_points": before - after_zero_points, "value_info": after_zero_points - after_value_info,
             "names": after_value_info - model.ByteSize()}

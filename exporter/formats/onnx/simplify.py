@@ -13,7 +13,7 @@ import time
 import onnx
 
 from ...context import ExportContext
-from .export import op_histogram, opset_of
+from .export import keep_contract_metadata, op_histogram, opset_of
 from ...records import ArtifactRecord, Status
 
 SIM_NAME = "model.sim.onnx"
@@ -44,7 +44,8 @@ def simplify_onnx(ctx: ExportContext) -> ArtifactRecord:
         return ArtifactRecord(format="onnx-simplified", status=Status.FAILED,
                               seconds=time.perf_counter() - t0,
                               error="onnxsim's own check found the simplified model's outputs differ")
-    # onnxsim keeps metadata_props; the checker guards against a malformed result.
+    # onnxsim keeps our metadata_props and adds its run report: only the contract's keys stay.
+    keep_contract_metadata(simplified)
     onnx.checker.check_model(simplified, full_check=True)
     onnx.save(simplified, ctx.workdir / SIM_NAME)
     return ArtifactRecord(
