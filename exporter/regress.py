@@ -22,8 +22,6 @@ from .formats import runners_for
 from .runners import Runner
 from .stats import paired_decision, summarize, unpaired_decision
 
-MAX_RESULTS_BYTES = 64 << 20
-
 
 def _runner(path: str | Path, provider: str, threads: int | None, spinning: bool = True) -> Runner:
     """A runner that times the first benchmarkable artifact of ``path`` on ``provider``."""

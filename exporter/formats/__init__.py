@@ -211,11 +211,6 @@ def get_format(name: str) -> Format | None:
     return FORMATS.get(name)
 
 
-def format_for_file(name: str) -> Format | None:
-    """The row whose file this is (a bundle's file names are the table's)."""
-    return next((f for f in FORMATS.values() if f.filename == name), None)
-
-
 def kind_for_suffix(suffix: str) -> str | None:
     """The runner kind of a lone artifact by its suffix (``bench model.onnx``)."""
     return next((f.kind for f in FORMATS.values() if f.suffix == suffix), None)
