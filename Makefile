@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install setup-litert train bench-export bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
+.PHONY: run test test-all test-zoo install setup-litert clients train bench-export bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,31 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto -m "not zoo and not slow"
 
-test-all: $(STAMP) setup-litert
+test-all: $(STAMP) setup-litert clients
 	$(PY) -m pytest -q -n auto -m "not zoo"
 
 # The LiteRT converter's own environment (2.1 GB, ~2 min; nothing when it exists): see
 # exporter/formats/litert/converter.py. make run does not need it; test-all does.
 setup-litert: $(STAMP)
 	$(VENV)/bin/bsconv-export setup litert
+
+# The app-side clients (docs/bundle.md): the C++ ExecuTorch client, built against the executorch
+# wheel's runtime with libpng, nlohmann/json and OpenSSL; the JavaScript one on onnxruntime-node.
+# clients/install-deps installs the Debian packages they need (as root; .ci/run does). npm runs no
+# install scripts: onnxruntime-node's would fetch CUDA binaries from outside the registry, and the
+# CPU binaries ship in its package.
+CPP_CLIENT := clients/executorch-cpp
+JS_CLIENT := clients/onnxruntime-js
+clients: $(CPP_CLIENT)/build/bsconv-run $(JS_CLIENT)/node_modules/.installed
+
+$(CPP_CLIENT)/build/bsconv-run: $(STAMP) $(CPP_CLIENT)/main.cpp $(CPP_CLIENT)/CMakeLists.txt
+	cmake -S $(CPP_CLIENT) -B $(CPP_CLIENT)/build -DCMAKE_BUILD_TYPE=Release \
+		-Dexecutorch_DIR="$$($(PY) -c 'import executorch; print(list(executorch.__path__)[0])')/share/cmake" >/dev/null
+	cmake --build $(CPP_CLIENT)/build -j2
+
+$(JS_CLIENT)/node_modules/.installed: $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json
+	cd $(JS_CLIENT) && ONNXRUNTIME_NODE_INSTALL=skip npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Every zoo architecture at native size, every fp32 format (.pte and .tflite included), checked:
 # hours on 2 cores. The exports run through `sweep` (interrupt and rerun: --resume keeps what passed);

@@ -176,7 +176,9 @@ def quiet_third_party_logs() -> None:
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """One strict JSON object on stdout (NaN and infinities as null, as in manifest.json)."""
+    from .exporter.manifest import finite
+    sys.stdout.write(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def human(n: float) -> str:
@@ -461,6 +463,24 @@ def check_cmd(
     if failed_stages:
         err.print(f"[red]the bundle's stages {', '.join(failed_stages)} failed at export[/red]", highlight=False)
     raise typer.Exit(0 if report.passed and not failed_stages else 1)
+
+
+@app.command("predict")
+def predict_cmd(
+    bundle: Path = typer.Argument(..., help="A bundle directory whose check passed."),
+    images: list[Path] = typer.Argument(..., help="8-bit PNG images (grey, RGB or palette; alpha is ignored)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="The bundle's model file to run, by format name (see 'bsconv-export formats'); default: the bundle's first fp32 model file a runtime here can run (model.onnx in a default bundle)."),
+) -> None:
+    """Classify PNG images with a bundle alone, as an app would: one JSON line per image.
+
+    The model file, its labels and its input spec (size, colour order, value range, mean and std)
+    come from the bundle; the original model is not needed. The same contract as the C++ and
+    JavaScript clients in clients/ (docs/bundle.md).
+    """
+    from .exporter.predict import predict
+    quiet_third_party_logs()
+    for p in predict(bundle, images, fmt):
+        print(json.dumps(p.to_dict()), flush=True)
 
 
 def show(view, title_style: str = "", status_colour: bool = True) -> None:

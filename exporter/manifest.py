@@ -18,7 +18,9 @@ shown about the bytes it was given about. Versions 1 and 2 are migrated on read
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import stat
 import tempfile
@@ -35,6 +37,8 @@ from .records import ArtifactRecord, CheckRecord, CheckReport, Status
 
 SCHEMA_VERSION = 4
 MANIFEST = "manifest.json"
+#: the JSON Schema of what this version writes (package data beside this module)
+SCHEMA_FILE = "manifest.schema.json"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_ARTIFACT_BYTES = 2 << 30            # ONNX's own protobuf limit; nothing larger is loaded
 #: a file every build folder of ours holds until the rename (see :mod:`exporter.outdir`)
@@ -323,7 +327,36 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
-    write_bundle_file(bundle, MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    write_bundle_file(bundle, MANIFEST, manifest_json(manifest))
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """The manifest as clients read it: strict JSON (a non-finite number becomes null), checked against
+    the published schema (``manifest.schema.json``, docs/bundle.md) before a byte is written."""
+    doc = finite(manifest.to_dict())
+    errors = sorted(_schema_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:   # the code and the published contract disagree: a bug, not the user's input
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
+        raise RuntimeError(f"the manifest breaks manifest.schema.json at {where}: {errors[0].message}")
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by None: JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_validator():
+    import jsonschema
+    schema = json.loads((Path(__file__).parent / SCHEMA_FILE).read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
 # --- paths inside a bundle ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch import nn
 from .errors import UnknownModelError
 
 NORMALIZATIONS = ("data_bn", "mean_std", "none")
+COLOR_ORDERS = ("RGB", "BGR")
 #: the architecture of the shipped trained model, and what ``train`` trains by default
 DEFAULT_ARCH = "cifar_mobilenetv2_w1d4_bsconvs_p1d6"
 
@@ -52,6 +53,8 @@ class InputSpec:
             raise ValueError(f"value_range must be two increasing numbers, got {self.value_range!r}")
         if not all(isinstance(x, str) for x in self.labels):
             raise ValueError("labels must be strings")
+        if self.color_order not in COLOR_ORDERS:
+            raise ValueError(f"color_order must be one of {COLOR_ORDERS}, got {self.color_order!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.labels and len(self.labels) != self.num_classes:

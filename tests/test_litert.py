@@ -16,6 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -27,6 +28,7 @@ from bsconv_export.exporter.formats.litert.runner import LiteRtBuiltinRunner, Li
 from bsconv_export.exporter.formats.litert.tflite_file import model_metadata, read_model_metadata
 from bsconv_export.exporter.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
+from bsconv_export.models.registry import InputSpec
 from helpers import rehash
 from zoo_sample import representative
 
@@ -86,6 +88,24 @@ def test_tflite_metadata_reads_back_what_it_wrote():
                     "std": [255.0] * 3, "max": [1.0] * 3, "min": [0.0] * 3, "label_file": "labels.txt"}
     with pytest.raises(ValueError, match="not a ModelMetadata"):
         read_model_metadata(b"\x00" * 16)
+
+
+@pytest.mark.parametrize("spec", [
+    InputSpec(size=4, num_classes=2),
+    InputSpec(size=4, num_classes=2, value_range=(-1.0, 1.0), normalization="none"),
+    InputSpec(size=4, num_classes=2, normalization="mean_std", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    InputSpec(size=4, num_classes=2, normalization="mean_std", mean=(120.0, 110.0, 100.0), std=(60.0, 58.0, 57.0),
+              value_range=(0.0, 255.0), color_order="BGR")])
+def test_tflite_normalization_is_the_clients_pixel_rule(spec):
+    """Android's tooling normalises (pixel - mean) / std from TFLITE_METADATA: that must give what the
+    clients feed (exporter.predict.to_input), mean/std specs included."""
+    from bsconv_export.exporter.formats.litert.tflite_file import pixel_normalization
+    from bsconv_export.exporter.predict import to_input
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    mean, std = pixel_normalization(spec)
+    rgb = pixels[:, :, ::-1] if spec.color_order == "BGR" else pixels
+    tooling = (rgb.astype(np.float64) - np.asarray(mean)) / np.asarray(std)
+    np.testing.assert_allclose(to_input(pixels, spec)[0].transpose(1, 2, 0), tooling, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def _op_counts(data: bytes) -> dict[str, int]:
 def export_tflite(ctx) -> ArtifactRecord:
     """model.pt2 (the bundle's own, just written) through the converter subprocess, then the
     contract's names, TFLITE_METADATA, our metadata and the label file."""
-    from .tflite_file import finish
+    from .tflite_file import finish, pixel_normalization
     t0 = time.perf_counter()
     pt2 = ctx.workdir / ctx.records["pt2"].path
     spec = ctx.spec
@@ -63,15 +63,14 @@ def export_tflite(ctx) -> ArtifactRecord:
                                   error=str(e))
         converted = raw.read_bytes()
     lo, hi = spec.value_range
-    std = 255.0 / (hi - lo)
-    mean = 0.0 - lo * std + 0.0   # never -0.0
+    pixel_mean, pixel_std = pixel_normalization(spec)
     ours = {"arch": ctx.arch, "input_size": str(spec.size), "input_spec": json.dumps(spec.to_dict(), sort_keys=True),
             "normalization": spec.normalization, "labels": json.dumps(spec.class_labels()),
             "checkpoint_sha256": ctx.checkpoint_sha256 or "untrained", "precision": "fp32",
             "producer": f"bsconv-export {__version__}; litert-torch {converter.pinned('litert-torch')}"}
     data = finish(converted, arch=ctx.arch, description=f"{ctx.arch} exported by bsconv-export", version=__version__,
-                  ours=ours, labels=spec.class_labels(), pixel_mean=[mean] * spec.channels,
-                  pixel_std=[std] * spec.channels, value_range=(lo, hi), channels=spec.channels)
+                  ours=ours, labels=spec.class_labels(), pixel_mean=pixel_mean,
+                  pixel_std=pixel_std, value_range=(lo, hi), channels=spec.channels)
     (ctx.workdir / TFLITE_NAME).write_bytes(data)
     ops = _op_counts(data)
     return ArtifactRecord(format="tflite", status=Status.OK, path=TFLITE_NAME, seconds=time.perf_counter() - t0,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ...runners import Runner, RunnerUnavailable
-from .tflite_file import OUR_METADATA, TFLITE_METADATA, metadata_entries, packed_labels, read_model_metadata
+from .tflite_file import (OUR_METADATA, TFLITE_METADATA, metadata_entries, packed_labels, pixel_normalization,
+                          read_model_metadata)
 
 MAX_TFLITE_BYTES = 2 << 30
 #: what the LiteRT interpreter writes to stderr when it starts XNNPACK
@@ -96,15 +97,13 @@ class LiteRtRunner(Runner):
             return "TFLITE_METADATA names no label file for the output"
         spec = self.input_spec
         if spec is not None:
-            lo, hi = spec.value_range
-            std = 255.0 / (hi - lo)
-            want_mean, want_std = [-lo * std] * spec.channels, [std] * spec.channels
+            want_mean, want_std = pixel_normalization(spec)
             got_mean, got_std = meta.get("mean", []), meta.get("std", [])
             if len(got_mean) != len(want_mean) or len(got_std) != len(want_std) or not (
                     np.allclose(got_mean, want_mean, rtol=1e-6, atol=1e-6)
                     and np.allclose(got_std, want_std, rtol=1e-6)):
-                return (f"TFLITE_METADATA normalises pixels with mean {got_mean} and std {got_std}; the input's "
-                        f"value range [{lo}, {hi}] needs mean {want_mean} and std {want_std}")
+                return (f"TFLITE_METADATA normalises pixels with mean {got_mean} and std {got_std}; the input "
+                        f"spec needs mean {want_mean} and std {want_std}")
         return None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
