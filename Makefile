@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install setup-litert clients train bench-export bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
+.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients train bench-export bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto -m "not zoo and not slow"
 
-test-all: $(STAMP) setup-litert clients
+test-all: $(STAMP) setup-litert setup-arm64 clients
 	$(PY) -m pytest -q -n auto -m "not zoo"
 
 # The LiteRT converter's own environment (2.1 GB, ~2 min; nothing when it exists): see
 # exporter/formats/litert/converter.py. make run does not need it; test-all does.
 setup-litert: $(STAMP)
 	$(VENV)/bin/bsconv-export setup litert
+
+# The ARM64 kit (QEMU, an aarch64 Python, the aarch64 runtimes; ~250 MB, pinned hashes; nothing when
+# it exists): what `check --on arm64` runs artifacts with. See exporter/arm64/kit.py and docs/arm64.md.
+setup-arm64: $(STAMP)
+	$(VENV)/bin/bsconv-export setup arm64
 
 # The app-side clients (docs/bundle.md): the C++ ExecuTorch client, built against the executorch
 # wheel's runtime with libpng, nlohmann/json and OpenSSL; the JavaScript one on onnxruntime-node.

@@ -234,12 +234,13 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JS
         emit_json({"formats": rows, "plugins": [{"name": p.name, "module": p.module} for p in plugins()],
                    "plugin_errors": plugin_errors()})
         return
-    table = Table(Column("format", no_wrap=True), "plugin", "file", "precision", "needs", "checked by", "timed by",
-                  "options", "what")
+    table = Table(Column("format", no_wrap=True), "plugin", "file", "precision", "needs", "checked by",
+                  "on arm64 (--on)", "timed by", "options", "what")
     for r in rows:
         name = r["name"] + (" *" if r["default"] else "") + ("" if r["selectable"] else " (auto)")
         table.add_row(name, r["plugin"], r["file"], r["precision"], ", ".join(r["requires"]) or "-",
-                      ", ".join(r["verified_by"]), ", ".join(r["timed_by"]) or "-", ", ".join(r["options"]) or "-",
+                      ", ".join(r["verified_by"]), ", ".join(r["verified_on_arm64_by"]) or "-",
+                      ", ".join(r["timed_by"]) or "-", ", ".join(r["options"]) or "-",
                       r["description"])
     out.print(table)
     out.print("* default; (auto) built whenever what it needs is built", highlight=False)
@@ -249,10 +250,16 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JS
 
 @app.command("setup")
 def setup_cmd(
-    plugin: str = typer.Argument(..., help="The plugin to prepare, e.g. litert (see the plugin column of 'bsconv-export formats')."),
+    plugin: str = typer.Argument(..., help="The plugin to prepare, e.g. litert (see the plugin column of 'bsconv-export formats'), or arm64 for the ARM64 kit."),
 ) -> None:
-    """Prepare what a format plugin needs outside this environment (LiteRT: its converter's own environment)."""
+    """Prepare what a format plugin needs outside this environment (LiteRT: its converter's own
+    environment), or the ARM64 kit that 'check --on arm64' runs artifacts with (~320 MB)."""
     from .exporter.formats import plugins
+    if plugin == "arm64":
+        from .exporter.arm64 import kit
+        folder = kit.setup(lambda message: err.print(message, highlight=False))
+        out.print(f"the ARM64 kit is ready: {folder}", highlight=False)
+        return
     found = {p.name: p for p in plugins()}
     chosen = found.get(plugin)
     if chosen is None:
@@ -361,6 +368,11 @@ def _terminate_cleanly(*_: Any) -> None:
     raise SystemExit(143)
 
 
+ON_HELP = ("Also run every artifact that has an aarch64 runtime on it, under emulation, held to the same rules: "
+           "arm64 (Cortex-A53 and Cortex-A76: without and with fp16 arithmetic) or arm64:CPU,… (a QEMU CPU model). "
+           "Needs 'bsconv-export setup arm64' once.")
+
+
 @app.command("export")
 @with_model_options
 @with_format_options
@@ -373,6 +385,7 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (only one this tool wrote), once the new one passes its check."),
     replace_anyway: bool = typer.Option(False, "--replace-anyway", help="With --force: replace the old bundle even when the new one fails or is not checked."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check: the bundle is then 'unverified', not passed (run 'check' later)."),
+    on: Optional[str] = typer.Option(None, "--on", help="The check also runs on: " + ON_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     format_options: Optional[dict] = None,
     model_options: Optional[dict] = None,
@@ -382,6 +395,7 @@ def export_cmd(
     A stage failure, a check failure or an unverified artifact exits 1; bad input exits 2
     with nothing written.
     """
+    from .exporter.arm64 import parse_targets
     from .exporter.bundle import export_bundle
     from .exporter.check import CheckOptions
     from .exporter.formats import default_formats, parse_formats
@@ -391,6 +405,9 @@ def export_cmd(
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, force=force,
                          replace_anyway=replace_anyway, **format_options)
+    targets = parse_targets(on)
+    if targets and no_check:
+        raise UserInputError("--on says where the check runs; it cannot go with --no-check")
     loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
     if loaded.untrained:
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
@@ -405,7 +422,7 @@ def export_cmd(
 
     signal.signal(signal.SIGTERM, _terminate_cleanly)
     result = export_bundle(loaded, out_dir, opts, progress=progress,
-                           check=None if no_check else CheckOptions(), check_progress=check_progress)
+                           check=None if no_check else CheckOptions(on=targets), check_progress=check_progress)
     manifest = result.manifest
     if as_json:
         emit_json(manifest.to_dict())
@@ -440,6 +457,7 @@ def check_cmd(
     atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="Element-wise absolute tolerance for every artifact, replacing the default rules (see the README)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="Relative tolerance, times each sample's largest float64 logit, for every artifact."),
     localize: bool = typer.Option(False, "--localize", help="Report the first diverging layer of each fp32 ONNX artifact even when it passes."),
+    on: Optional[str] = typer.Option(None, "--on", help=ON_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the check report as JSON."),
 ) -> None:
     """Prove every artifact of a bundle equivalent to the PyTorch original; exit 1 on any miss.
@@ -447,9 +465,11 @@ def check_cmd(
     With the default rules the result becomes the bundle's check; with --data, --samples,
     --atol or --rtol it is recorded beside it (user_checks) and never changes the export's verdict.
     """
+    from .exporter.arm64 import parse_targets
     from .exporter.check import CheckOptions, recheck_bundle
     quiet_third_party_logs()
-    opts = CheckOptions(data=str(data) if data else None, samples=samples, atol=atol, rtol=rtol, localize=localize)
+    opts = CheckOptions(data=str(data) if data else None, samples=samples, atol=atol, rtol=rtol, localize=localize,
+                        on=parse_targets(on))
     report, manifest = recheck_bundle(bundle, opts, checkpoint=checkpoint, entry_point=model, program=program,
                                       progress=check_progress)
     failed_stages = [a.format for a in manifest.artifacts if a.status.value == "failed"]

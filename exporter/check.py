@@ -44,8 +44,8 @@ from .declared import contract_problem, declared_problem
 from .records import CheckRecord, CheckReport, Status, path_sha256
 from .formats import runners_for
 from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
-from .tolerances import (DEFAULT_TOLERANCES, FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance,
-                         agreement_interval, user_tolerance)
+from .tolerances import (FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance, agreement_interval,
+                         tolerance_for, user_tolerance)
 
 REL_EPS = 1e-6
 
@@ -287,8 +287,10 @@ def _reduced_bound_uses(out: np.ndarray, ref: Reference, m: dict[str, float], to
 def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckInputs,
                  tolerance_override: Tolerance | None = None, localize: bool = False,
                  progress: Callable[[CheckRecord], None] | None = None,
-                 found: tuple[list[BundleFile], list[CheckRecord]] | None = None) -> CheckReport:
-    """Check every OK artifact of ``manifest`` (a :class:`Manifest`, in ``bundle``) against ``model``."""
+                 found: tuple[list[BundleFile], list[CheckRecord]] | None = None,
+                 on: tuple[str, ...] = ()) -> CheckReport:
+    """Check every OK artifact of ``manifest`` (a :class:`Manifest`, in ``bundle``) against ``model``,
+    on this machine's runtimes and on each emulated target in ``on`` (``"arm64:CPU"``, exporter.arm64)."""
     from .machine import usable_cores
     bundle = Path(bundle)
     # Threads are chosen, not inherited: torch's pool at most the usable cores, onnxruntime's the same
@@ -299,13 +301,13 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
     torch.set_num_threads(threads)
     try:
         return _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
-                             threads)
+                             threads, on)
     finally:
         torch.set_num_threads(previous)
 
 
 def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
-                  threads) -> CheckReport:
+                  threads, on: tuple[str, ...] = ()) -> CheckReport:
     from .manifest import inside
     targets, problems = found or bundle_files(bundle, manifest)
     ref = torch_reference(model, inputs.x, half=any(t.precision == "fp16" for t in targets))
@@ -323,7 +325,7 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         emit(rec)
     for target in targets:
         fmt, precision = target.fmt, target.precision
-        tol = tolerance_override or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+        tol = tolerance_override or tolerance_for(precision)
         base = dict(artifact=target.label, precision=precision, tolerance=tol.describe(),
                     reference_accuracy=ref_acc)
         if fmt is None:
@@ -344,16 +346,21 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         rows = inputs.fp32_rows if precision == "fp32" and inputs.fp32_rows is not None else np.arange(len(inputs.x))
         verified = False
         skipped: list[str] = []
-        for cls in runners_for(fmt.kind):
-            runner = cls(path, threads=threads, spinning=False)
+        for runner, where in _runners(fmt.kind, path, threads, on):
+            if runner is None:
+                emit(CheckRecord(runner="-", status=Status.SKIPPED, target=where, **base,
+                                 reason=f"no runner of {fmt.name} files runs on {where.split(':')[0]}"))
+                continue
             runner.input_spec = manifest.model.input_spec   # inputs come from the spec, never the file's own claims
-            rec = CheckRecord(runner=runner.label(), status=Status.OK, **base)
+            run_tol = tolerance_override or tolerance_for(precision, where)
+            rec = CheckRecord(runner=runner.label(), status=Status.OK, target=where,
+                              **{**base, "tolerance": run_tol.describe()})
             reason = runner.unavailable_reason()
             if reason:
                 rec.status, rec.reason = Status.SKIPPED, reason
             else:
-                out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, tol, class_labels, manifest,
-                               target)
+                out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, run_tol, class_labels,
+                               manifest, target)
                 if out is not None and precision == "fp32" and (
                         localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
                     worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
@@ -371,6 +378,17 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
                        reference_error={"torch_fp32_vs_fp64_max": float(ref.e32.max()),
                                         "torch_fp32_vs_fp64_median": float(np.median(ref.e32)),
                                         "logit_scale_max": float(np.abs(ref.r64).max())})
+
+
+def _runners(kind: str, path: Path, threads: int | None, targets: tuple[str, ...]):
+    """(runner, where it runs) for every host runner of ``kind``, then every emulated one on each
+    target's CPU — (None, target) where no runner of ``kind`` runs on that target."""
+    out = [(cls(path, threads=threads, spinning=False), "host") for cls in runners_for(kind)]
+    for target in targets:
+        arch, _, cpu = target.partition(":")
+        emulated = runners_for(kind, target=arch)
+        out += [(cls(path, cpu=cpu, spinning=False), target) for cls in emulated] or [(None, target)]
+    return out
 
 
 def _sub(ref: Reference, rows) -> Reference:
@@ -423,6 +441,9 @@ class CheckOptions:
     atol: float | None = None
     rtol: float | None = None
     localize: bool = False
+    #: emulated targets to run every artifact on as well (``"arm64:CPU"``): more runners, the same
+    #: rules, so never a looser check (not a user option: the result can be the export's check)
+    on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from ..models.limits import check_finite
@@ -443,7 +464,7 @@ def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions
     reduced = any(t.precision != "fp32" for t in found[0])
     inputs = check_inputs(spec, opts.data, opts.samples, reduced=reduced)
     report = check_bundle(bundle, manifest, model, inputs, user_tolerance(opts.atol, opts.rtol),
-                          opts.localize, progress, found)
+                          opts.localize, progress, found, opts.on)
     report.options = opts.user_options()
     return report
 

@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass, field
@@ -226,10 +227,18 @@ def _check_report(r: _Reader, d: Any) -> CheckReport:
             accuracy=r.get(rec, "accuracy", (int, float), optional=True),
             reference_accuracy=r.get(rec, "reference_accuracy", (int, float), optional=True),
             first_divergence=r.get(rec, "first_divergence", dict, optional=True),
-            seconds=float(r.get(rec, "seconds", (int, float), optional=True, default=0.0))))
+            seconds=float(r.get(rec, "seconds", (int, float), optional=True, default=0.0)),
+            target=_target(r, rec)))
     return CheckReport(inputs=r.get(d, "inputs", str), samples=r.get(d, "samples", int), records=records,
                        options=r.get(d, "options", dict, optional=True, default={}),
                        reference_error=r.get(d, "reference_error", dict, optional=True, default={}))
+
+
+def _target(r: _Reader, rec: Any) -> str:
+    target = r.get(rec, "target", str, optional=True, default="host")
+    if not re.fullmatch(r"host|arm64:[a-z0-9-]{1,40}", target):
+        raise r.bad(f"a check result names target {target[:50]!r}; known: host, arm64:CPU")
+    return target
 
 
 def _files(r: _Reader, d: Any) -> dict[str, dict] | None:

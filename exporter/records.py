@@ -63,6 +63,8 @@ class CheckRecord(_Record):
     reference_accuracy: float | None = None
     first_divergence: dict | None = None
     seconds: float = 0.0
+    #: where the runner ran: ``"host"``, or an emulated ``"arm64:CPU"`` (exporter.arm64)
+    target: str = "host"
 
 
 @dataclass

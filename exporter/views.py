@@ -59,8 +59,11 @@ def check_view(report) -> View:
         notes.append(f"PyTorch fp32 vs float64 (the reference's own error): max "
                      f"{_metric(ref, 'torch_fp32_vs_fp64_max', '.2g')}, logits up to "
                      f"{_metric(ref, 'logit_scale_max', '.3g')}")
-    tolerances = sorted({(r.precision, r.tolerance) for r in report.records})
-    notes.append("tolerances: " + "; ".join(f"{p} {t}" for p, t in tolerances))
+    used: dict[tuple[str, str], set[str]] = {}
+    for r in report.records:
+        used.setdefault((r.precision, r.tolerance), set()).add(r.target)
+    notes.append("tolerances: " + "; ".join(
+        f"{p}{'' if 'host' in where else ' on ' + ', '.join(sorted(where))} {t}" for (p, t), where in sorted(used.items())))
     return View(title=f"check on {report.samples} inputs ({report.inputs}): "
                       f"{'passed' if report.passed else 'FAILED'}",
                 head=["artifact", "runner", "status", "max abs", "torch fp32 err", "cos min", "top-1 agr", "top-5",

@@ -237,10 +237,11 @@ def plugin_of(fmt: str) -> Plugin | None:
     return next((p for p in registry().plugins if p.name == owner), None)
 
 
-def runners_for(kind: str, *, purpose: str = "verify") -> list[type[Runner]]:
-    """Registered runner classes for an artifact kind, for ``"verify"`` (check) or ``"time"`` (bench)."""
+def runners_for(kind: str, *, purpose: str = "verify", target: str = "host") -> list[type[Runner]]:
+    """Registered runner classes for an artifact kind, for ``"verify"`` (check) or ``"time"`` (bench),
+    on ``target`` (``"host"``, or an emulated one such as ``"arm64"``)."""
     attr = "verifies" if purpose == "verify" else "timeable"
-    return [r for r in registry().runners if kind in r.kinds and getattr(r, attr)]
+    return [r for r in registry().runners if kind in r.kinds and getattr(r, attr) and r.target == target]
 
 
 def tool_names(formats: Iterable[str]) -> tuple[str, ...]:
@@ -281,6 +282,7 @@ def describe_formats() -> list[dict]:
     return [{"name": f.name, "plugin": registry().owner[f.name], "file": f.filename, "precision": f.precision,
              "requires": list(f.requires), "selectable": f.selectable, "default": f.default,
              "verified_by": [r.name for r in runners_for(f.kind)],
+             "verified_on_arm64_by": [r.name for r in runners_for(f.kind, target="arm64")],
              "timed_by": [r.name for r in runners_for(f.kind, purpose="time")] if f.benchmark else [],
              "options": [opts[o].flag for o in f.options], "description": f.help} for f in FORMATS.values()]
 

@@ -38,6 +38,8 @@ class Runner(ABC):
     timeable: bool = True
     #: one instance per execution provider (``bench --providers``); others ignore the provider
     per_provider: bool = False
+    #: where it runs: ``"host"`` (this machine's runtime) or an emulated target (``"arm64"``: see exporter.arm64)
+    target: str = "host"
     #: batch size the artifact was built for, or None when any batch works
     fixed_batch: int | None = None
     #: largest batch to hand over at once (memory), or None for no limit

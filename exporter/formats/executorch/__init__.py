@@ -6,6 +6,7 @@ from __future__ import annotations
 from .. import Format, Plugin
 from ...calibration import validate_calibration
 from .export import PTE_INT8_NAME, PTE_NAME, export_pte, export_pte_int8
+from .arm64 import PteArm64Runner
 from .runner import ExecuTorchRunner
 
 
@@ -27,5 +28,5 @@ PLUGIN = Plugin(
                precision="int8", options=("calibration",), validate=validate_calibration,
                note=lambda r: f"{_note(r)}; calibration: {r.details.get('calibration')}"),
     ),
-    runners=(ExecuTorchRunner,),
+    runners=(ExecuTorchRunner, PteArm64Runner),
 )

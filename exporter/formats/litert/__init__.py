@@ -16,6 +16,7 @@ from ... import __version__
 from ...records import ArtifactRecord, Status
 from .. import Format, Plugin
 from . import converter
+from .arm64 import LiteRtArm64Runner
 from .runner import LiteRtBuiltinRunner, LiteRtRunner
 
 TFLITE_NAME = "model.tflite"
@@ -94,5 +95,5 @@ PLUGIN = Plugin(
                     "LiteRT (TensorFlow Lite) for Android, from model.pt2 by litert-torch (needs "
                     "'bsconv-export setup litert')", requires=("pt2",), validate=_validate,
                     note=lambda r: ", ".join(f"{k} ×{v}" for k, v in list(r.details.get("op_types", {}).items())[:6])),),
-    runners=(LiteRtRunner, LiteRtBuiltinRunner),
+    runners=(LiteRtRunner, LiteRtBuiltinRunner, LiteRtArm64Runner),
 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ....models.errors import UserInputError
+from ...backends import built_aside, cache_root
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
@@ -30,13 +29,6 @@ SCRIPT = HERE / "convert_pt2.py"
 READY = ".bsconv-export-ready"
 CONVERT_TIMEOUT_S = 900
 SETUP_COMMAND = "bsconv-export setup litert"
-
-
-def cache_root() -> Path:
-    if os.environ.get("BSCONV_EXPORT_CACHE"):
-        return Path(os.environ["BSCONV_EXPORT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "bsconv-export"
 
 
 def env_dir() -> Path:
@@ -72,10 +64,8 @@ def setup(progress=None) -> Path:
     target = env_dir()
     if env_python() is not None:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     t0 = time.perf_counter()
-    try:
+    with built_aside(target, "the LiteRT converter environment") as building:
         if progress:
             progress(f"creating {target} (2.1 GB; pip output follows)")
         subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
@@ -83,17 +73,8 @@ def setup(progress=None) -> Path:
         subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "install", "-q", "--no-deps", "-r", str(REQUIREMENTS)], check=True)
         subprocess.run([*pip, "check"], check=True)
-        if target.exists():      # a half-made one (no ready marker): replaced whole
-            shutil.rmtree(target)
-        building.rename(target)   # its bin/python finds its packages wherever the folder is
-        (target / READY).write_text(f"made in {time.perf_counter() - t0:.0f} s from {REQUIREMENTS.name}\n")
-    except subprocess.CalledProcessError as e:
-        shutil.rmtree(building, ignore_errors=True)
-        raise UserInputError(f"making the LiteRT converter environment failed ({' '.join(map(str, e.cmd[:4]))} "
-                             f"exited {e.returncode}); see pip's output above") from None
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+        # renamed into place next: its bin/python finds its packages wherever the folder is
+        (building / READY).write_text(f"made in {time.perf_counter() - t0:.0f} s from {REQUIREMENTS.name}\n")
     return target
 
 

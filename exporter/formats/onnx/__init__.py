@@ -14,6 +14,7 @@ from .facts import onnx_facts
 from .fp16 import FP16_NAME, export_fp16
 from .ort_format import ORT_NAME, export_ort
 from .quantize import INT8_NAME, export_int8
+from .arm64 import OnnxArm64Runner
 from .runner import OnnxRunner, OrtFormatRunner
 from .simplify import SIM_NAME, simplify_onnx
 
@@ -61,5 +62,5 @@ PLUGIN = Plugin(
         Format("fp16", export_fp16, FP16_NAME, "onnx", "ONNX with fp16 weights and arithmetic", precision="fp16",
                requires=("onnx",), facts=onnx_facts),
     ),
-    runners=(OnnxRunner, OrtFormatRunner),
+    runners=(OnnxRunner, OrtFormatRunner, OnnxArm64Runner),
 )
