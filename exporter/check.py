@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ from .contract import OUTPUT_NAME
 from .declared import contract_problem, declared_problem
 from .records import CheckRecord, CheckReport, Status, path_sha256
 from .formats import runners_for
+from .machine import usable_cores
 from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
 from .tolerances import (FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance, agreement_interval,
                          tolerance_for, user_tolerance)
@@ -291,7 +293,6 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
                  on: tuple[str, ...] = ()) -> CheckReport:
     """Check every OK artifact of ``manifest`` (a :class:`Manifest`, in ``bundle``) against ``model``,
     on this machine's runtimes and on each emulated target in ``on`` (``"arm64:CPU"``, exporter.arm64)."""
-    from .machine import usable_cores
     bundle = Path(bundle)
     # Threads are chosen, not inherited: torch's pool at most the usable cores, onnxruntime's the same
     # size and never spinning, so the two never fight (default pools on a loaded 2-core machine made
@@ -346,11 +347,9 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         rows = inputs.fp32_rows if precision == "fp32" and inputs.fp32_rows is not None else np.arange(len(inputs.x))
         verified = False
         skipped: list[str] = []
-        for runner, where in _runners(fmt.kind, path, threads, on):
-            if runner is None:
-                emit(CheckRecord(runner="-", status=Status.SKIPPED, target=where, **base,
-                                 reason=f"no runner of {fmt.name} files runs on {where.split(':')[0]}"))
-                continue
+
+        def verify(runner, where: str) -> CheckRecord:
+            """One runner over the inputs: its record (skipped, ok or failed, with the reason)."""
             runner.input_spec = manifest.model.input_spec   # inputs come from the spec, never the file's own claims
             run_tol = tolerance_override or tolerance_for(precision, where)
             rec = CheckRecord(runner=runner.label(), status=Status.OK, target=where,
@@ -358,14 +357,31 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
             reason = runner.unavailable_reason()
             if reason:
                 rec.status, rec.reason = Status.SKIPPED, reason
-            else:
-                out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, run_tol, class_labels,
-                               manifest, target)
-                if out is not None and precision == "fp32" and (
-                        localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
-                    worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
-                    x_worst = inputs.x[rows][worst:worst + 1]
-                    rec.first_divergence = runner.first_divergence(model, x_worst, tol.atol or 1e-4)
+                return rec
+            out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, run_tol, class_labels,
+                           manifest, target)
+            if out is not None and precision == "fp32" and (
+                    localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
+                worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
+                x_worst = inputs.x[rows][worst:worst + 1]
+                rec.first_divergence = runner.first_divergence(model, x_worst, run_tol.atol or 1e-4)
+            return rec
+
+        # Host runners one after another (each on the chosen threads), then the emulated ones — each a
+        # single-threaded QEMU process — side by side, one per usable core; records keep the table's order.
+        jobs = _runners(fmt.kind, path, threads, on)
+        done = {id(runner): verify(runner, where) for runner, where in jobs if where == "host"}
+        emulated = [(runner, where) for runner, where in jobs if runner is not None and where != "host"]
+        if emulated:
+            with ThreadPoolExecutor(max_workers=min(len(emulated), usable_cores())) as pool:
+                futures = {id(runner): pool.submit(verify, runner, where) for runner, where in emulated}
+                done.update({key: f.result() for key, f in futures.items()})
+        for runner, where in jobs:
+            if runner is None:
+                emit(CheckRecord(runner="-", status=Status.SKIPPED, target=where, **base,
+                                 reason=f"no runner of {fmt.name} files runs on {where.split(':')[0]}"))
+                continue
+            rec = done[id(runner)]
             verified |= rec.status in (Status.OK, Status.FAILED)
             if rec.status is Status.SKIPPED:
                 skipped.append(f"{rec.runner}: {rec.reason}")

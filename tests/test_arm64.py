@@ -56,8 +56,16 @@ def test_the_kit_builds_from_its_pins_and_refuses_a_changed_file(tmp_path, monke
     with pytest.raises(Exception, match="is not the pinned file"):
         kit.setup()
     assert not any((tmp_path / "cache").iterdir())   # nothing half-made is left
-    monkeypatch.setattr(kit, "LOCK", kit.HERE / "kit.lock.json")
-    folder = kit.setup()
+    # a pin Debian's pool no longer has (here: a version that never existed) is replaced by the package's
+    # current file, proven through Debian's signed index
+    lock = json.loads((kit.HERE / "kit.lock.json").read_text())
+    lock["sysroot"][5]["url"] = lock["sysroot"][5]["url"].replace("_3.4.4-1_", "_0.0-0_")
+    gone = tmp_path / "gone.lock.json"
+    gone.write_text(json.dumps(lock))
+    monkeypatch.setattr(kit, "LOCK", gone)
+    said = []
+    folder = kit.setup(said.append)
+    assert any("libffi8: the pinned file is gone" in s and "signed debian/dists/bookworm" in s for s in said), said
     made = kit.find_kit()
     assert made is not None and made.root == folder and "cortex-a76" in made.cpus()
     from bsconv_export.exporter.formats.executorch.arm64 import part_dir

@@ -11,7 +11,9 @@ The kit is everything needed to run those builds on this x86 machine, made once 
 * ``site/``: the aarch64 wheels of onnxruntime, numpy and ai-edge-litert.
 
 Every download is checked against a sha256 pinned in this folder (``kit.lock.json`` for the
-Debian files, ``requirements.txt`` in pip's hash-checking mode for the wheels) before it is used.
+Debian files, ``requirements.txt`` in pip's hash-checking mode for the wheels) before it is used;
+a Debian file the pool no longer has is replaced by the package's current one, proven through
+Debian's signed index (:mod:`exporter.arm64.debian`).
 The kit is built in a temporary folder and renamed into place when complete; nothing is ever
 downloaded by ``check``.
 """
@@ -24,12 +26,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...models.errors import UserInputError
 from ..backends import built_aside, cache_root
+from .debian import fetch_package
 
 HERE = Path(__file__).resolve().parent
 LOCK = HERE / "kit.lock.json"
@@ -40,7 +42,6 @@ PYTHON = "usr/bin/python3.11"
 #: the platforms pip may take the aarch64 wheels for (each wheel names the oldest glibc it needs)
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
                    "manylinux2014_aarch64")
-DOWNLOAD_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _base(say) -> Path:
         downloads = building / "downloads"
         downloads.mkdir()
         say(f"creating {target}: QEMU from Debian 13")
-        deb = fetch(lock["qemu"]["url"], lock["qemu"]["sha256"], downloads)
+        deb = fetch_package(lock["qemu"], downloads, say)
         unpacked = building / "qemu-deb"
         subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
         shutil.copy2(unpacked / lock["qemu"]["member"], building / "qemu-aarch64")
@@ -125,7 +126,7 @@ def _base(say) -> Path:
         deb.unlink()
         say(f"an aarch64 Python 3.11 from Debian 12 ({len(lock['sysroot'])} packages)")
         for entry in lock["sysroot"]:
-            deb = fetch(entry["url"], entry["sha256"], downloads)
+            deb = fetch_package(entry, downloads, say)
             subprocess.run(["dpkg-deb", "-x", str(deb), str(building / "sysroot")], check=True)
             deb.unlink()
         shutil.rmtree(downloads)
@@ -143,23 +144,3 @@ def _base(say) -> Path:
                                  f"{(probe.stderr or probe.stdout).strip()[-300:]}")
         (building / READY).write_text(f"made in {time.perf_counter() - t0:.0f} s; {probe.stdout.strip()}\n")
     return target
-
-
-def fetch(url: str, sha256: str, folder: Path) -> Path:
-    """Download ``url`` into ``folder`` and return the file, or refuse it unless its sha256 is ``sha256``."""
-    dest = folder / url.rsplit("/", 1)[1]
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(dest, "wb") as f:
-            while chunk := r.read(1 << 20):
-                digest.update(chunk)
-                f.write(chunk)
-    except OSError as e:   # urllib's errors (HTTP 404, no route) are OSErrors
-        gone = " (Debian keeps only the newest update in its pool: refresh the pins, see docs/arm64.md)" \
-            if "404" in str(e) else ""
-        raise UserInputError(f"could not download {url}: {e}{gone}") from None
-    if digest.hexdigest() != sha256:
-        dest.unlink()
-        raise UserInputError(f"{url} is not the pinned file (sha256 {digest.hexdigest()}, pinned {sha256}); "
-                             "refusing it")
-    return dest
