@@ -43,8 +43,8 @@ from .bundle_files import BundleFile, bundle_files
 from .contract import OUTPUT_NAME
 from .declared import contract_problem, declared_problem
 from .records import CheckRecord, CheckReport, Status, path_sha256
+from . import machine
 from .formats import runners_for
-from .machine import usable_cores
 from .runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
 from .tolerances import (FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance, agreement_interval,
                          tolerance_for, user_tolerance)
@@ -297,7 +297,7 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
     # Threads are chosen, not inherited: torch's pool at most the usable cores, onnxruntime's the same
     # size and never spinning, so the two never fight (default pools on a loaded 2-core machine made
     # a 20 s check take 22 minutes)
-    threads = max(1, min(torch.get_num_threads(), usable_cores()))
+    threads = max(1, min(torch.get_num_threads(), machine.usable_cores()))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -373,7 +373,7 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         done = {id(runner): verify(runner, where) for runner, where in jobs if where == "host"}
         emulated = [(runner, where) for runner, where in jobs if runner is not None and where != "host"]
         if emulated:
-            with ThreadPoolExecutor(max_workers=min(len(emulated), usable_cores())) as pool:
+            with ThreadPoolExecutor(max_workers=min(len(emulated), machine.usable_cores())) as pool:
                 futures = {id(runner): pool.submit(verify, runner, where) for runner, where in emulated}
                 done.update({key: f.result() for key, f in futures.items()})
         for runner, where in jobs:
