@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -130,6 +131,39 @@ def test_coreml_fp16_and_image_input(tmp_path, shipped):
     c = r.manifest.artifacts[0]
     assert c.details["precision"] == "fp16" and c.details["input_kind"] == "image"
     assert "cast" in c.details["op_types"]
+
+
+def test_coreml_image_input_folds_mean_and_std_and_passes_its_check(tmp_path):
+    """A mean/std network as an image input: ImageType's scale and bias are the contract's pixel rule
+    (exporter.contract.pixel_normalization), and the check feeds the pixels that rule maps to its
+    inputs; a std that differs per channel (one ImageType scale cannot hold it) is refused up front."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    import custom_models
+    from bsconv_export.exporter.check import CheckOptions
+    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.models.registry import InputSpec
+    spec = InputSpec(size=16, num_classes=10, normalization="mean_std", mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25),
+                     color_order="BGR")
+    loaded = _custom(custom_models.tiny(width=4), spec)
+    r = export_bundle(loaded, tmp_path / "c", ExportOptions(formats=("coreml",), coreml_input="image"),
+                      check=CheckOptions())
+    assert r.ok, [(c.artifact, c.runner, c.reason) for c in r.manifest.check.records]
+    uneven = _custom(custom_models.tiny(width=4), InputSpec(size=16, num_classes=10, normalization="mean_std",
+                                                           mean=(0.5, 0.4, 0.3), std=(0.229, 0.224, 0.225)))
+    with pytest.raises(UserInputError, match="std differs per channel"):
+        export_bundle(uneven, tmp_path / "d", ExportOptions(formats=("coreml",), coreml_input="image"))
+    assert not (tmp_path / "d").exists()
+
+
+def _custom(model, spec):
+    """A LoadedCheckpoint of an in-memory network with ``spec`` (what --model gives the pipeline)."""
+    from bsconv_export.models.checkpoint import LoadedCheckpoint
+    from bsconv_export.models.source import EntryPointSource
+    model.input_spec = spec
+    return LoadedCheckpoint(model=model, arch="custom_models:tiny", path=Path(""), sha256="", input_spec=spec,
+                            source=EntryPointSource(entry_point="custom_models:tiny", model_args=()),
+                            spec_args=())
 
 
 def test_a_failing_stage_is_recorded_and_the_others_still_run(tmp_path, shipped, monkeypatch):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ....models.errors import UserInputError
 from .. import Format, Plugin
+from ...contract import pixel_normalization
 from ...options import Option
 from .export import COREML_NAME, export_coreml
 from .fp16 import COREML_FP16_NAME, export_coreml_fp16
@@ -25,6 +27,16 @@ OPTIONS = (
 )
 
 
+def _validate(opts, spec) -> None:
+    """Before any work: an image input folds the pixel rule into ImageType's one scale and per-channel
+    bias, so a spec whose std differs per channel cannot be an image input."""
+    std = pixel_normalization(spec)[1]
+    if opts.coreml_input == "image" and max(std) - min(std) > 1e-9 * max(std):
+        raise UserInputError(f"--coreml-input image: CoreML's ImageType scales every channel alike, and this "
+                             f"input spec's std differs per channel ({', '.join(f'{v:g}' for v in spec.std)}); "
+                             "use --coreml-input tensor and normalise in the app")
+
+
 def _facts(path: Path) -> tuple[str | None, int | None]:
     return program_precision(path), None
 
@@ -42,7 +54,7 @@ PLUGIN = Plugin(
     formats=(
         Format("coreml", export_coreml, COREML_NAME, "mlpackage", "CoreML ML Program", default=True,
                options=("coreml_precision", "coreml_input", "legacy_exporter"), precisions=PRECISIONS,
-               batch_one=True, facts=_facts, note=_note),
+               batch_one=True, facts=_facts, note=_note, validate=_validate),
         Format("coreml-fp16", export_coreml_fp16, COREML_FP16_NAME, "mlpackage", "CoreML with fp16 compute",
                precision="fp16", options=("palettize_bits",), batch_one=True, facts=_facts, note=_note),
     ),

@@ -30,7 +30,7 @@ import torch
 
 from ... import __version__
 from ...context import ExportContext
-from ...contract import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME
+from ...contract import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME, pixel_normalization
 from ...records import ArtifactRecord, Status
 from .backend import import_coremltools
 
@@ -43,12 +43,8 @@ def _input_type(ct, ctx: ExportContext):
     if ctx.options.coreml_input == "tensor":
         return ct.TensorType(name=INPUT_NAME, shape=shape)
     spec = ctx.spec
-    if spec.normalization == "mean_std":
-        scale = 1.0 / (255.0 * spec.std[0])
-        bias = [-m / s for m, s in zip(spec.mean, spec.std)]
-    else:  # data_bn / none: the model expects value_range; map 0..255 onto it
-        lo, hi = spec.value_range
-        scale, bias = (hi - lo) / 255.0, [lo] * spec.channels
+    mean, std = pixel_normalization(spec)   # input = (pixel - mean_c) / std_c; ImageType: scale * pixel + bias_c
+    scale, bias = 1.0 / std[0], [0.0 - m / std[0] + 0.0 for m in mean]
     return ct.ImageType(name=INPUT_NAME, shape=shape, scale=scale, bias=bias,
                         color_layout=ct.colorlayout.RGB if spec.color_order == "RGB" else ct.colorlayout.BGR)
 

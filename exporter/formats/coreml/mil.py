@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ....models.registry import InputSpec
+from ...contract import pixel_normalization
 from ...runners import Runner, RunnerUnavailable, UnsupportedOp
 
 
@@ -208,20 +210,22 @@ class MilProgram:
         self.metadata = dict(desc.metadata.userDefined)
         self.image = desc.input[0].type.imageType if desc.input[0].type.WhichOneof("Type") == "imageType" else None
 
-    def image_pixels(self, x: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-        """What an app hands an image-input model for the float tensor ``x`` (the ONNX files'
-        input, RGB in ``value_range``, the bundle's spec): pixels 0..255 in the image's colour
-        order. The range is the spec's, never the package's own metadata, which a changed
-        package could move together with its scale. Pixels stay float, not rounded to 8 bits,
-        so the comparison measures the program's preprocessing, not the app's quantisation."""
-        lo, hi = value_range
-        pixels = (x.astype(np.float32) - lo) * (255.0 / (hi - lo))
-        space = self.image.colorSpace
-        names = {10: "GRAYSCALE", 20: "RGB", 30: "BGR"}
-        if names.get(space) == "BGR":
-            return np.ascontiguousarray(pixels[:, ::-1])
-        if names.get(space) != "RGB":
-            raise UnsupportedOp(f"image colour space {names.get(space, space)}")
+    def image_pixels(self, x: np.ndarray, spec) -> np.ndarray:
+        """The image planes an image-input program receives for the float tensor ``x`` (the ONNX files'
+        input, its channels already in the spec's colour order, which is the ImageType's layout):
+        pixels 0..255, by inverting the contract's pixel rule for ``spec``
+        (the bundle's input spec, never the package's own metadata, which a changed package could move
+        together with its scale and bias). Pixels stay float, not rounded to 8 bits, so the comparison
+        measures the program's preprocessing, not the app's quantisation."""
+        mean, std = pixel_normalization(spec)
+        shape = (1, len(mean), 1, 1)
+        pixels = x.astype(np.float32) * np.asarray(std, np.float32).reshape(shape) + np.asarray(
+            mean, np.float32).reshape(shape)
+        space = {10: "GRAYSCALE", 20: "RGB", 30: "BGR"}.get(self.image.colorSpace, self.image.colorSpace)
+        if space not in ("RGB", "BGR"):
+            raise UnsupportedOp(f"image colour space {space}")
+        if space != spec.color_order:   # a fault of the file, not a gap of this interpreter
+            raise ValueError(f"the image input's layout is {space}, the input spec's colour order {spec.color_order}")
         return pixels
 
     def _last_uses(self) -> list[list[str]]:
@@ -252,15 +256,15 @@ class MilProgram:
         return [t for t in self.op_types
                 if t not in OPS and t not in ("const", "classify") and not t.startswith("constexpr_")]
 
-    def run(self, x: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
-        """Logits [N, classes] for input x [N, C, H, W] (float32) in ``value_range``."""
+    def run(self, x: np.ndarray, spec=None) -> np.ndarray:
+        """Logits [N, classes] for input x [N, C, H, W] (float32) as ``spec`` (an InputSpec) says."""
         missing = self.unsupported_ops()
         if missing:
             raise UnsupportedOp(f"op {', '.join(missing)} not supported")
         if self.image is not None:
-            if value_range is None:   # no spec given: the package's own claim (never in the check)
-                value_range = json.loads(self.metadata.get("input_spec", "{}")).get("value_range", (0.0, 1.0))
-            x = self.image_pixels(x, value_range)
+            if spec is None:   # no spec given: the package's own claim (never in the check)
+                spec = InputSpec.from_dict(json.loads(self.metadata.get("input_spec", "{}")))
+            x = self.image_pixels(x, spec)
         in_var = self.function.inputs[self.input_names[0]]
         if "fp16" in str(in_var.dtype):  # an fp16 program input (iOS16+ fp16 models)
             x = x.astype(np.float16)
@@ -329,8 +333,7 @@ class MilReferenceRunner(Runner):
         if self.program is None:
             self.load()
         (x,) = inputs.values()
-        value_range = tuple(self.input_spec.value_range) if self.input_spec is not None else None
-        return {self.program.scores_name: self.program.run(np.asarray(x, dtype=np.float32), value_range)}
+        return {self.program.scores_name: self.program.run(np.asarray(x, dtype=np.float32), self.input_spec)}
 
     def metadata(self) -> dict[str, str] | None:
         return dict(self.program.metadata) if self.program is not None else None

@@ -51,7 +51,8 @@ def _op_counts(data: bytes) -> dict[str, int]:
 def export_tflite(ctx) -> ArtifactRecord:
     """model.pt2 (the bundle's own, just written) through the converter subprocess, then the
     contract's names, TFLITE_METADATA, our metadata and the label file."""
-    from .tflite_file import finish, pixel_normalization
+    from ...contract import pixel_normalization
+    from .tflite_file import finish
     t0 = time.perf_counter()
     pt2 = ctx.workdir / ctx.records["pt2"].path
     spec = ctx.spec

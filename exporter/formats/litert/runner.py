@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ...runners import Runner, RunnerUnavailable
-from .tflite_file import (OUR_METADATA, TFLITE_METADATA, metadata_entries, packed_labels, pixel_normalization,
-                          read_model_metadata)
+from ...contract import pixel_normalization
+from .tflite_file import OUR_METADATA, TFLITE_METADATA, metadata_entries, packed_labels, read_model_metadata
 
 MAX_TFLITE_BYTES = 2 << 30
 #: what the LiteRT interpreter writes to stderr when it starts XNNPACK

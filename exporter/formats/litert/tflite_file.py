@@ -146,17 +146,6 @@ def _vec_floats(tab, slot: int) -> list[float]:
     return [struct.unpack_from("<f", tab.Bytes, start + 4 * i)[0] for i in range(min(n, 4096))]
 
 
-def pixel_normalization(spec) -> tuple[list[float], list[float]]:
-    """The TFLite Metadata NormalizationOptions that take 8-bit pixels to the model's input,
-    ``(pixel - mean_c) / std_c``: the contract's rule (docs/bundle.md) folded into one affine map per
-    channel — [0, 255] onto ``value_range``, then for ``mean_std`` minus ``mean`` over ``std``."""
-    lo, hi = spec.value_range
-    scale = 255.0 / (hi - lo)
-    if spec.normalization == "mean_std":
-        return [(m - lo) * scale + 0.0 for m in spec.mean], [s * scale for s in spec.std]
-    return [0.0 - lo * scale + 0.0] * spec.channels, [scale] * spec.channels   # + 0.0: never -0.0
-
-
 def read_model_metadata(buf: bytes) -> dict:
     """The facts :func:`model_metadata` writes, read back: the label file of the output, and the
     input's normalisation and range. Raises ValueError on a buffer that is not ModelMetadata."""
