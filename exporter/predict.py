@@ -16,8 +16,10 @@ import numpy as np
 from ..models.errors import UserInputError
 from ..models.registry import InputSpec
 
+from .contract import OUTPUT_NAME
 from .manifest import Manifest, inside, read_manifest
 from .records import path_sha256
+from .runners import RunnerUnavailable, infer_batched
 
 #: an image larger than this (either side) is refused before its pixels are decoded
 MAX_IMAGE_SIDE = 8192
@@ -66,19 +68,19 @@ def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     if (h, w) == (size, size):
         return img.astype(np.float64)
-    ys, y0, y1, wy = _taps(h, size)
-    xs, x0, x1, wx = _taps(w, size)
+    y0, y1, wy = _taps(h, size)
+    x0, x1, wx = _taps(w, size)
     img = img.astype(np.float64)
     top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
     bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
     return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
 
 
-def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: the two source indices and the second one's weight."""
     src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return src, i0, i1, src - i0
+    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
 
 
 def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -139,7 +141,6 @@ def predict(bundle: str | Path, images: list[str | Path], fmt: str | None = None
             threads: int = 1) -> list[Prediction]:
     """Run each image through the bundle's model file and return its label, index and logits."""
     from .formats import FORMATS, runners_for
-    from .runners import RunnerUnavailable
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     fmt, path = model_file(bundle, manifest, fmt)
@@ -162,7 +163,7 @@ def predict(bundle: str | Path, images: list[str | Path], fmt: str | None = None
             if file_labels is not None and list(file_labels) != list(labels):
                 raise UserInputError(f"{path.name} carries other labels than the manifest; re-export the bundle")
             for name, x in inputs:
-                logits = np.asarray(_infer_one(runner, x), dtype=np.float64)[0]
+                logits = np.asarray(infer_batched(runner, x)[OUTPUT_NAME], dtype=np.float64)[0]
                 index = int(np.argmax(logits))
                 out.append(Prediction(image=name, label=labels[index], index=index,
                                       logits=[float(v) for v in logits]))
@@ -170,8 +171,3 @@ def predict(bundle: str | Path, images: list[str | Path], fmt: str | None = None
         raise UserInputError(f"cannot run {path.name} here: {e}") from None
     return out
 
-
-def _infer_one(runner, x: np.ndarray) -> np.ndarray:
-    from .contract import OUTPUT_NAME
-    from .runners import infer_batched
-    return infer_batched(runner, x)[OUTPUT_NAME]
