@@ -386,6 +386,8 @@ def export_cmd(
     replace_anyway: bool = typer.Option(False, "--replace-anyway", help="With --force: replace the old bundle even when the new one fails or is not checked."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the equivalence check: the bundle is then 'unverified', not passed (run 'check' later)."),
     on: Optional[str] = typer.Option(None, "--on", help="The check also runs on: " + ON_HELP),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Stages run side by side in this many worker processes (default: the usable cores; 1: one after another in this process). The files are the same either way."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Make every stage and run the whole check afresh: neither read nor fill the stage cache (see 'bsconv-export cache')."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     format_options: Optional[dict] = None,
     model_options: Optional[dict] = None,
@@ -412,17 +414,28 @@ def export_cmd(
     if loaded.untrained:
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
 
+    running: list[str] = []
+
     def progress(stage: str, record) -> None:
+        # stages side by side: every line says which are running at that moment
         if record is None:
-            err.print(f"[dim]… {stage}[/dim]")
-        else:
-            colour = COLOUR[record.status.value]
-            err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}] in {record.seconds:.1f} s"
-                      + (f" — {escape(record.error)}" if record.error else ""), highlight=False)
+            running.append(stage)
+            beside = [s for s in running if s != stage]
+            side = f"  (running beside {', '.join(beside)})" if beside else ""
+            err.print(f"[dim]… {stage}{side}[/dim]")
+            return
+        if stage in running:
+            running.remove(stage)
+        colour = COLOUR[record.status.value]
+        how = " from the stage cache" if record.reused else ""
+        err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}]{how} in {record.seconds:.1f} s"
+                  + (f" — {escape(record.error)}" if record.error else "")
+                  + (f"  [dim](still running: {', '.join(running)})[/dim]" if running else ""), highlight=False)
 
     signal.signal(signal.SIGTERM, _terminate_cleanly)
     result = export_bundle(loaded, out_dir, opts, progress=progress,
-                           check=None if no_check else CheckOptions(on=targets), check_progress=check_progress)
+                           check=None if no_check else CheckOptions(on=targets), check_progress=check_progress,
+                           jobs=jobs, cache=not no_cache)
     manifest = result.manifest
     if as_json:
         emit_json(manifest.to_dict())
@@ -443,6 +456,7 @@ def export_cmd(
 def check_progress(rec) -> None:
     colour = COLOUR[rec.status.value]
     err.print(f"  check {rec.artifact} on {rec.runner}: [{colour}]{rec.status.value}[/{colour}]"
+              + (f" (verified {rec.reused['first_verified_at']}, reused)" if rec.reused else "")
               + (f" — {escape(rec.reason)}" if rec.reason else ""), highlight=False)
 
 

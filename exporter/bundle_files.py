@@ -36,12 +36,15 @@ class BundleFile:
         return self.fmt.name if self.fmt is not None else self.name
 
 
-def bundle_files(bundle: Path, manifest) -> tuple[list[BundleFile], list[CheckRecord]]:
+def bundle_files(bundle: Path, manifest, known: dict[str, tuple[str, tuple]] | None = None
+                 ) -> tuple[list[BundleFile], list[CheckRecord]]:
     """What the check verifies, decided by the files and the format table, never by the manifest:
     every model file in the bundle (listed or not), each judged at the precision its format row
     allows and its content shows (the stricter wins); plus a failed record for every format the
     export recorded whose file is missing, and for every row that names another format's file.
-    A manifest can add checks this way, never remove or loosen one."""
+    A manifest can add checks this way, never remove or loosen one. ``known``: facts this tool read
+    from a file earlier, by name → (the file's sha256 then, its facts), used only while the file
+    still has that sha256 (the stage cache's, which spares importing a converter to read them)."""
     from .formats import FORMATS, artifact_suffixes
     from .manifest import BUILD_MARKER, MANIFEST
     by_file = {f.filename: f for f in FORMATS.values()}
@@ -55,7 +58,7 @@ def bundle_files(bundle: Path, manifest) -> tuple[list[BundleFile], list[CheckRe
             continue   # side files (ORT's operator config, bench.json, the report)
         target = BundleFile(name=name, fmt=fmt, record=rows.get(name))
         if fmt is not None:
-            content, target.opset = file_facts(fmt, Path(bundle) / name)
+            content, target.opset = _facts(fmt, Path(bundle) / name, (known or {}).get(name))
             target.precision, target.problem = judged_precision(fmt, content, name)
         targets.append(target)
     required = set(manifest.export.formats) | {a.format for a in manifest.artifacts if a.ok}
@@ -77,6 +80,16 @@ def bundle_files(bundle: Path, manifest) -> tuple[list[BundleFile], list[CheckRe
                                         reason=f"the export wrote {', '.join(missing)} beside {a.path} for apps, "
                                                "but it is missing"))
     return targets, problems
+
+
+def _facts(fmt, path: Path, known: tuple[str, tuple] | None) -> tuple[str | None, int | None]:
+    if known is not None and not path.is_symlink() and path.exists():
+        from .records import path_sha256
+        sha, facts = known
+        precision, opset = facts
+        if precision in (None, *STRICTNESS) and (opset is None or type(opset) is int) and path_sha256(path) == sha:
+            return precision, opset
+    return file_facts(fmt, path)
 
 
 def judged_precision(fmt, content: str | None, name: str) -> tuple[str, str | None]:

@@ -27,11 +27,12 @@ reason; an artifact that no runner verified is *unverified*, which fails.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,6 +67,32 @@ class Reference:
     r32: np.ndarray               # PyTorch in float32
     e32: np.ndarray               # per sample: PyTorch fp32's own noise against r64 (see torch_reference)
     e16: np.ndarray | None = None  # per sample: PyTorch fp16's own error against r64, when fp16 artifacts are judged
+
+
+@dataclass
+class Shared:
+    """Work done before the check that it takes instead of doing again (exporter.pipeline): the
+    references, computed while the stages ran; replays of runners that ran new files in the stage
+    workers (each answers only for the file hash and inputs it ran); and earlier verdicts on the same
+    file, inputs and versions from the stage cache (``earlier(target, sha256, inputs digest)`` →
+    (records, reference_error) or None). The check fills in ``inputs_digest``."""
+    reference: tuple[str, bool, "Reference"] | None = None     # (inputs digest, with fp16, the reference)
+    replays: dict[tuple[str, str], Any] = field(default_factory=dict)   # (file name, runner name) -> Replay
+    earlier: Callable[[BundleFile, str, str], tuple[list[CheckRecord], dict] | None] | None = None
+    inputs_digest: str = ""
+    #: file facts read before, by file name → (its sha256 then, (precision, opset)): see bundle_files
+    facts: dict[str, tuple[str, tuple]] = field(default_factory=dict)
+
+
+def inputs_digest(inputs: CheckInputs) -> str:
+    """What the check ran on, as a hash: the inputs, the labels and which rows fp32 files take."""
+    h = hashlib.sha256()
+    for a in (inputs.x, inputs.labels, inputs.fp32_rows):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(repr((a.shape, str(a.dtype))).encode() + a.tobytes())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def edge_cases(spec: InputSpec, n_shape: tuple[int, ...]) -> np.ndarray:
@@ -290,7 +317,7 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
                  tolerance_override: Tolerance | None = None, localize: bool = False,
                  progress: Callable[[CheckRecord], None] | None = None,
                  found: tuple[list[BundleFile], list[CheckRecord]] | None = None,
-                 on: tuple[str, ...] = ()) -> CheckReport:
+                 on: tuple[str, ...] = (), shared: Shared | None = None) -> CheckReport:
     """Check every OK artifact of ``manifest`` (a :class:`Manifest`, in ``bundle``) against ``model``,
     on this machine's runtimes and on each emulated target in ``on`` (``"arm64:CPU"``, exporter.arm64)."""
     bundle = Path(bundle)
@@ -302,18 +329,34 @@ def check_bundle(bundle: str | Path, manifest, model: nn.Module, inputs: CheckIn
     torch.set_num_threads(threads)
     try:
         return _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
-                             threads, on)
+                             threads, on, shared or Shared())
     finally:
         torch.set_num_threads(previous)
 
 
 def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize, progress, found,
-                  threads, on: tuple[str, ...] = ()) -> CheckReport:
+                  threads, on: tuple[str, ...], shared: Shared) -> CheckReport:
     from .manifest import inside
     targets, problems = found or bundle_files(bundle, manifest)
-    ref = torch_reference(model, inputs.x, half=any(t.precision == "fp16" for t in targets))
+    shared.inputs_digest = digest = inputs_digest(inputs)
+    hashes: dict[str, str] = {}
+
+    def sha(target: BundleFile) -> str:
+        if target.name not in hashes:
+            hashes[target.name] = path_sha256(inside(bundle, target.name))
+        return hashes[target.name]
+
+    earlier = {t.name: found_before for t in targets if t.fmt is not None and not t.problem and shared.earlier
+               and (found_before := shared.earlier(t, sha(t), digest)) is not None}
+    half = any(t.precision == "fp16" for t in targets)
+    ref = None
+    if any(t.name not in earlier for t in targets):
+        given = shared.reference
+        ref = given[2] if given is not None and given[0] == digest and given[1] == half else \
+            torch_reference(model, inputs.x, half=half)
     labels = inputs.labels
-    ref_acc = float(np.mean(ref.r32[:len(labels)].argmax(1) == labels)) if labels is not None else None
+    ref_acc = float(np.mean(ref.r32[:len(labels)].argmax(1) == labels)) if labels is not None and ref is not None \
+        else next((r.reference_accuracy for recs, _ in earlier.values() for r in recs), None)
     class_labels = manifest.model.labels
     records: list[CheckRecord] = []
 
@@ -340,9 +383,13 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
             emit(CheckRecord(runner="-", status=Status.FAILED, **base, reason=target.problem))
             continue
         path = inside(bundle, target.name)
-        if target.record is not None and target.record.sha256 != path_sha256(path):
+        if target.record is not None and target.record.sha256 != sha(target):
             emit(CheckRecord(runner="-", status=Status.FAILED, **base,
                              reason=f"{target.name} changed since the export: its sha256 differs from the manifest's"))
+            continue
+        if target.name in earlier:
+            for rec in earlier[target.name][0]:
+                emit(rec)
             continue
         rows = inputs.fp32_rows if precision == "fp32" and inputs.fp32_rows is not None else np.arange(len(inputs.x))
         verified = False
@@ -360,6 +407,7 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
                 return rec
             out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, run_tol, class_labels,
                            manifest, target)
+            rec.seconds = getattr(runner, "replayed_seconds", rec.seconds)   # a replay: the worker's time
             if out is not None and precision == "fp32" and (
                     localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
                 worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
@@ -370,6 +418,8 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
         # Host runners one after another (each on the chosen threads), then the emulated ones — each a
         # single-threaded QEMU process — side by side, one per usable core; records keep the table's order.
         jobs = _runners(fmt.kind, path, threads, on)
+        jobs = [(_replay(shared, target, runner, sha(target), inputs.x[rows]) or runner, where)
+                if where == "host" else (runner, where) for runner, where in jobs]
         done = {id(runner): verify(runner, where) for runner, where in jobs if where == "host"}
         emulated = [(runner, where) for runner, where in jobs if runner is not None and where != "host"]
         if emulated:
@@ -390,10 +440,17 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
             emit(CheckRecord(runner="-", status=Status.UNVERIFIED, **base,
                              reason="no runner could verify it here" + (f" ({'; '.join(skipped)})" if skipped else
                                                                         f" (no runner loads kind {fmt.kind!r})")))
-    return CheckReport(inputs=inputs.source, samples=len(inputs.x), records=records,
-                       reference_error={"torch_fp32_vs_fp64_max": float(ref.e32.max()),
-                                        "torch_fp32_vs_fp64_median": float(np.median(ref.e32)),
-                                        "logit_scale_max": float(np.abs(ref.r64).max())})
+    reference_error = {"torch_fp32_vs_fp64_max": float(ref.e32.max()),
+                       "torch_fp32_vs_fp64_median": float(np.median(ref.e32)),
+                       "logit_scale_max": float(np.abs(ref.r64).max())} if ref is not None else \
+        next((err for _, err in earlier.values() if err), {})
+    return CheckReport(inputs=inputs.source, samples=len(inputs.x), records=records, reference_error=reference_error)
+
+
+def _replay(shared: Shared, target: BundleFile, runner: Runner, sha256: str, x: np.ndarray):
+    """The worker's run of this runner on this very file and these inputs, if there is one."""
+    rep = shared.replays.get((target.name, runner.name))
+    return rep if rep is not None and rep.answers(sha256, x) else None
 
 
 def _runners(kind: str, path: Path, threads: int | None, targets: tuple[str, ...]):
@@ -474,13 +531,13 @@ class CheckOptions:
 
 
 def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions = CheckOptions(),
-              progress: Callable[[CheckRecord], None] | None = None) -> CheckReport:
+              progress: Callable[[CheckRecord], None] | None = None, shared: Shared | None = None) -> CheckReport:
     spec = manifest.model.input_spec
-    found = bundle_files(Path(bundle), manifest)
+    found = bundle_files(Path(bundle), manifest, shared.facts if shared is not None else None)
     reduced = any(t.precision != "fp32" for t in found[0])
     inputs = check_inputs(spec, opts.data, opts.samples, reduced=reduced)
     report = check_bundle(bundle, manifest, model, inputs, user_tolerance(opts.atol, opts.rtol),
-                          opts.localize, progress, found, opts.on)
+                          opts.localize, progress, found, opts.on, shared)
     report.options = opts.user_options()
     return report
 

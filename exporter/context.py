@@ -30,11 +30,23 @@ class ExportContext:
     records: dict[str, ArtifactRecord] = field(default_factory=dict)
     capture: Capture | None = None
     capture_error: Exception | None = None
+    #: once the capture is saved: the file every later stage reads the program from (see use_program_file)
+    program_file: Path | None = None
+
+    def use_program_file(self, path: Path) -> None:
+        """From now on the program is the one saved in ``path``, read back on first use: the stages
+        after the capture read the same bytes whether they run here, in a worker process or
+        from the stage cache, so their files are the same whichever way they were made."""
+        self.program_file = Path(path)
+        self.capture = None
 
     def program(self) -> "torch.export.ExportedProgram":
-        """The bundle's one ``torch.export`` capture, made on first use (see capture.py)."""
+        """The bundle's one ``torch.export`` capture, made on first use (see capture.py), or read
+        back from :attr:`program_file` once it is saved."""
         if self.capture_error is not None:
             raise self.capture_error
+        if self.capture is None and self.program_file is not None:
+            self.capture = _read_program(self.program_file, self.options.dynamic_batch)
         if self.capture is None:
             try:
                 self.capture = capture_program(self.model, self.example, dynamic_batch=self.options.dynamic_batch)
@@ -47,3 +59,16 @@ class ExportContext:
     def with_options(self, **changes) -> "ExportContext":
         """The same context with some options changed (a stage that builds a variant of another's format)."""
         return replace(self, options=self.options.replace(**changes))
+
+
+def _read_program(path: Path, dynamic_batch: bool) -> Capture:
+    """The saved capture, read with the safe loader; a file that will not load is this export's
+    failure (its stages fail with the reason), not the user's input."""
+    import time
+    from ..models.program import ProgramError, load_program
+    t0 = time.perf_counter()
+    try:
+        program, _ = load_program(path)
+    except ProgramError as e:
+        raise RuntimeError(f"the saved program {path.name} could not be read back: {e}") from None
+    return Capture(program=program, seconds=time.perf_counter() - t0, dynamic_batch=dynamic_batch)

@@ -207,7 +207,7 @@ def _artifact(r: _Reader, d: Any) -> ArtifactRecord:
                           seconds=float(r.get(d, "seconds", (int, float), optional=True, default=0.0)),
                           deployment_target=r.get(d, "deployment_target", str, optional=True),
                           error=r.get(d, "error", str, optional=True),
-                          details=r.get(d, "details", dict, optional=True, default={}), **ints)
+                          details=r.get(d, "details", dict, optional=True, default={}), reused=_reused(r, d), **ints)
 
 
 def _check_report(r: _Reader, d: Any) -> CheckReport:
@@ -228,10 +228,31 @@ def _check_report(r: _Reader, d: Any) -> CheckReport:
             reference_accuracy=r.get(rec, "reference_accuracy", (int, float), optional=True),
             first_divergence=r.get(rec, "first_divergence", dict, optional=True),
             seconds=float(r.get(rec, "seconds", (int, float), optional=True, default=0.0)),
-            target=_target(r, rec)))
+            target=_target(r, rec), reused=_reused(r, rec)))
     return CheckReport(inputs=r.get(d, "inputs", str), samples=r.get(d, "samples", int), records=records,
                        options=r.get(d, "options", dict, optional=True, default={}),
                        reference_error=r.get(d, "reference_error", dict, optional=True, default={}))
+
+
+def _reused(r: _Reader, d: Any) -> dict[str, str] | None:
+    reused = r.get(d, "reused", dict, optional=True)
+    if reused is None:
+        return None
+    key, when = r.get(reused, "key", str), r.get(reused, "first_verified_at", str)
+    if not re.fullmatch(r"[0-9a-f]{64}", key) or len(when) > 64 or set(reused) != {"key", "first_verified_at"}:
+        raise r.bad("'reused' must be a cache key (64 hex digits) and a time")
+    return {"key": key, "first_verified_at": when}
+
+
+def artifact_from_dict(d: Any, where: str) -> ArtifactRecord:
+    """One artifact record read back with every field checked (a stage cache entry's)."""
+    return _artifact(_Reader(where), d)
+
+
+def check_records_from_list(d: Any, where: str) -> list[CheckRecord]:
+    """Check records read back with every field checked (a stage cache entry's)."""
+    r = _Reader(where)
+    return _check_report(r, {"inputs": "", "samples": 0, "results": d}).records
 
 
 def _target(r: _Reader, rec: Any) -> str:

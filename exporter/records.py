@@ -42,6 +42,8 @@ class ArtifactRecord(_Record):
     details: dict[str, Any] = field(default_factory=dict)
     #: other files the stage wrote into the bundle for apps (ORT's operator config), by name
     side_files: list[str] = field(default_factory=list)
+    #: taken from the stage cache, not made again: ``{"key": ..., "first_verified_at": ...}`` (stagecache.py)
+    reused: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,8 @@ class CheckRecord(_Record):
     seconds: float = 0.0
     #: where the runner ran: ``"host"``, or an emulated ``"arm64:CPU"`` (exporter.arm64)
     target: str = "host"
+    #: the verdict of an earlier run of this runner on the same file, inputs and versions (stagecache.py)
+    reused: dict[str, str] | None = None
 
 
 @dataclass

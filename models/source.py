@@ -53,6 +53,8 @@ class ModelSource:
     original a bundle came from (``reload``)."""
 
     kind: ClassVar[str] = ""
+    #: loading it imports and runs the user's code (which can change under the same name)
+    runs_user_code: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw) -> None:
         super().__init_subclass__(**kw)
@@ -147,6 +149,7 @@ class EntryPointSource(ModelSource):
     """``--model package.module:factory`` with ``--model-arg key=value``: the user's own code."""
 
     kind: ClassVar[str] = "entry_point"
+    runs_user_code: ClassVar[bool] = True
     entry_point: str = ""
     model_args: tuple[tuple[str, str], ...] = ()  # as typed, in order
 

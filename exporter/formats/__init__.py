@@ -53,6 +53,9 @@ class Format:
     note: Callable[[Any], str] | None = None  # what the bundle table says about its record
     #: what the file itself says, read without running it: (precision or None, opset or None)
     facts: Callable[[Path], tuple[str | None, int | None]] | None = None
+    #: its file is the saved capture: it runs first, in the exporting process (it needs the module),
+    #: and every later stage reads the program from its file (exporter.pipeline)
+    captures: bool = False
 
     @property
     def suffix(self) -> str:
@@ -76,6 +79,8 @@ class Plugin:
     #: prepares what the plugin needs outside this environment (``bsconv-export setup NAME``):
     #: called with a progress callback, returns one line saying what is ready
     setup: Callable[..., str] | None = None
+    #: imports its stages need, made ahead by a stage worker while the capture runs (exporter.workers)
+    warm: Callable[[], None] | None = None
     #: the module it came from (filled in on discovery)
     module: str = ""
 
@@ -261,6 +266,19 @@ def tool_versions(formats: Iterable[str] | None = None) -> dict[str, str]:
     names = tool_names(formats) if formats is not None else tuple(
         dict.fromkeys(t for p in registry().plugins for t in p.tools))
     return {**core_versions(), **package_versions(names)}
+
+
+def planned_precision(fmt: Format, opts: ExportOptions) -> str:
+    """The precision ``fmt``'s file will have under ``opts``: the row's, or the one an option of its
+    chooses among the row's precisions (a forecast: the check still judges what the file says)."""
+    declared = declared_options()
+    for name in fmt.options:
+        o = declared.get(name)
+        value = getattr(opts, name, None)
+        if fmt.precisions and o is not None and o.choices and set(o.choices) <= set(fmt.precisions) \
+                and value in fmt.precisions:
+            return value
+    return fmt.precision
 
 
 def selectable() -> list[str]:

@@ -9,6 +9,7 @@ from ....models.errors import UserInputError
 from .. import Format, Plugin
 from ...contract import pixel_normalization
 from ...options import Option
+from .backend import import_coremltools
 from .export import COREML_NAME, export_coreml
 from .fp16 import COREML_FP16_NAME, export_coreml_fp16
 from .mil import CoreMLRunner, MilReferenceRunner, program_precision
@@ -51,6 +52,7 @@ PLUGIN = Plugin(
     order=20,
     options=OPTIONS,
     tools=("coremltools",),
+    warm=import_coremltools,
     formats=(
         Format("coreml", export_coreml, COREML_NAME, "mlpackage", "CoreML ML Program", default=True,
                options=("coreml_precision", "coreml_input", "legacy_exporter"), precisions=PRECISIONS,

@@ -25,6 +25,7 @@ import io
 import json
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -123,12 +124,35 @@ def validate_spec(mlmodel, ctx: ExportContext) -> dict:
             "spec_version": mlmodel.get_spec().specificationVersion}
 
 
+def save_reproducibly(mlmodel, path: Path) -> None:
+    """``mlmodel.save``, then the same package made byte-reproducible: coremltools writes the spec's
+    metadata map in hash order and names the package's items with random UUIDs, so two saves of one
+    model differ. The spec is re-serialised deterministically and each item named by a UUID derived
+    from its path; the model, its weights and what a runtime reads are unchanged."""
+    import uuid
+    from coremltools.proto import Model_pb2
+    mlmodel.save(str(path))
+    manifest_path = path / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"bsconv-export/{info['path']}"))
+               for old, info in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {renamed[k]: v for k, v in sorted(manifest["itemInfoEntries"].items(),
+                                                                     key=lambda kv: renamed[kv[0]])}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+    spec_path = path / "Data" / root
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
 def export_coreml(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
     mlmodel = convert_coreml(ctx)
     details = validate_spec(mlmodel, ctx)
     details["precision"] = ctx.options.coreml_precision
-    mlmodel.save(str(ctx.workdir / COREML_NAME))
+    save_reproducibly(mlmodel, ctx.workdir / COREML_NAME)
     ops = mil_op_histogram(mlmodel)
     return ArtifactRecord(format="coreml", status=Status.OK, path=COREML_NAME,
                           seconds=time.perf_counter() - t0, nodes=sum(n for op, n in ops.items() if op != "const"),

@@ -6,7 +6,7 @@ import time
 
 from ...context import ExportContext
 from ...records import ArtifactRecord, Status
-from .export import DEPLOYMENT_TARGET, convert_coreml, mil_op_histogram, validate_spec
+from .export import DEPLOYMENT_TARGET, convert_coreml, mil_op_histogram, save_reproducibly, validate_spec
 
 COREML_FP16_NAME = "model.fp16.mlpackage"
 
@@ -18,7 +18,7 @@ def export_coreml_fp16(ctx: ExportContext) -> ArtifactRecord:
     mlmodel = convert_coreml(fp16_ctx, palettize_bits=bits)
     details = validate_spec(mlmodel, fp16_ctx)
     details.update(precision="fp16", palettize_bits=bits)
-    mlmodel.save(str(ctx.workdir / COREML_FP16_NAME))
+    save_reproducibly(mlmodel, ctx.workdir / COREML_FP16_NAME)
     ops = mil_op_histogram(mlmodel)
     return ArtifactRecord(format="coreml-fp16", status=Status.OK, path=COREML_FP16_NAME,
                           seconds=time.perf_counter() - t0, nodes=sum(n for op, n in ops.items() if op != "const"),

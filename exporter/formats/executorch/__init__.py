@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import Format, Plugin
 from ...calibration import validate_calibration
-from .export import PTE_INT8_NAME, PTE_NAME, export_pte, export_pte_int8
+from .export import PTE_INT8_NAME, PTE_NAME, export_pte, export_pte_int8, import_lowering
 from .arm64 import PteArm64Runner
 from .runner import ExecuTorchRunner
 
@@ -21,6 +21,7 @@ PLUGIN = Plugin(
     name="executorch",
     order=30,
     tools=("executorch", "torchao"),
+    warm=import_lowering,
     formats=(
         Format("pte", export_pte, PTE_NAME, "pte", "ExecuTorch program, XNNPACK-delegated", default=True,
                note=_note),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .. import Format, Plugin
 from ...calibration import validate_calibration
 from ...options import Option
-from .export import ONNX_NAME, export_onnx, validate_onnx
+from .export import ONNX_NAME, export_onnx, validate_onnx, warm_exporter
 from .facts import onnx_facts
 from .fp16 import FP16_NAME, export_fp16
 from .ort_format import ORT_NAME, export_ort
@@ -44,6 +44,7 @@ PLUGIN = Plugin(
     order=10,
     options=OPTIONS,
     tools=("onnx", "onnxscript", "onnxsim", "onnxconverter-common"),
+    warm=warm_exporter,
     formats=(
         Format("onnx", export_onnx, ONNX_NAME, "onnx", "ONNX from the program (dynamo exporter), checked",
                default=True, bench_baseline=True, options=("opset", "simplify", "legacy_exporter"), facts=onnx_facts,

@@ -123,6 +123,13 @@ def metadata_props(ctx: ExportContext) -> dict[str, str]:
     }
 
 
+def warm_exporter() -> None:
+    """The dynamo exporter's imports (onnxscript and its opset tables), made ahead in a stage worker."""
+    import importlib
+    for name in ("onnxscript", "torch.onnx._internal.exporter._core"):
+        importlib.import_module(name)
+
+
 def export_onnx(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
     model = _legacy_onnx(ctx) if ctx.options.legacy_exporter else _dynamo_onnx(ctx)

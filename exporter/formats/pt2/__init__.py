@@ -9,7 +9,7 @@ PLUGIN = Plugin(
     name="pt2",
     order=0,
     formats=(Format("pt2", export_pt2, PT2_NAME, "pt2", "the torch.export program every format comes from",
-                    default=True, benchmark=False,
+                    default=True, benchmark=False, captures=True,
                     note=lambda r: f"{r.nodes} ATen nodes, captured in {r.details.get('capture_seconds')} s"),),
     runners=(TorchProgramRunner,),
 )

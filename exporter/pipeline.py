@@ -1,0 +1,364 @@
+"""The planned stages, run: the capture here, then the rest side by side in worker processes, or one
+after another here; each stage's file taken from the stage cache when its key hits.
+
+The stage whose row ``captures`` (the ``.pt2`` program) runs first in this process — it needs the
+Python module — and its file (or, when that format is not planned, a copy saved outside the bundle)
+is what every later stage reads the program from, here or in a worker (``ExportContext.program_file``).
+The later stages form a graph by their ``requires``; with ``jobs`` > 1 the ready ones go to a pool of
+spawned workers (:mod:`exporter.workers`), longest first by the last measured time, each started only
+when its measured peak memory fits beside the running ones. Workers × threads never exceed the usable
+cores. ``jobs=1`` is the sequential path, in this process. Records land in the table's order either way.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import machine
+from .backends import cache_root
+from .formats import Format
+from .records import ArtifactRecord, Status, finished
+from .stagecache import Hit, StageCache, digest, file_sha256
+from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
+
+STATS_FILE = "stage-stats.json"
+#: a stage with no measurement yet is assumed to need this much memory (MiB) beside the others
+DEFAULT_PEAK_MIB = 1536.0
+
+Progress = Callable[[str, "ArtifactRecord | None"], None]
+
+
+@dataclass
+class StageRun:
+    """What the stages left besides their records: cache keys and hits, the workers' check runs."""
+    keys: dict[str, str] = field(default_factory=dict)
+    hits: dict[str, Hit] = field(default_factory=dict)
+    replays: dict[tuple[str, str], Replay] = field(default_factory=dict)   # (file name, runner name)
+    #: what each file says, read where its plugin was loaded: file name -> (sha256, (precision, opset))
+    facts: dict[str, tuple[str, tuple]] = field(default_factory=dict)
+    workers: int = 1
+    threads: int = 1
+    program_sha256: str | None = None
+
+
+def plan_workers(jobs: int | None, parallel_stages: int) -> tuple[int, int]:
+    """(workers, threads each): at most ``jobs`` (default: the usable cores), at most one per usable
+    core and per stage that can run beside another, threads sharing the cores out."""
+    cores = machine.usable_cores()
+    workers = max(1, min(jobs or cores, cores, parallel_stages))
+    return workers, max(1, cores // workers)
+
+
+def run_stage(fmt: Format, ctx) -> ArtifactRecord:
+    """One row's stage in this process: its record (failed with the reason when it raises; skipped
+    when a row it requires did not succeed); bad input found inside it is raised."""
+    from ..models.errors import UserInputError
+    failed = [r for r in fmt.requires if not ctx.records[r].ok]
+    if failed:
+        return ArtifactRecord(format=fmt.name, status=Status.SKIPPED,
+                              error=f"needs {', '.join(failed)}, which did not succeed")
+    t0 = time.perf_counter()
+    try:
+        record = fmt.stage(ctx)
+    except (KeyboardInterrupt, SystemExit, UserInputError):
+        raise  # bad input found inside a stage is the user's to fix: exit 2, nothing written
+    except Exception as e:  # noqa: BLE001 - a stage failure is recorded, the others still run
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        record = ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
+                                error=f"{type(e).__name__}: {msg[:500]}")
+    return finished(record, ctx.workdir)
+
+
+def save_program(ctx, scratch: Path) -> Path | None:
+    """The capture saved outside the bundle (when no planned row's file is the program); None when
+    the model cannot be captured (every stage that needs the program then fails with the reason)."""
+    import torch
+    try:
+        program = ctx.program()
+    except Exception:  # noqa: BLE001 - recorded by each stage that needs it
+        return None
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    path = scratch / "program.pt2"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+class Stats:
+    """Each stage's last measured seconds and peak memory, per model shape (``<cache>/stage-stats.json``):
+    the scheduler's estimates."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_root() / STATS_FILE
+        try:
+            data = json.loads(self.path.read_text())
+            self.data = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            self.data = {}
+
+    def _row(self, fmt: str, shape: str) -> dict:
+        row = self.data.get(f"{fmt}|{shape}")
+        return row if isinstance(row, dict) else {}
+
+    def seconds(self, fmt: str, shape: str) -> float:
+        v = self._row(fmt, shape).get("seconds")
+        return float(v) if isinstance(v, (int, float)) else 0.0
+
+    def peak_mib(self, fmt: str, shape: str) -> float:
+        v = self._row(fmt, shape).get("peak_mib")
+        return float(v) if isinstance(v, (int, float)) and v > 0 else DEFAULT_PEAK_MIB
+
+    def record(self, fmt: str, shape: str, seconds: float, peak_mib: float | None) -> None:
+        row = {"seconds": round(seconds, 3)}
+        if peak_mib:
+            row["peak_mib"] = peak_mib
+        self.data[f"{fmt}|{shape}"] = row
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{STATS_FILE}.{os.getpid()}")
+            tmp.write_text(json.dumps(self.data, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass   # estimates only: a read-only cache costs scheduling quality, nothing else
+
+
+def available_mib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def run_stages(ctx, planned: list[Format], *, jobs: int | None = None, cache: StageCache | None = None,
+               source_key: str | None = None, scratch: Path, progress: Progress | None = None,
+               verify: VerifyJob | None = None, pool_started: Callable[[], None] | None = None) -> StageRun:
+    """Run ``planned`` into ``ctx.records`` (in the table's order); see the module docstring.
+    ``source_key``: what the capture depends on (None: it runs user code, so it is never cached).
+    ``pool_started`` is called when workers start (the files they make will need the check's references)."""
+    run = StageRun()
+    capture = next((f for f in planned if f.captures), None)
+    rest = [f for f in planned if f is not capture]
+    workers, threads = plan_workers(jobs, len(rest))
+    side_by_side = workers > 1 and len(rest) > 1 and not ctx.options.legacy_exporter   # the tracer needs the module
+    shape = "x".join(map(str, ctx.example.shape))
+    stats = Stats()
+    pool = None
+
+    def start_pool() -> None:
+        nonlocal pool
+        pool = StagePool(warm_plan(rest, workers, stats, shape), threads)
+        run.workers, run.threads = workers, threads
+        if pool_started:
+            pool_started()
+
+    try:
+        if capture is not None:
+            if progress:
+                progress(capture.name, None)
+            record = _from_cache(capture, ctx, run, cache, source_key)
+            if record is None:
+                if side_by_side:
+                    start_pool()     # the workers' imports overlap the capture
+                record = _measured(capture, ctx)
+            ctx.records[capture.name] = record
+            if progress:
+                progress(capture.name, record)
+            program = ctx.workdir / record.path if record.ok else None
+        else:
+            program = save_program(ctx, scratch)
+        if program is not None:
+            run.program_sha256 = file_sha256(program)
+            ctx.use_program_file(program)
+        misses = rest if program is None else _settle_hits(rest, ctx, run, cache, progress)
+        if pool is None and side_by_side and program is not None and len(misses) > 1:
+            start_pool()
+        if pool is None:
+            for fmt in misses:
+                _one(fmt, ctx, run, cache, run.program_sha256, progress)
+        else:
+            _side_by_side(misses, ctx, run, cache, pool, stats, shape, program, progress, verify,
+                          capture if capture is not None and ctx.records[capture.name].ok
+                          and capture.name not in run.hits else None)
+    finally:
+        if pool is not None:
+            pool.close()
+    for name, rec in ctx.records.items():
+        if rec.status is not Status.SKIPPED and not rec.reused:
+            stats.record(name, shape, rec.seconds, rec.details.get("peak_rss_mib"))
+    stats.save()
+    ctx.records = {f.name: ctx.records[f.name] for f in planned}
+    return run
+
+
+def module_of(fmt: Format) -> str:
+    from .formats import plugin_of
+    plugin = plugin_of(fmt.name)
+    return plugin.module if plugin is not None else ""
+
+
+def warm_plan(stages: list[Format], workers: int, stats: Stats, shape: str) -> list[tuple[str, ...]]:
+    """Which plugins each worker imports ahead: the stages dealt out longest first to the least loaded
+    worker (by their last measured seconds), each worker warming the plugins of the stages it was dealt.
+    A worker given another plugin's stage later imports it then."""
+    load = [0.0] * workers
+    mods: list[list[str]] = [[] for _ in range(workers)]
+    for fmt in sorted(stages, key=lambda f: -stats.seconds(f.name, shape)):
+        i = load.index(min(load))
+        load[i] += stats.seconds(fmt.name, shape) or 1.0
+        if module_of(fmt) not in mods[i]:
+            mods[i].append(module_of(fmt))
+    return [tuple(m) for m in mods]
+
+
+def _settle_hits(rest: list[Format], ctx, run: StageRun, cache, progress) -> list[Format]:
+    """Take every stage whose key hits (in table order, so a hit's dependants can hit too); the rest."""
+    misses = []
+    for fmt in rest:
+        if all(r in ctx.records for r in fmt.requires) and _from_cache(fmt, ctx, run, cache,
+                                                                       run.program_sha256) is not None:
+            if progress:
+                progress(fmt.name, None)
+            ctx.records[fmt.name] = run.hits[fmt.name].record
+            if progress:
+                progress(fmt.name, ctx.records[fmt.name])
+        else:
+            misses.append(fmt)
+    return misses
+
+
+def _measured(fmt: Format, ctx) -> ArtifactRecord:
+    """``run_stage`` here, with the peak memory it reached."""
+    measured = reset_peak()
+    record = run_stage(fmt, ctx)
+    if measured and record.status is not Status.SKIPPED:
+        record.details.setdefault("peak_rss_mib", peak_mib())
+    return record
+
+
+def _key(fmt: Format, ctx, cache: StageCache | None, identity: str | None) -> str | None:
+    if cache is None or identity is None:
+        return None
+    return stage_key(fmt, ctx, identity)
+
+
+def stage_key(fmt: Format, ctx, identity: str) -> str:
+    """Everything ``fmt``'s file depends on (see exporter.stagecache): ``identity`` is the program's
+    sha256 (the capture's own key: the model source's)."""
+    from .formats import tool_versions
+    from .options import PIPELINE_OPTIONS
+    from .stagecache import SCHEMA, code_digest, option_value, platform_facts
+    opts = ctx.options
+    names = [*(o.name for o in PIPELINE_OPTIONS), *fmt.options]
+    return digest({"schema": SCHEMA, "format": fmt.name, "program": identity, "arch": ctx.arch,
+                   "spec": ctx.spec.to_dict(), "checkpoint_sha256": ctx.checkpoint_sha256,
+                   "example_shape": list(ctx.example.shape), "batch": opts.batch, "dynamic_batch": opts.dynamic_batch,
+                   "options": {n: option_value(getattr(opts, n)) for n in names},
+                   "requires": {r: ctx.records[r].sha256 for r in fmt.requires},
+                   "versions": tool_versions([fmt.name]), "code": code_digest(), "platform": platform_facts()})
+
+
+def _one(fmt: Format, ctx, run: StageRun, cache, identity, progress) -> None:
+    """A stage here: from the cache when its key hits, else run."""
+    if progress:
+        progress(fmt.name, None)
+    record = _from_cache(fmt, ctx, run, cache, identity) or _measured(fmt, ctx)
+    ctx.records[fmt.name] = record
+    if progress:
+        progress(fmt.name, record)
+
+
+def _from_cache(fmt: Format, ctx, run: StageRun, cache, identity) -> ArtifactRecord | None:
+    if fmt.name in run.hits:
+        return run.hits[fmt.name].record
+    if any(not ctx.records[r].ok for r in fmt.requires):
+        return None    # run_stage records the skip
+    key = run.keys.get(fmt.name) or _key(fmt, ctx, cache, identity)
+    if key is None:
+        return None
+    if fmt.name in run.keys:
+        return None    # looked up already, and missed
+    run.keys[fmt.name] = key
+    hit = cache.lookup(key, fmt, ctx.workdir)
+    if hit is None:
+        return None
+    run.hits[fmt.name] = hit
+    return hit.record
+
+
+def _side_by_side(rest: list[Format], ctx, run: StageRun, cache, pool: "StagePool", stats: Stats, shape: str,
+                  program: Path, progress, verify: VerifyJob | None, verify_capture: Format | None) -> None:
+    from ..models.errors import UserInputError
+    pending = sorted(rest, key=lambda f: -stats.seconds(f.name, shape))   # longest first (stable: table order)
+    budget = available_mib() * 0.8
+    running: dict[str, float] = {}
+
+    def job(fmt: Format) -> StageJob:
+        return StageJob(fmt=fmt.name, options=ctx.options, arch=ctx.arch, spec=ctx.spec, example=ctx.example,
+                        workdir=str(ctx.workdir), program_file=str(program), checkpoint_sha256=ctx.checkpoint_sha256,
+                        params=ctx.params, macs=ctx.macs, threads=run.threads,
+                        records={r: ctx.records[r] for r in fmt.requires}, verify=verify)
+
+    first_round = True
+    while pending or pool.busy:
+        for fmt in list(pending):
+            if not all(r in ctx.records for r in fmt.requires):
+                continue
+            if any(not ctx.records[r].ok for r in fmt.requires) or \
+                    _from_cache(fmt, ctx, run, cache, run.program_sha256) is not None:
+                pending.remove(fmt)
+                _one_done(fmt, ctx, run, cache, progress)
+                continue
+            need = stats.peak_mib(fmt.name, shape)
+            if not pool.free or (running and sum(running.values()) + need > budget):
+                continue
+            pending.remove(fmt)
+            running[fmt.name] = need
+            if progress:
+                progress(fmt.name, None)
+            pool.submit(job(fmt), module_of(fmt))
+        if first_round and verify is not None and verify_capture is not None:
+            # the workers are importing: run the capture's file for the check here meanwhile
+            record = ctx.records[verify_capture.name]
+            for rep in verify_artifact(verify_capture, record, job(verify_capture)):
+                run.replays[(record.path, rep.name)] = rep
+        first_round = False
+        if not pool.busy:
+            if pending:
+                raise RuntimeError(f"stages {', '.join(f.name for f in pending)} could not be scheduled")
+            continue
+        for sent, result in pool.wait():
+            if result.user_error is not None:
+                raise UserInputError(result.user_error)
+            for rep in result.replays:
+                run.replays[(Path(rep.path).name, rep.name)] = rep
+            if result.facts is not None and result.record.ok:
+                run.facts[result.record.path] = (result.record.sha256, tuple(result.facts))
+            record = result.record
+            if result.peak_mib is not None:
+                record.details.setdefault("peak_rss_mib", result.peak_mib)
+            running.pop(sent.fmt, None)
+            ctx.records[sent.fmt] = record
+            if progress:
+                progress(sent.fmt, record)
+
+
+def _one_done(fmt: Format, ctx, run: StageRun, cache, progress) -> None:
+    """A stage settled without a worker: skipped for a failed requirement, or taken from the cache."""
+    if progress:
+        progress(fmt.name, None)
+    hit = run.hits.get(fmt.name)
+    ctx.records[fmt.name] = hit.record if hit is not None else run_stage(fmt, ctx)
+    if progress:
+        progress(fmt.name, ctx.records[fmt.name])
+
+
