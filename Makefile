@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients train bench-export bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
+.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients train bench-export bench-pipeline bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ train: $(STAMP)
 
 bench-export: $(STAMP)
 	$(PY) tests/bench_export.py
+
+# --jobs 2 against --jobs 1 (paired, alternating), the whole process tree's memory, and an unchanged
+# re-export from the stage cache: docs/pipeline.md
+bench-pipeline: $(STAMP)
+	$(PY) tests/bench_pipeline.py
 
 bench-latency: $(STAMP)
 	$(PY) tests/bench_latency.py

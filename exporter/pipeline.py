@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import machine
-from .backends import cache_root
 from .formats import Format
 from .records import ArtifactRecord, Status, finished
-from .stagecache import Hit, StageCache, digest, file_sha256
+from .stagecache import Hit, StageCache, digest, file_sha256, stage_cache_root
 from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
 
-STATS_FILE = "stage-stats.json"
+STATS_FILE = "stats.json"
+JOBS_ENV = "BSCONV_EXPORT_JOBS"
 #: a stage with no measurement yet is assumed to need this much memory (MiB) beside the others
 DEFAULT_PEAK_MIB = 1536.0
 
@@ -47,9 +47,12 @@ class StageRun:
 
 
 def plan_workers(jobs: int | None, parallel_stages: int) -> tuple[int, int]:
-    """(workers, threads each): at most ``jobs`` (default: the usable cores), at most one per usable
-    core and per stage that can run beside another, threads sharing the cores out."""
+    """(slots, threads each): stages run at most ``jobs`` at a time (default: ``$BSCONV_EXPORT_JOBS``, else
+    the usable cores) — this process and ``slots - 1`` workers —, at most one per usable core and per stage
+    that can run beside another, threads sharing the cores out."""
     cores = machine.usable_cores()
+    if jobs is None and os.environ.get(JOBS_ENV, "").isdigit() and int(os.environ[JOBS_ENV]) > 0:
+        jobs = int(os.environ[JOBS_ENV])
     workers = max(1, min(jobs or cores, cores, parallel_stages))
     return workers, max(1, cores // workers)
 
@@ -90,11 +93,11 @@ def save_program(ctx, scratch: Path) -> Path | None:
 
 
 class Stats:
-    """Each stage's last measured seconds and peak memory, per model shape (``<cache>/stage-stats.json``):
+    """Each stage's last measured seconds and peak memory, per model shape (``stats.json`` in the stage cache):
     the scheduler's estimates."""
 
     def __init__(self, path: Path | None = None):
-        self.path = path or cache_root() / STATS_FILE
+        self.path = path or stage_cache_root() / STATS_FILE
         try:
             data = json.loads(self.path.read_text())
             self.data = data if isinstance(data, dict) else {}
@@ -148,18 +151,18 @@ def run_stages(ctx, planned: list[Format], *, jobs: int | None = None, cache: St
     run = StageRun()
     capture = next((f for f in planned if f.captures), None)
     rest = [f for f in planned if f is not capture]
-    workers, threads = plan_workers(jobs, len(rest))
-    side_by_side = workers > 1 and len(rest) > 1 and not ctx.options.legacy_exporter   # the tracer needs the module
+    slots, threads = plan_workers(jobs, len(rest))
+    side_by_side = slots > 1 and len(rest) > 1 and not ctx.options.legacy_exporter   # the tracer needs the module
     shape = "x".join(map(str, ctx.example.shape))
     stats = Stats()
     pool = None
+    dealt = deal(rest, slots, stats, shape)
 
     def start_pool() -> None:
         nonlocal pool
-        pool = StagePool(warm_plan(rest, workers, stats, shape), threads)
-        run.workers, run.threads = workers, threads
-        if pool_started:
-            pool_started()
+        pool = StagePool([tuple(dict.fromkeys(module_of(_row(n)) for n in names)) for names in dealt[1:]],
+                         threads)
+        run.workers, run.threads = slots, threads
 
     try:
         if capture is not None:
@@ -186,9 +189,17 @@ def run_stages(ctx, planned: list[Format], *, jobs: int | None = None, cache: St
             for fmt in misses:
                 _one(fmt, ctx, run, cache, run.program_sha256, progress)
         else:
-            _side_by_side(misses, ctx, run, cache, pool, stats, shape, program, progress, verify,
-                          capture if capture is not None and ctx.records[capture.name].ok
-                          and capture.name not in run.hits else None)
+            import torch
+            own_threads, ctx.threads = torch.get_num_threads(), threads
+            torch.set_num_threads(threads)    # this process is one slot of the cores, as each worker is
+            try:
+                if pool_started:
+                    pool_started()
+                _side_by_side(misses, ctx, run, cache, pool, dealt, stats, shape, program, progress, verify,
+                              capture if capture is not None and ctx.records[capture.name].ok
+                              and capture.name not in run.hits else None)
+            finally:
+                torch.set_num_threads(own_threads)
     finally:
         if pool is not None:
             pool.close()
@@ -206,18 +217,22 @@ def module_of(fmt: Format) -> str:
     return plugin.module if plugin is not None else ""
 
 
-def warm_plan(stages: list[Format], workers: int, stats: Stats, shape: str) -> list[tuple[str, ...]]:
-    """Which plugins each worker imports ahead: the stages dealt out longest first to the least loaded
-    worker (by their last measured seconds), each worker warming the plugins of the stages it was dealt.
-    A worker given another plugin's stage later imports it then."""
-    load = [0.0] * workers
-    mods: list[list[str]] = [[] for _ in range(workers)]
+def _row(name: str) -> Format:
+    from .formats import FORMATS
+    return FORMATS[name]
+
+
+def deal(stages: list[Format], slots: int, stats: Stats, shape: str) -> list[list[str]]:
+    """The stages dealt out to the slots (0: this process; then each worker), longest first to the least
+    loaded (by their last measured seconds): each worker imports its stages' plugins ahead, and a
+    stage waits for its slot unless a worker is idle while this process has others queued."""
+    load = [0.0] * slots
+    dealt: list[list[str]] = [[] for _ in range(slots)]
     for fmt in sorted(stages, key=lambda f: -stats.seconds(f.name, shape)):
         i = load.index(min(load))
         load[i] += stats.seconds(fmt.name, shape) or 1.0
-        if module_of(fmt) not in mods[i]:
-            mods[i].append(module_of(fmt))
-    return [tuple(m) for m in mods]
+        dealt[i].append(fmt.name)
+    return dealt
 
 
 def _settle_hits(rest: list[Format], ctx, run: StageRun, cache, progress) -> list[Format]:
@@ -295,12 +310,20 @@ def _from_cache(fmt: Format, ctx, run: StageRun, cache, identity) -> ArtifactRec
     return hit.record
 
 
-def _side_by_side(rest: list[Format], ctx, run: StageRun, cache, pool: "StagePool", stats: Stats, shape: str,
-                  program: Path, progress, verify: VerifyJob | None, verify_capture: Format | None) -> None:
+def _side_by_side(rest: list[Format], ctx, run: StageRun, cache, pool: "StagePool", dealt: list[list[str]],
+                  stats: Stats, shape: str, program: Path, progress, verify: VerifyJob | None,
+                  verify_capture: Format | None) -> None:
+    """This process is one slot (it has torch loaded already: its stages run in one thread beside this
+    loop), each worker another; a ready stage goes to the slot it was dealt — or, while this process is
+    busy, to an idle worker."""
+    from concurrent.futures import ThreadPoolExecutor, wait as wait_futures
     from ..models.errors import UserInputError
+    here = set(dealt[0])
     pending = sorted(rest, key=lambda f: -stats.seconds(f.name, shape))   # longest first (stable: table order)
     budget = available_mib() * 0.8
     running: dict[str, float] = {}
+    local = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bsconv-export-stage")
+    busy_here = None    # (format, future) of the stage running in this process
 
     def job(fmt: Format) -> StageJob:
         return StageJob(fmt=fmt.name, options=ctx.options, arch=ctx.arch, spec=ctx.spec, example=ctx.example,
@@ -308,48 +331,90 @@ def _side_by_side(rest: list[Format], ctx, run: StageRun, cache, pool: "StagePoo
                         params=ctx.params, macs=ctx.macs, threads=run.threads,
                         records={r: ctx.records[r] for r in fmt.requires}, verify=verify)
 
-    first_round = True
-    while pending or pool.busy:
-        for fmt in list(pending):
-            if not all(r in ctx.records for r in fmt.requires):
+    def fits(fmt: Format) -> bool:
+        return not running or sum(running.values()) + stats.peak_mib(fmt.name, shape) <= budget
+
+    def send(fmt: Format) -> None:
+        pending.remove(fmt)
+        running[fmt.name] = stats.peak_mib(fmt.name, shape)
+        if progress:
+            progress(fmt.name, None)
+        pool.submit(job(fmt), module_of(fmt))
+
+    def run_here(fmt: Format) -> None:
+        import torch
+        with torch.no_grad():
+            _one(fmt, ctx, run, None, None, progress)
+        if verify is not None and ctx.records[fmt.name].ok:
+            for rep in verify_artifact(fmt, ctx.records[fmt.name], job(fmt)):
+                run.replays[(ctx.records[fmt.name].path, rep.name)] = rep
+
+    try:
+        if verify is not None and verify_capture is not None:
+            # run here once the workers are importing: the capture's file for the check
+            busy_here = (verify_capture, local.submit(
+                lambda: run.replays.update({(ctx.records[verify_capture.name].path, rep.name): rep for rep in
+                                            verify_artifact(verify_capture, ctx.records[verify_capture.name],
+                                                            job(verify_capture))})))
+        while pending or pool.busy or busy_here is not None:
+            ready = []
+            for fmt in list(pending):
+                if not all(r in ctx.records for r in fmt.requires):
+                    continue
+                if any(not ctx.records[r].ok for r in fmt.requires) or \
+                        _from_cache(fmt, ctx, run, cache, run.program_sha256) is not None:
+                    pending.remove(fmt)
+                    _one_done(fmt, ctx, run, cache, progress)
+                    continue
+                ready.append(fmt)
+            mine = [f for f in ready if f.name in here]
+            theirs = [f for f in ready if f.name not in here]
+            for fmt in theirs + (mine if busy_here is not None else mine[1:]):
+                if pool.free and fits(fmt):
+                    send(fmt)
+            if busy_here is None:
+                fmt = next((f for f in mine if f in pending), None)
+                if fmt is None and not pool.busy:
+                    fmt = next((f for f in ready if f in pending), None)   # nothing else runs: take it here
+                if fmt is not None:
+                    pending.remove(fmt)
+                    busy_here = (fmt, local.submit(run_here, fmt))
+            if busy_here is None and not pool.busy:
+                if pending:
+                    raise RuntimeError(f"stages {', '.join(f.name for f in pending)} could not be scheduled")
+                break
+            if busy_here is not None and busy_here[1].done():
+                fmt, future = busy_here
+                busy_here = None
+                future.result()          # bad input found in the stage: raised here, the export stops
                 continue
-            if any(not ctx.records[r].ok for r in fmt.requires) or \
-                    _from_cache(fmt, ctx, run, cache, run.program_sha256) is not None:
-                pending.remove(fmt)
-                _one_done(fmt, ctx, run, cache, progress)
-                continue
-            need = stats.peak_mib(fmt.name, shape)
-            if not pool.free or (running and sum(running.values()) + need > budget):
-                continue
-            pending.remove(fmt)
-            running[fmt.name] = need
-            if progress:
-                progress(fmt.name, None)
-            pool.submit(job(fmt), module_of(fmt))
-        if first_round and verify is not None and verify_capture is not None:
-            # the workers are importing: run the capture's file for the check here meanwhile
-            record = ctx.records[verify_capture.name]
-            for rep in verify_artifact(verify_capture, record, job(verify_capture)):
-                run.replays[(record.path, rep.name)] = rep
-        first_round = False
-        if not pool.busy:
-            if pending:
-                raise RuntimeError(f"stages {', '.join(f.name for f in pending)} could not be scheduled")
-            continue
-        for sent, result in pool.wait():
-            if result.user_error is not None:
-                raise UserInputError(result.user_error)
-            for rep in result.replays:
-                run.replays[(Path(rep.path).name, rep.name)] = rep
-            if result.facts is not None and result.record.ok:
-                run.facts[result.record.path] = (result.record.sha256, tuple(result.facts))
-            record = result.record
-            if result.peak_mib is not None:
-                record.details.setdefault("peak_rss_mib", result.peak_mib)
-            running.pop(sent.fmt, None)
-            ctx.records[sent.fmt] = record
-            if progress:
-                progress(sent.fmt, record)
+            for sent, result in pool.wait(timeout=0.05 if busy_here is not None else None) if pool.busy else []:
+                _collected(sent, result, ctx, run, running, progress, UserInputError)
+            if not pool.busy and busy_here is not None:
+                wait_futures([busy_here[1]], timeout=0.05)
+    finally:
+        if busy_here is not None and not busy_here[1].done():
+            # stopped (Ctrl-C, bad input from a worker): let this process's stage finish writing before
+            # the bundle being built is removed
+            wait_futures([busy_here[1]])
+        local.shutdown(wait=False)
+
+
+def _collected(sent: StageJob, result, ctx, run: StageRun, running: dict, progress, user_error) -> None:
+    """A worker's result, recorded (bad input found in its stage stops the export)."""
+    if result.user_error is not None:
+        raise user_error(result.user_error)
+    for rep in result.replays:
+        run.replays[(Path(rep.path).name, rep.name)] = rep
+    if result.facts is not None and result.record.ok:
+        run.facts[result.record.path] = (result.record.sha256, tuple(result.facts))
+    record = result.record
+    if result.peak_mib is not None:
+        record.details.setdefault("peak_rss_mib", result.peak_mib)
+    running.pop(sent.fmt, None)
+    ctx.records[sent.fmt] = record
+    if progress:
+        progress(sent.fmt, record)
 
 
 def _one_done(fmt: Format, ctx, run: StageRun, cache, progress) -> None:

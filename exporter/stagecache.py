@@ -15,7 +15,7 @@ run the check again either, and its records say so. ``bsconv-export check`` neve
 the cache.
 
 Entries are written aside and renamed into place (two exports may share the cache), a
-hit touches its entry, and after each store the least recently used entries are removed
+hit touches its entry (the folder is ``$BSCONV_EXPORT_STAGE_CACHE`` when set), and after each store the least recently used entries are removed
 until the cache is under its size (``$BSCONV_EXPORT_STAGE_CACHE_BYTES``, default 4 GiB).
 An entry that does not parse, names unexpected files or whose files fail their hashes is
 deleted and the stage runs. The cache is the user's own folder; nothing in it is trusted
@@ -45,6 +45,13 @@ MAX_ENTRY_BYTES = 4 << 20
 MAX_CHECKS_PER_ENTRY = 8
 DEFAULT_MAX_BYTES = 4 << 30
 SIZE_ENV = "BSCONV_EXPORT_STAGE_CACHE_BYTES"
+DIR_ENV = "BSCONV_EXPORT_STAGE_CACHE"
+
+
+def stage_cache_root() -> Path:
+    """``$BSCONV_EXPORT_STAGE_CACHE``, else ``<cache>/stages`` (see backends.cache_root)."""
+    given = os.environ.get(DIR_ENV)
+    return Path(given).expanduser() if given else cache_root() / "stages"
 
 
 def digest(payload: Any) -> str:
@@ -106,7 +113,7 @@ class StageCache:
     """The per-user stage cache under ``root`` (default ``<cache>/stages``)."""
 
     def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root is not None else cache_root() / "stages"
+        self.root = Path(root) if root is not None else stage_cache_root()
         self.discarded: list[str] = []     # entries found bad this run (key: why)
 
     # --- reading ---

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,18 @@ from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # and the CLI processes tests start: one torch thread
+
+
+# Exports in tests run their stages in this process (tests that run them side by side pass jobs=2)
+# and keep their stage cache in the test's own folder: no test reuses another's files.
+os.environ["BSCONV_EXPORT_JOBS"] = "1"
+os.environ["BSCONV_EXPORT_STAGE_CACHE"] = _session_cache = tempfile.mkdtemp(prefix="bsconv-export-test-cache-")
+atexit.register(shutil.rmtree, _session_cache, True)
+
+
+@pytest.fixture(autouse=True)
+def _own_stage_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE", str(tmp_path_factory.mktemp("stage-cache")))
 
 
 @pytest.fixture(scope="session")
