@@ -1,6 +1,7 @@
-"""What every export stage reads: the prepared model, its spec and the options."""
+"""What every export stage reads (the prepared model, its spec, the options, the program), and one stage run."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ..models.registry import InputSpec
 
 from .capture import Capture, capture_program
 from .options import ExportOptions
-from .records import ArtifactRecord
+from .records import ArtifactRecord, Status, finished
 
 
 @dataclass
@@ -64,7 +65,6 @@ class ExportContext:
 def _read_program(path: Path, dynamic_batch: bool) -> Capture:
     """The saved capture, read with the safe loader; a file that will not load is this export's
     failure (its stages fail with the reason), not the user's input."""
-    import time
     from ..models.program import ProgramError, load_program
     t0 = time.perf_counter()
     try:
@@ -72,3 +72,23 @@ def _read_program(path: Path, dynamic_batch: bool) -> Capture:
     except ProgramError as e:
         raise RuntimeError(f"the saved program {path.name} could not be read back: {e}") from None
     return Capture(program=program, seconds=time.perf_counter() - t0, dynamic_batch=dynamic_batch)
+
+
+def run_stage(fmt, ctx: ExportContext) -> ArtifactRecord:
+    """One row's stage in this process: its record (failed with the reason when it raises; skipped
+    when a row it requires did not succeed); bad input found inside it is raised."""
+    from ..models.errors import UserInputError
+    failed = [r for r in fmt.requires if not ctx.records[r].ok]
+    if failed:
+        return ArtifactRecord(format=fmt.name, status=Status.SKIPPED,
+                              error=f"needs {', '.join(failed)}, which did not succeed")
+    t0 = time.perf_counter()
+    try:
+        record = fmt.stage(ctx)
+    except (KeyboardInterrupt, SystemExit, UserInputError):
+        raise  # bad input found inside a stage is the user's to fix: exit 2, nothing written
+    except Exception as e:  # noqa: BLE001 - a stage failure is recorded, the others still run
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        record = ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
+                                error=f"{type(e).__name__}: {msg[:500]}")
+    return finished(record, ctx.workdir)

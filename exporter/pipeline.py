@@ -1,27 +1,29 @@
-"""The planned stages, run: the capture here, then the rest side by side in worker processes, or one
-after another here; each stage's file taken from the stage cache when its key hits.
+"""The planned stages, run: the capture here, then the rest side by side (this process and spawned
+workers), or one after another here; each stage's file taken from the stage cache when its key hits.
 
 The stage whose row ``captures`` (the ``.pt2`` program) runs first in this process — it needs the
 Python module — and its file (or, when that format is not planned, a copy saved outside the bundle)
 is what every later stage reads the program from, here or in a worker (``ExportContext.program_file``).
-The later stages form a graph by their ``requires``; with ``jobs`` > 1 the ready ones go to a pool of
-spawned workers (:mod:`exporter.workers`), longest first by the last measured time, each started only
-when its measured peak memory fits beside the running ones. Workers × threads never exceed the usable
-cores. ``jobs=1`` is the sequential path, in this process. Records land in the table's order either way.
+The later stages form a graph by their ``requires``. With ``jobs`` > 1 they are dealt to slots — this
+process (one stage at a time, in a thread beside the scheduler) and ``jobs - 1`` spawned workers
+(:mod:`exporter.workers`) — longest first by their last measured seconds; a stage starts only when its
+measured peak memory fits beside the running ones, and slots × threads never exceed the usable cores.
+``jobs=1`` is the sequential path, in this process. Records land in the table's order either way.
+See docs/pipeline.md.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from . import machine
 from .formats import Format
-from .records import ArtifactRecord, Status, finished
+from .context import run_stage
+from .records import ArtifactRecord, Status
 from .stagecache import Hit, StageCache, digest, file_sha256, stage_cache_root
 from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
 
@@ -55,26 +57,6 @@ def plan_workers(jobs: int | None, parallel_stages: int) -> tuple[int, int]:
         jobs = int(os.environ[JOBS_ENV])
     workers = max(1, min(jobs or cores, cores, parallel_stages))
     return workers, max(1, cores // workers)
-
-
-def run_stage(fmt: Format, ctx) -> ArtifactRecord:
-    """One row's stage in this process: its record (failed with the reason when it raises; skipped
-    when a row it requires did not succeed); bad input found inside it is raised."""
-    from ..models.errors import UserInputError
-    failed = [r for r in fmt.requires if not ctx.records[r].ok]
-    if failed:
-        return ArtifactRecord(format=fmt.name, status=Status.SKIPPED,
-                              error=f"needs {', '.join(failed)}, which did not succeed")
-    t0 = time.perf_counter()
-    try:
-        record = fmt.stage(ctx)
-    except (KeyboardInterrupt, SystemExit, UserInputError):
-        raise  # bad input found inside a stage is the user's to fix: exit 2, nothing written
-    except Exception as e:  # noqa: BLE001 - a stage failure is recorded, the others still run
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        record = ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
-                                error=f"{type(e).__name__}: {msg[:500]}")
-    return finished(record, ctx.workdir)
 
 
 def save_program(ctx, scratch: Path) -> Path | None:

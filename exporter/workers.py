@@ -113,8 +113,7 @@ def serve(conn, threads: int, preload: tuple[str, ...]) -> None:
 def run_job(job: StageJob) -> StageResult:
     import torch
     from ..models.errors import UserInputError
-    from .pipeline import run_stage
-    from .context import ExportContext
+    from .context import ExportContext, run_stage
     from .formats import FORMATS
     fmt = FORMATS[job.fmt]
     torch.set_num_threads(job.threads)
