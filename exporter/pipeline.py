@@ -29,6 +29,8 @@ from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_pea
 
 STATS_FILE = "stats.json"
 JOBS_ENV = "BSCONV_EXPORT_JOBS"
+#: the stats row of what this process does beside its stages (the check's references)
+OWN_WORK = "(references)"
 #: a stage with no measurement yet is assumed to need this much memory (MiB) beside the others
 DEFAULT_PEAK_MIB = 1536.0
 
@@ -112,6 +114,13 @@ class Stats:
             os.replace(tmp, self.path)
         except OSError:
             pass   # estimates only: a read-only cache costs scheduling quality, nothing else
+
+
+def record_own_work(shape: tuple[int, ...], seconds: float) -> None:
+    """Remember how long this process's own work beside the stages took (the next deal counts it)."""
+    stats = Stats()
+    stats.record(OWN_WORK, "x".join(map(str, shape)), seconds, None)
+    stats.save()
 
 
 def available_mib() -> float:
@@ -208,7 +217,7 @@ def deal(stages: list[Format], slots: int, stats: Stats, shape: str) -> list[lis
     """The stages dealt out to the slots (0: this process; then each worker), longest first to the least
     loaded (by their last measured seconds): each worker imports its stages' plugins ahead, and a
     stage waits for its slot unless a worker is idle while this process has others queued."""
-    load = [0.0] * slots
+    load = [stats.seconds(OWN_WORK, shape)] + [0.0] * (slots - 1)   # this process also computes references
     dealt: list[list[str]] = [[] for _ in range(slots)]
     for fmt in sorted(stages, key=lambda f: -stats.seconds(f.name, shape)):
         i = load.index(min(load))

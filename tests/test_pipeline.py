@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -133,7 +132,6 @@ def test_a_killed_worker_is_a_failed_record_not_a_hang(tmp_path, shipped):
     r = export_bundle(shipped, tmp_path / "k", ExportOptions(formats=("pt2", "pte", "onnx")), check=CheckOptions(),
                       jobs=2, cache=False, progress=_kill_workers_when("pte", seen))
     assert time.monotonic() - t0 < 300
-    by = {x.format: x for x in r.records}
     killed = [x for x in r.records if x.status is Status.FAILED]
     assert killed and all("killed by SIGKILL" in x.error for x in killed)
     assert r.manifest.verdict == "failed" and not r.ok

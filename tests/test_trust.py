@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -427,6 +428,39 @@ def test_sigterm_leaves_nothing_behind(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_with_stages_side_by_side_leaves_nothing_behind(tmp_path):
+    """SIGTERM while workers run stages: no bundle, no build folder, no worker left running."""
+    import signal
+    import time
+    cli = os.path.join(os.path.dirname(sys.executable), "bsconv-export")
+    p = subprocess.Popen([cli, "export", "--out", str(tmp_path / "b"), "--formats", "onnx,coreml,pte", "--jobs", "2"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def workers() -> list[int]:
+        pids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        return [int(x) for x in pids if b"spawn_main" in _cmdline(int(x))]
+
+    deadline = time.time() + 180
+    seen: list[int] = []
+    while time.time() < deadline and p.poll() is None and not (seen and list(tmp_path.glob(".b.building-*/model.onnx"))):
+        seen = workers() or seen
+        time.sleep(0.1)
+    assert seen, "no stage worker started"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=180) == 143, p.stderr.read()[-2000:]
+    assert list(tmp_path.iterdir()) == []
+    time.sleep(1)
+    assert [w for w in seen if _cmdline(w)] == []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
 def test_bundles_get_the_users_umask(tmp_path, shipped):
     old = os.umask(0o022)
     try:
@@ -446,7 +480,8 @@ def test_export_check_and_bench_make_no_network_connection(tmp_path):
     log = tmp_path / "strace.log"
     out = tmp_path / "b"
     cli = shutil.which("bsconv-export") or os.path.join(os.path.dirname(sys.executable), "bsconv-export")
-    script = f"{cli} export --out {out} --formats onnx,ort && {cli} bench {out} --duration 0.2 --warmup 1"
+    # stages side by side: the spawned workers are traced too (-f)
+    script = f"{cli} export --out {out} --formats onnx,ort,coreml --jobs 2 && {cli} bench {out} --duration 0.2 --warmup 1"
     p = subprocess.run(["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", str(log), "sh", "-c", script],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
