@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,8 @@ STATS_FILE = "stats.json"
 JOBS_ENV = "BSCONV_EXPORT_JOBS"
 #: the stats row of what this process does beside its stages (the check's references)
 OWN_WORK = "(references)"
+#: measurements kept per stage and shape
+KEPT = 5
 #: a stage with no measurement yet is assumed to need this much memory (MiB) beside the others
 DEFAULT_PEAK_MIB = 1536.0
 
@@ -77,8 +80,9 @@ def save_program(ctx, scratch: Path) -> Path | None:
 
 
 class Stats:
-    """Each stage's last measured seconds and peak memory, per model shape (``stats.json`` in the stage cache):
-    the scheduler's estimates."""
+    """Each stage's measured seconds and peak memory, per model shape (``stats.json`` in the stage cache):
+    the scheduler's estimates are the medians of the last :data:`KEPT` measurements (one run's timing,
+    taken beside other stages or alone, would tip the deal back and forth)."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or stage_cache_root() / STATS_FILE
@@ -92,18 +96,24 @@ class Stats:
         row = self.data.get(f"{fmt}|{shape}")
         return row if isinstance(row, dict) else {}
 
+    def _values(self, fmt: str, shape: str, key: str) -> list[float]:
+        v = self._row(fmt, shape).get(key)
+        return [float(x) for x in v if isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0] \
+            if isinstance(v, list) else []
+
     def seconds(self, fmt: str, shape: str) -> float:
-        v = self._row(fmt, shape).get("seconds")
-        return float(v) if isinstance(v, (int, float)) else 0.0
+        values = self._values(fmt, shape, "seconds")
+        return statistics.median(values) if values else 0.0
 
     def peak_mib(self, fmt: str, shape: str) -> float:
-        v = self._row(fmt, shape).get("peak_mib")
-        return float(v) if isinstance(v, (int, float)) and v > 0 else DEFAULT_PEAK_MIB
+        values = [v for v in self._values(fmt, shape, "peak_mib") if v > 0]
+        return max(values) if values else DEFAULT_PEAK_MIB
 
     def record(self, fmt: str, shape: str, seconds: float, peak_mib: float | None) -> None:
-        row = {"seconds": round(seconds, 3)}
-        if peak_mib:
-            row["peak_mib"] = peak_mib
+        row = {"seconds": (self._values(fmt, shape, "seconds") + [round(seconds, 3)])[-KEPT:]}
+        peaks = self._values(fmt, shape, "peak_mib") + ([float(peak_mib)] if peak_mib else [])
+        if peaks:
+            row["peak_mib"] = peaks[-KEPT:]
         self.data[f"{fmt}|{shape}"] = row
 
     def save(self) -> None:

@@ -188,8 +188,9 @@ def run_job(job: Job, threads: int = 1) -> dict:
     try:
         Path(job.out).parent.mkdir(parents=True, exist_ok=True)   # the plan names the folders its bundles go in
         loaded = resolve_request(request_from_options(**job.model, input_size=job.options.get("input_size")))
+        # one job per worker already fills the machine: its stages run one after another, in this process
         result = export_bundle(loaded, job.out, ExportOptions(**job.options),
-                               check=CheckOptions() if job.check else None)
+                               check=CheckOptions() if job.check else None, jobs=1)
         manifest = result.manifest
         row.update(verdict=manifest.verdict if not result.kept_old else f"{manifest.verdict} (kept the old bundle)",
                    artifacts={a.format: a.status.value for a in manifest.artifacts}, arch=manifest.model.arch)

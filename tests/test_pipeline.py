@@ -138,6 +138,7 @@ def test_a_killed_worker_is_a_failed_record_not_a_hang(tmp_path, shipped):
     assert _children() == []      # no worker left behind
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_replaced_and_its_job_is_a_failed_record(tmp_path, shared_bundle):
     """The pool on its own: a job whose worker is killed comes back failed; the next job runs on a new worker."""
     from bsconv_export.exporter.formats import complete_options
@@ -202,6 +203,7 @@ def test_an_unchanged_export_reuses_every_stage_and_its_check(tmp_path, shipped)
     assert report.passed and not any(c.reused for c in report.records)
 
 
+@pytest.mark.slow
 def test_no_cache_neither_reads_nor_fills_the_cache(tmp_path, shipped):
     root = Path(os.environ["BSCONV_EXPORT_STAGE_CACHE"])
     export(shipped, tmp_path / "a", ("pt2", "onnx"), cache=False)
@@ -220,6 +222,7 @@ def test_a_changed_option_misses_only_the_stages_that_read_it(tmp_path, shipped)
     assert not by["onnx-simplified"].reused   # it reads the new ONNX file
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_byte_misses_everything(tmp_path, shipped):
     export(shipped, tmp_path / "a", ("pt2", "onnx"))
     ckpt = tmp_path / "changed.pt"
@@ -232,6 +235,7 @@ def test_a_changed_checkpoint_byte_misses_everything(tmp_path, shipped):
     assert r.ok and not any(x.reused for x in r.records)
 
 
+@pytest.mark.slow
 def test_a_changed_package_version_misses(tmp_path, shipped, monkeypatch):
     export(shipped, tmp_path / "a", ("pt2", "onnx"))
     from bsconv_export.exporter import formats
@@ -267,15 +271,29 @@ def test_a_corrupted_cache_entry_is_discarded_and_the_stage_runs(tmp_path, shipp
     assert r.ok and not any(x.reused for x in r.records)
 
 
+@pytest.mark.slow
 def test_the_cache_keeps_to_its_size_least_recently_used_first(tmp_path, shipped, monkeypatch):
-    cache = StageCache(Path(os.environ["BSCONV_EXPORT_STAGE_CACHE"]))
+    root = Path(os.environ["BSCONV_EXPORT_STAGE_CACHE"])
+    cache = StageCache(root)
+
+    def by_format() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for _, _, key in cache.entries():
+            fmt = json.loads((root / key / "entry.json").read_text())["record"]["format"]
+            out.setdefault(fmt, set()).add(key)
+        return out
+
     export(shipped, tmp_path / "a", ("pt2", "onnx"))
-    sizes = {k: s for _, s, k in cache.entries()}
-    monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE_BYTES", str(sum(sizes.values())))
-    export(shipped, tmp_path / "b", ("pt2", "onnx"), opset=19)   # new onnx entries push old ones out
-    left = {k for _, _, k in cache.entries()}
-    assert sum(s for _, s, k in cache.entries()) <= sum(sizes.values()) or left >= set()
-    assert not set(sizes) <= left     # something of the first export went
+    first = by_format()
+    assert set(first) == {"pt2", "onnx", "onnx-simplified"}
+    limit = sum(size for _, size, _ in cache.entries())
+    monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE_BYTES", str(limit))
+    second = export(shipped, tmp_path / "b", ("pt2", "onnx"), opset=19)   # pt2 reused (touched), ONNX made anew
+    assert next(r for r in second.records if r.format == "pt2").reused
+    now = by_format()
+    assert now["pt2"] == first["pt2"]                               # used by the latest export: kept
+    assert not (now["onnx"] & first["onnx"]) and not (now["onnx-simplified"] & first["onnx-simplified"])
+    assert len(now["onnx"]) == len(now["onnx-simplified"]) == 1     # the opset-19 files, just stored
 
 
 @pytest.mark.slow
