@@ -341,18 +341,16 @@ class StagePool:
         worker.process, worker.conn, worker.warmed = fresh.process, fresh.conn, ()
 
     def close(self) -> None:
-        for w in self._workers:
-            try:
-                if w.job is None:
-                    w.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        deadline = time.monotonic() + 0.5
+        """End every worker now: an idle one holds nothing (SIGTERM ends it without the slow teardown of
+        what it imported); one still running a stage is killed (the export stopped: nothing of it is kept)."""
         for w in self._workers:
             if w.job is not None:
-                w.process.kill()      # still running a stage (the export stopped): nothing of it is kept
-            w.process.join(timeout=max(0.05, deadline - time.monotonic()))
-            if w.process.is_alive():   # still importing, or tearing down: it holds nothing of ours
+                w.process.kill()
+            else:
+                w.process.terminate()
+        for w in self._workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
                 w.process.kill()
                 w.process.join(timeout=5)
             w.conn.close()
