@@ -6,7 +6,8 @@ include imports, as a user sees them. The two settings alternate (--jobs 1, --jo
 and the ratio is taken pair by pair, so a machine whose speed drifts still compares like with like;
 both run with --no-cache. Memory is the whole process tree's: the largest sum, over the export and
 its worker processes, of each one's proportional set size (shared library pages counted once) and of
-its resident set size (counted in every process), sampled every 50 ms.
+its resident set size (counted in every process), sampled every 50 ms in two runs of each setting
+apart from the timed ones (sampling costs CPU).
 
 The re-export runs the same command with the stage cache on, after one run that fills it, in a
 cache folder of its own; it must reuse every stage and its check.
@@ -58,7 +59,9 @@ def memory_mib(pids: list[int]) -> tuple[float, float]:
     return pss / 1024, rss / 1024
 
 
-def timed(cmd: list[str], env: dict) -> dict:
+def timed(cmd: list[str], env: dict, sample_memory: bool = False) -> dict:
+    """One run: its wall time, or (``sample_memory``) its process tree's peak memory — reading every
+    process's page tables 20 times a second costs CPU, so the timed runs are not sampled."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0.0, 0.0]
     done = threading.Event()
@@ -71,11 +74,13 @@ def timed(cmd: list[str], env: dict) -> dict:
 
     t0 = time.perf_counter()
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if sample_memory:
+        sampler.start()
     out, errtext = proc.communicate()
     wall = time.perf_counter() - t0
     done.set()
-    sampler.join()
+    if sample_memory:
+        sampler.join()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {errtext.strip()[-800:]}")
     manifest = json.loads(out)
@@ -97,19 +102,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env["BSCONV_EXPORT_STAGE_CACHE"] = str(Path(tmp) / "cache")
 
-        def export(jobs: int | None, out: str, cache: bool) -> dict:
+        def export(jobs: int | None, out: str, cache: bool, sample_memory: bool = False) -> dict:
             cmd = [cli, "export", args.arch, "--input-size", str(args.input_size), "--out", str(Path(tmp) / out),
                    "--force", "--json"] + ([] if cache else ["--no-cache"]) + ([f"--jobs={jobs}"] if jobs else [])
-            return timed(cmd, env)
+            return timed(cmd, env, sample_memory)
 
-        export(2, "warm", cache=False)     # a warm-up: the page cache, and each stage's measured time
+        for _ in range(2):                 # warm-ups: the page cache, and each stage's measured time
+            export(2, "warm", cache=False)
+        memory = [(export(1, "one", False, True), export(2, "two", False, True)) for _ in range(2)]
+        print(f"memory: tree PSS --jobs 1 {max(m[0]['pss_mib'] for m in memory):.0f} MiB, --jobs 2 "
+              f"{max(m[1]['pss_mib'] for m in memory):.0f} MiB", file=sys.stderr)
         pairs = []
         for i in range(args.pairs):
             one, two = export(1, "one", cache=False), export(2, "two", cache=False)
             pairs.append((one, two))
             print(f"pair {i + 1}: --jobs 1 {one['wall']:.1f} s, --jobs 2 {two['wall']:.1f} s "
-                  f"(ratio {two['wall'] / one['wall']:.2f}; tree PSS {one['pss_mib']:.0f} / {two['pss_mib']:.0f} MiB)",
-                  file=sys.stderr)
+                  f"(ratio {two['wall'] / one['wall']:.2f})", file=sys.stderr)
         export(None, "re", cache=True)     # fills the cache
         again = []
         for i in range(args.reexports):
@@ -130,11 +138,10 @@ def main() -> None:
         "jobs2_wall_seconds_median": round(med(p[1]["wall"] for p in pairs), 2),
         "jobs2_over_jobs1_ratio_median": round(med(p[1]["wall"] / p[0]["wall"] for p in pairs), 3),
         "ratios": [round(p[1]["wall"] / p[0]["wall"], 3) for p in pairs],
-        "jobs1_tree_pss_mib_median": round(med(p[0]["pss_mib"] for p in pairs)),
-        "jobs2_tree_pss_mib_median": round(med(p[1]["pss_mib"] for p in pairs)),
-        "jobs2_tree_pss_mib_max": round(max(p[1]["pss_mib"] for p in pairs)),
-        "jobs2_tree_rss_mib_max": round(max(p[1]["rss_mib"] for p in pairs)),
-        "jobs1_tree_rss_mib_max": round(max(p[0]["rss_mib"] for p in pairs)),
+        "jobs1_tree_pss_mib_max": round(max(m[0]["pss_mib"] for m in memory)),
+        "jobs2_tree_pss_mib_max": round(max(m[1]["pss_mib"] for m in memory)),
+        "jobs1_tree_rss_mib_max": round(max(m[0]["rss_mib"] for m in memory)),
+        "jobs2_tree_rss_mib_max": round(max(m[1]["rss_mib"] for m in memory)),
         "reexport_wall_seconds_median": round(med(r["wall"] for r in again), 2),
         "reexport_wall_seconds_all": [round(r["wall"], 2) for r in again],
         "jobs2_last_run_stages": stages,
