@@ -269,6 +269,28 @@ def setup_cmd(
     out.print(chosen.setup(lambda message: err.print(message, highlight=False)), highlight=False)
 
 
+@app.command("cache")
+def cache_cmd(
+    clear: bool = typer.Option(False, "--clear", help="Remove every entry (the next export makes every stage again)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """The stage cache that 'export' reuses unchanged stages (and their checks) from: where it is,
+    its entries and size, its limit; --clear empties it."""
+    from .exporter.stagecache import StageCache, max_bytes
+    cache = StageCache()
+    removed = cache.clear() if clear else 0
+    summary = cache.summary()
+    if as_json:
+        emit_json({**summary, "removed": removed})
+        return
+    if clear:
+        err.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}", highlight=False)
+    out.print(f"{summary['folder']}: {summary['entries']} entries, {summary['bytes'] / 2**20:.1f} MiB of "
+              f"{max_bytes() / 2**30:g} GiB (${summary['size_variable']})", highlight=False)
+    for row in summary["by_format"]:
+        out.print(f"  {row['format']}: {row['entries']} entries, {row['bytes'] / 2**20:.1f} MiB", highlight=False)
+
+
 @app.command("info")
 @with_model_options
 def info_cmd(

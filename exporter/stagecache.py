@@ -283,6 +283,22 @@ class StageCache:
             total -= size
         return removed
 
+    def summary(self) -> dict:
+        """Where the cache is, how many entries and bytes it holds (by format), and its limit."""
+        entries = self.entries()
+        by: dict[str, list[int]] = {}
+        for _, size, key in entries:
+            try:
+                fmt = json.loads((self.root / key / ENTRY).read_text())["record"]["format"]
+            except (OSError, ValueError, KeyError, TypeError):
+                fmt = "?"
+            if not isinstance(fmt, str):
+                fmt = "?"
+            by.setdefault(fmt, []).append(size)
+        return {"folder": str(self.root), "entries": len(entries), "bytes": sum(s for _, s, _ in entries),
+                "max_bytes": max_bytes(), "size_variable": SIZE_ENV,
+                "by_format": [{"format": f, "entries": len(s), "bytes": sum(s)} for f, s in sorted(by.items())]}
+
     def clear(self) -> int:
         n = 0
         for _, _, key in self.entries():

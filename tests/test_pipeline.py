@@ -312,3 +312,18 @@ def test_two_concurrent_exports_share_the_cache(tmp_path):
     assert files(tmp_path / "z") == files(tmp_path / "x")
     root = Path(os.environ["BSCONV_EXPORT_STAGE_CACHE"])
     assert not [p for p in root.iterdir() if p.name.startswith(".")]   # nothing half-written left
+
+
+def test_the_cache_command_shows_and_clears_the_cache(tmp_path, shipped):
+    from typer.testing import CliRunner
+    from bsconv_export.cli import app
+    export(shipped, tmp_path / "a", ("pt2", "onnx"))
+    r = CliRunner().invoke(app, ["cache", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["folder"] == os.environ["BSCONV_EXPORT_STAGE_CACHE"] and summary["entries"] == 3
+    assert {row["format"] for row in summary["by_format"]} == {"pt2", "onnx", "onnx-simplified"}
+    r = CliRunner().invoke(app, ["cache", "--clear", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["removed"] == 3 and json.loads(r.stdout)["entries"] == 0
+    again = export(shipped, tmp_path / "b", ("pt2", "onnx"))
+    assert again.ok and not any(x.reused for x in again.records)
