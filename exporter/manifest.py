@@ -223,7 +223,7 @@ def _check_report(r: _Reader, d: Any) -> CheckReport:
             reason=r.get(rec, "reason", str, optional=True), precision=r.get(rec, "precision", str, optional=True,
                                                                          default="fp32"),
             tolerance=r.get(rec, "tolerance", str, optional=True, default=""),
-            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
             accuracy=r.get(rec, "accuracy", (int, float), optional=True),
             reference_accuracy=r.get(rec, "reference_accuracy", (int, float), optional=True),
             first_divergence=r.get(rec, "first_divergence", dict, optional=True),
@@ -231,7 +231,9 @@ def _check_report(r: _Reader, d: Any) -> CheckReport:
             target=_target(r, rec), reused=_reused(r, rec)))
     return CheckReport(inputs=r.get(d, "inputs", str), samples=r.get(d, "samples", int), records=records,
                        options=r.get(d, "options", dict, optional=True, default={}),
-                       reference_error=r.get(d, "reference_error", dict, optional=True, default={}))
+                       reference_error={k: v for k, v in r.get(d, "reference_error", dict, optional=True,
+                                                                default={}).items()
+                                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 def _reused(r: _Reader, d: Any) -> dict[str, str] | None:

@@ -18,8 +18,10 @@ entries ``torch.export.save`` writes for one program, only raw (unpickled)
 tensor payloads, only ATen operators (plus ``getitem``) that exist in this
 torch, only identifier names, only arithmetic on ``s0``-style symbols (in
 sympy's ``Symbol('s0', positive=True, integer=True)`` spelling too), only
-plain tuple/list/dict tree specs. Node metadata (stack traces, module paths)
-and guard code are dropped from the JSON, the archive is rebuilt in memory from
+plain tuple/list/dict tree specs. Node metadata (stack traces, source functions)
+and guard code are dropped from the JSON — all but each node's module path, kept
+when it is plain text (torch reads it back as strings; exported files name their
+nodes from it) —, the archive is rebuilt in memory from
 what passed, and ``torch.export.load`` reads that copy with every ``torch.load``
 forced to ``weights_only=True``. A program that needs custom operators is
 refused by name: load their library yourself and use ``--model`` instead.
@@ -199,6 +201,17 @@ def _walk(obj: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
             yield from _walk(v, f"{path}[{i}]")
 
 
+#: a node's module path (``nn_module_stack``: "key,path,type;…"), which torch reads back as plain strings
+_MODULE_STACK = re.compile(r"[A-Za-z0-9_.,;:\[\]()'\" <>-]{1,8192}")
+
+
+def _kept_metadata(meta: Any) -> dict:
+    """Of a node's metadata, only its module path, when it is plain text: the names the exported files
+    give their nodes come from it (``/backbone/stage3/unit1/conv2/conv/Conv``)."""
+    stack = meta.get("nn_module_stack") if isinstance(meta, dict) else None
+    return {"nn_module_stack": stack} if isinstance(stack, str) and _MODULE_STACK.fullmatch(stack) else {}
+
+
 def _check_program_json(program: Any, label: str) -> None:
     if not isinstance(program, dict) or not isinstance(program.get("graph_module"), dict):
         raise ProgramError(f"{label}: models/model.json is not a serialized ExportedProgram")
@@ -211,7 +224,7 @@ def _check_program_json(program: Any, label: str) -> None:
         if not isinstance(node, dict):
             raise ProgramError(f"{label}: a graph node is malformed")
         _check_target(node.get("target"), label)
-        node["metadata"] = {}
+        node["metadata"] = _kept_metadata(node.get("metadata"))
     program["guards_code"] = []
     for value in (program.get("range_constraints") or {}):
         _check_expr(value, label)
