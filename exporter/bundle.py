@@ -106,8 +106,9 @@ def source_key(loaded: LoadedCheckpoint, size: int) -> str | None:
     content; None for a source that runs the user's code (that code can change under any name)."""
     if loaded.source.runs_user_code:
         return None
-    from .stagecache import digest, file_sha256
-    files = {str(p): file_sha256(Path(p)) for p in loaded.source.input_files(loaded) if Path(p).is_file()}
+    from .records import path_sha256
+    from .stagecache import digest
+    files = {str(p): path_sha256(Path(p)) for p in loaded.source.input_files(loaded) if Path(p).is_file()}
     return digest({"source": loaded.source.to_dict(), "arch": loaded.arch, "checkpoint_sha256": loaded.sha256,
                    "untrained": loaded.untrained, "files": sorted(files.values()), "size": size})
 

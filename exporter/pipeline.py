@@ -24,8 +24,8 @@ from typing import Callable
 from . import machine
 from .formats import Format
 from .context import run_stage
-from .records import ArtifactRecord, Status
-from .stagecache import Hit, StageCache, digest, file_sha256, stage_cache_root
+from .records import ArtifactRecord, Status, path_sha256
+from .stagecache import Hit, StageCache, digest, stage_cache_root
 from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
 
 STATS_FILE = "stats.json"
@@ -181,7 +181,7 @@ def run_stages(ctx, planned: list[Format], *, jobs: int | None = None, cache: St
         else:
             program = save_program(ctx, scratch)
         if program is not None:
-            run.program_sha256 = file_sha256(program)
+            run.program_sha256 = path_sha256(program)
             ctx.use_program_file(program)
         misses = rest if program is None else _settle_hits(rest, ctx, run, cache, progress)
         if pool is None and side_by_side and program is not None and len(misses) > 1:
@@ -261,12 +261,6 @@ def _measured(fmt: Format, ctx) -> ArtifactRecord:
     return record
 
 
-def _key(fmt: Format, ctx, cache: StageCache | None, identity: str | None) -> str | None:
-    if cache is None or identity is None:
-        return None
-    return stage_key(fmt, ctx, identity)
-
-
 def stage_key(fmt: Format, ctx, identity: str) -> str:
     """Everything ``fmt``'s file depends on (see exporter.stagecache): ``identity`` is the program's
     sha256 (the capture's own key: the model source's)."""
@@ -298,12 +292,9 @@ def _from_cache(fmt: Format, ctx, run: StageRun, cache, identity) -> ArtifactRec
         return run.hits[fmt.name].record
     if any(not ctx.records[r].ok for r in fmt.requires):
         return None    # run_stage records the skip
-    key = run.keys.get(fmt.name) or _key(fmt, ctx, cache, identity)
-    if key is None:
-        return None
-    if fmt.name in run.keys:
-        return None    # looked up already, and missed
-    run.keys[fmt.name] = key
+    if cache is None or identity is None or fmt.name in run.keys:
+        return None    # no cache, or looked up already and missed
+    key = run.keys[fmt.name] = stage_key(fmt, ctx, identity)
     hit = cache.lookup(key, fmt, ctx.workdir)
     if hit is None:
         return None

@@ -58,10 +58,6 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    return path_sha256(path)
-
-
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
     """This tool's own code and data (an editable install changes without a version bump)."""
@@ -88,7 +84,7 @@ def platform_facts() -> dict[str, Any]:
 def option_value(value: Any) -> Any:
     """An option's value as a key sees it: a file an option names by path counts by its content."""
     if isinstance(value, str) and value and os.path.isfile(value):
-        return {"file_sha256": file_sha256(Path(value))}
+        return {"file_sha256": path_sha256(Path(value))}
     return value
 
 
@@ -164,7 +160,7 @@ class StageCache:
                         raise ValueError(f"{name} holds a link")
                 else:
                     shutil.copyfile(src, dst)
-                if file_sha256(dst) != files[name] or (name == record.path and files[name] != record.sha256):
+                if path_sha256(dst) != files[name] or (name == record.path and files[name] != record.sha256):
                     raise ValueError(f"{name} fails its hash")
         except (OSError, ValueError, UserInputError) as e:
             for p in copied:
@@ -226,7 +222,7 @@ class StageCache:
                     shutil.copytree(src, tmp / FILES / name)
                 else:
                     shutil.copyfile(src, tmp / FILES / name)
-                files[name] = file_sha256(tmp / FILES / name)
+                files[name] = path_sha256(tmp / FILES / name)
             if files[record.path] != record.sha256:
                 raise ValueError(f"{record.path} changed while it was being cached")
             entry["files"] = files
