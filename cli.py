@@ -276,19 +276,24 @@ def cache_cmd(
 ) -> None:
     """The stage cache that 'export' reuses unchanged stages (and their checks) from: where it is,
     its entries and size, its limit; --clear empties it."""
-    from .exporter.stagecache import StageCache, max_bytes
-    cache = StageCache()
-    removed = cache.clear() if clear else 0
+    from .exporter.stagecache import StageCache
+    cache = StageCache(create=False)
+    removed, failed = cache.clear() if clear else (0, 0)
     summary = cache.summary()
     if as_json:
-        emit_json({**summary, "removed": removed})
+        emit_json({**summary, "removed": removed, "not_removed": failed})
+        if failed:
+            raise typer.Exit(1)
         return
     if clear:
-        err.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}", highlight=False)
+        err.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}"
+                  + (f"; {failed} could not be removed (is the folder read-only?)" if failed else ""), highlight=False)
     out.print(f"{summary['folder']}: {summary['entries']} entries, {summary['bytes'] / 2**20:.1f} MiB of "
-              f"{max_bytes() / 2**30:g} GiB (${summary['size_variable']})", highlight=False)
+              f"{summary['max_bytes'] / 2**30:g} GiB (${summary['size_variable']})", highlight=False)
     for row in summary["by_format"]:
         out.print(f"  {row['format']}: {row['entries']} entries, {row['bytes'] / 2**20:.1f} MiB", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("info")

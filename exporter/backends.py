@@ -34,16 +34,28 @@ def built_aside(target: Path, what: str, keep_existing: Callable[[], bool] = lam
     """A fresh folder beside ``target`` to build into. When the block succeeds it replaces ``target``
     whole (a half-made one included) — unless ``keep_existing()`` says a complete one appeared meanwhile,
     which is then kept; when the block fails the folder is removed and ``target`` is untouched. A command
-    that fails is one line naming ``what``."""
+    that fails is one line naming ``what``. Only a ``target`` this tool made (its marker inside) is ever
+    replaced: anything else there is refused in one line, never removed."""
+    from .owned import MADE_MARKER, has_marker, marker_text, write_marker
+    text = marker_text(target.name)
+    if os.path.lexists(target) and not has_marker(target, MADE_MARKER, text) and not keep_existing():
+        raise UserInputError(f"{target} exists and bsconv-export did not make it (no {MADE_MARKER} inside), so it "
+                             f"will not replace it: move it away, or set BSCONV_EXPORT_CACHE to another folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
+        write_marker(building, MADE_MARKER, text)    # what may later replace it proves it is ours
         yield building
         if keep_existing():
             shutil.rmtree(building)
             return
-        if target.exists():
-            shutil.rmtree(target)
+        if os.path.lexists(target):
+            if not has_marker(target, MADE_MARKER, text):
+                raise UserInputError(f"{target} appeared while {what} was made and bsconv-export did not make "
+                                     "it; it is left as it is")
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
         building.rename(target)
     except subprocess.CalledProcessError as e:
         shutil.rmtree(building, ignore_errors=True)

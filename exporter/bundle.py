@@ -167,7 +167,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
                 if references is not None:
                     references.result()
                     if references.seconds:
-                        record_own_work(tuple(ctx.example.shape), references.seconds)
+                        record_own_work(stage_cache, tuple(ctx.example.shape), references.seconds)
                 if stage_cache is not None:
                     shared.earlier = _earlier(stage_cache, run, check)
                     shared.facts.update({h.record.path: (h.record.sha256, tuple(h.entry["facts"]))

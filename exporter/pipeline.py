@@ -17,18 +17,22 @@ import io
 import json
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..models.errors import UserInputError
+from ..models.safe_io import loads_json, read_regular
 from . import machine
 from .formats import Format
 from .context import run_stage
 from .records import ArtifactRecord, Status, path_sha256
-from .stagecache import Hit, StageCache, digest, stage_cache_root
+from .stagecache import Hit, StageCache, digest
 from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
 
 STATS_FILE = "stats.json"
+MAX_STATS_BYTES = 1 << 20
 JOBS_ENV = "BSCONV_EXPORT_JOBS"
 #: the stats row of what this process does beside its stages (the check's references)
 OWN_WORK = "(references)"
@@ -82,14 +86,19 @@ def save_program(ctx, scratch: Path) -> Path | None:
 class Stats:
     """Each stage's measured seconds and peak memory, per model shape (``stats.json`` in the stage cache):
     the scheduler's estimates are the medians of the last :data:`KEPT` measurements (one run's timing,
-    taken beside other stages or alone, would tip the deal back and forth)."""
+    taken beside other stages or alone, would tip the deal back and forth). Without a stage cache folder
+    (``--no-cache``, or none made yet) nothing is read or written: every estimate is the default."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = path or stage_cache_root() / STATS_FILE
+    def __init__(self, folder: Path | None):
+        self.path = folder / STATS_FILE if folder is not None else None
+        self.data = {}
+        if self.path is None:
+            return
         try:
-            data = json.loads(self.path.read_text())
+            data = loads_json(read_regular(self.path, "the stage timings", max_bytes=MAX_STATS_BYTES,
+                                           follow_links=False), str(self.path), "it is rewritten")
             self.data = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+        except UserInputError:
             self.data = {}
 
     def _row(self, fmt: str, shape: str) -> dict:
@@ -117,18 +126,21 @@ class Stats:
         self.data[f"{fmt}|{shape}"] = row
 
     def save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{STATS_FILE}.{os.getpid()}")
-            tmp.write_text(json.dumps(self.data, sort_keys=True))
+        if self.path is None:
+            return
+        try:   # a new file renamed over the old: never written through a link or into a FIFO
+            tmp = self.path.with_name(f".{STATS_FILE}.{os.getpid()}.{time.monotonic_ns()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.data, sort_keys=True))
             os.replace(tmp, self.path)
         except OSError:
             pass   # estimates only: a read-only cache costs scheduling quality, nothing else
 
 
-def record_own_work(shape: tuple[int, ...], seconds: float) -> None:
+def record_own_work(cache: StageCache | None, shape: tuple[int, ...], seconds: float) -> None:
     """Remember how long this process's own work beside the stages took (the next deal counts it)."""
-    stats = Stats()
+    stats = Stats(cache.root if cache is not None else None)
     stats.record(OWN_WORK, "x".join(map(str, shape)), seconds, None)
     stats.save()
 
@@ -155,7 +167,7 @@ def run_stages(ctx, planned: list[Format], *, jobs: int | None = None, cache: St
     slots, threads = plan_workers(jobs, len(rest))
     side_by_side = slots > 1 and len(rest) > 1 and not ctx.options.legacy_exporter   # the tracer needs the module
     shape = "x".join(map(str, ctx.example.shape))
-    stats = Stats()
+    stats = Stats(cache.root if cache is not None else None)
     pool = None
     dealt = deal(rest, slots, stats, shape)
 

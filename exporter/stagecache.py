@@ -18,8 +18,14 @@ Entries are written aside and renamed into place (two exports may share the cach
 hit touches its entry (the folder is ``$BSCONV_EXPORT_STAGE_CACHE`` when set), and after each store the least recently used entries are removed
 until the cache is under its size (``$BSCONV_EXPORT_STAGE_CACHE_BYTES``, default 4 GiB).
 An entry that does not parse, names unexpected files or whose files fail their hashes is
-deleted and the stage runs. The cache is the user's own folder; nothing in it is trusted
-beyond what its hashes prove.
+deleted and the stage runs. Nothing in the folder is trusted beyond what its hashes prove.
+
+The folder is the tool's only when the tool made it (:mod:`exporter.owned`): created with a marker,
+or found empty and marked; a folder holding anything else without the marker is refused (exit 2),
+never adopted. Inside it, an entry is a real folder named by a 64-hex-digit key holding a regular
+``entry.json`` that names that key: eviction, ``--clear`` and discarding touch only those (renamed
+away, then removed without following a link); every other name there is left alone. ``entry.json``
+and ``stats.json`` are read bounded, as regular files only (a FIFO never blocks).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,7 +42,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..models.errors import UserInputError
+from ..models.safe_io import is_regular, read_regular
 from .backends import built_aside, cache_root
+from .owned import tool_folder
 from .records import ArtifactRecord, CheckRecord, Status, path_sha256
 
 ENTRY = "entry.json"
@@ -46,12 +56,21 @@ MAX_CHECKS_PER_ENTRY = 8
 DEFAULT_MAX_BYTES = 4 << 30
 SIZE_ENV = "BSCONV_EXPORT_STAGE_CACHE_BYTES"
 DIR_ENV = "BSCONV_EXPORT_STAGE_CACHE"
+WHAT = "stage cache"
+KEY_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def stage_cache_root() -> Path:
-    """``$BSCONV_EXPORT_STAGE_CACHE``, else ``<cache>/stages`` (see backends.cache_root)."""
+    """``$BSCONV_EXPORT_STAGE_CACHE``, else ``<cache>/stage-cache`` (see backends.cache_root)."""
     given = os.environ.get(DIR_ENV)
-    return Path(given).expanduser() if given else cache_root() / "stages"
+    return Path(given).expanduser() if given else cache_root() / "stage-cache"
+
+
+def owned_root(*, create: bool) -> Path | None:
+    """The stage cache's folder, refused (one line, exit 2) unless this tool made it; None when it does not
+    exist and ``create`` is false."""
+    return tool_folder(stage_cache_root(), WHAT, DIR_ENV if os.environ.get(DIR_ENV) else "BSCONV_EXPORT_CACHE",
+                       create=create)
 
 
 def digest(payload: Any) -> str:
@@ -89,10 +108,14 @@ def option_value(value: Any) -> Any:
 
 
 def max_bytes() -> int:
-    try:
-        return max(0, int(os.environ.get(SIZE_ENV, DEFAULT_MAX_BYTES)))
-    except ValueError:
+    """``$BSCONV_EXPORT_STAGE_CACHE_BYTES`` (a whole number of bytes), else 4 GiB."""
+    given = os.environ.get(SIZE_ENV, "").strip()
+    if not given:
         return DEFAULT_MAX_BYTES
+    if not given.isdigit():
+        raise UserInputError(f"{SIZE_ENV}={given[:40]!r} is not a whole number of bytes; set it to e.g. "
+                             f"{DEFAULT_MAX_BYTES} (4 GiB), or unset it")
+    return int(given)
 
 
 def now() -> str:
@@ -108,25 +131,43 @@ class Hit:
 class StageCache:
     """The per-user stage cache under ``root`` (default ``<cache>/stages``)."""
 
-    def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root is not None else stage_cache_root()
+    def __init__(self, root: Path | None = None, *, create: bool = True):
+        """The cache at ``root`` (default: the configured folder), refused unless this tool made it.
+        ``create=False`` makes nothing: a folder that does not exist is an empty cache."""
+        self.limit = max_bytes()
+        if root is None:
+            self.root = owned_root(create=create)
+        else:
+            self.root = tool_folder(Path(root), WHAT, DIR_ENV, create=create)
         self.discarded: list[str] = []     # entries found bad this run (key: why)
 
     # --- reading ---
 
-    def _read(self, key: str) -> dict | None:
-        entry = self.root / key
-        try:
-            text = (entry / ENTRY).read_bytes()
-            if len(text) > MAX_ENTRY_BYTES:
-                raise ValueError("entry.json is too large")
-            d = json.loads(text)
-            if not isinstance(d, dict) or d.get("schema") != SCHEMA or d.get("key") != key:
-                raise ValueError("entry.json is not this key's")
-            return d
-        except FileNotFoundError:
+    def _entry_dir(self, key: str) -> Path | None:
+        """The entry folder of ``key`` when it is one of ours: a real folder with a regular entry.json."""
+        if self.root is None or not KEY_NAME.fullmatch(key):
             return None
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        entry = self.root / key
+        return entry if not entry.is_symlink() and entry.is_dir() and is_regular(entry / ENTRY) else None
+
+    def _load(self, key: str) -> dict:
+        """``key``'s entry.json, read bounded and as a regular file only; ValueError when it is not ours."""
+        try:
+            text = read_regular(self.root / key / ENTRY, "a stage cache entry", max_bytes=MAX_ENTRY_BYTES,
+                                follow_links=False)
+        except UserInputError as e:
+            raise ValueError(str(e)) from None
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA or d.get("key") != key:
+            raise ValueError("entry.json is not this key's")
+        return d
+
+    def _read(self, key: str) -> dict | None:
+        if self._entry_dir(key) is None:
+            return None
+        try:
+            return self._load(key)
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
             self.discard(key, f"unreadable entry ({e})")
             return None
 
@@ -149,6 +190,8 @@ class StageCache:
                     or any("/" in n or n.startswith(".") for n in names)
                     or not isinstance(d.get("first_verified_at"), str)):
                 raise ValueError("the entry does not describe this stage's files")
+            if (self.root / key / FILES).is_symlink():
+                raise ValueError("its files folder is a link")
             for name in names:
                 src, dst = self.root / key / FILES / name, workdir / name
                 if src.is_symlink() or dst.exists() or dst.is_symlink():
@@ -201,6 +244,8 @@ class StageCache:
         """Keep a checked file (and its check) under ``key``; an existing entry gains the check."""
         checks = {check_key: {"records": [r.to_dict() | {"reused": None} for r in check_records],
                               "reference_error": reference_error, "verified_at": now()}}
+        if self.root is None or not KEY_NAME.fullmatch(key):
+            return
         existing = self._read(key)
         if existing is not None:
             merged = {**(existing.get("checks") if isinstance(existing.get("checks"), dict) else {}), **checks}
@@ -212,8 +257,10 @@ class StageCache:
         kept = {**record.to_dict(), "reused": None, "seconds": record.seconds}
         entry = {"schema": SCHEMA, "key": key, "record": kept, "first_verified_at": now(), "checks": checks,
                  "facts": facts}
-        self.root.mkdir(parents=True, exist_ok=True)
-        with built_aside(self.root / key, "a stage cache entry", keep_existing=lambda: (self.root / key / ENTRY).exists()) as tmp:
+        if os.path.lexists(self.root / key):   # not an entry of ours (checked above): left alone
+            return
+        with built_aside(self.root / key, "a stage cache entry",
+                         keep_existing=lambda: os.path.lexists(self.root / key)) as tmp:
             (tmp / FILES).mkdir()
             files = {}
             for name in names:
@@ -229,42 +276,56 @@ class StageCache:
             self._write_entry(tmp, entry)
 
     def _write_entry(self, folder: Path, entry: dict) -> None:
-        tmp = folder / f".{ENTRY}.{os.getpid()}"
-        tmp.write_text(json.dumps(entry, sort_keys=True, allow_nan=False))
+        tmp = folder / f".{ENTRY}.{os.getpid()}.{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(entry, sort_keys=True, allow_nan=False))
         os.replace(tmp, folder / ENTRY)
 
     def _touch(self, key: str) -> None:
         try:
-            os.utime(self.root / key / ENTRY)
-        except OSError:
+            os.utime(self.root / key / ENTRY, follow_symlinks=False)
+        except (OSError, NotImplementedError):
             pass
 
-    def discard(self, key: str, why: str) -> None:
-        """Remove an entry (renamed away first, so a concurrent reader sees a miss, not half a folder)."""
+    def discard(self, key: str, why: str) -> bool:
+        """Remove an entry of ours (renamed away first, so a concurrent reader sees a miss, not half a
+        folder; nothing inside is followed). False when it is not ours or could not be removed."""
         self.discarded.append(f"{key[:12]}: {why}")
-        entry = self.root / key
+        entry = self._entry_dir(key)
+        if entry is None:
+            return False
         gone = self.root / f".discarded-{key}-{os.getpid()}-{time.monotonic_ns()}"
         try:
             entry.rename(gone)
         except OSError:
-            return
+            return False
         shutil.rmtree(gone, ignore_errors=True)
+        return True
 
     def entries(self) -> list[tuple[float, int, str]]:
-        """(last used, bytes, key) of every entry."""
+        """(last used, bytes, key) of every entry of ours; nothing else in the folder is looked into."""
         out = []
-        if not self.root.is_dir():
+        if self.root is None or not self.root.is_dir():
             return out
-        for entry in self.root.iterdir():
-            if entry.name.startswith(".") or not (entry / ENTRY).is_file():
+        for name in os.listdir(self.root):
+            entry = self._entry_dir(name)
+            if entry is None:
                 continue
-            size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
-            out.append(((entry / ENTRY).stat().st_mtime, size, entry.name))
+            size = 0
+            for dirpath, dirs, files in os.walk(entry):   # os.walk does not follow links
+                for f in files:
+                    try:
+                        st = os.lstat(os.path.join(dirpath, f))
+                    except OSError:
+                        continue
+                    size += st.st_size if not os.path.islink(os.path.join(dirpath, f)) else 0
+            out.append((os.lstat(entry / ENTRY).st_mtime, size, name))
         return sorted(out)
 
     def evict(self, limit: int | None = None, keep: tuple[str, ...] = ()) -> list[str]:
         """Remove least recently used entries until the cache is under ``limit`` bytes; never ``keep``."""
-        limit = max_bytes() if limit is None else limit
+        limit = self.limit if limit is None else limit
         entries = self.entries()
         total = sum(size for _, size, _ in entries)
         removed = []
@@ -273,10 +334,11 @@ class StageCache:
                 break
             if key in keep:
                 continue
-            self.discard(key, "least recently used")
+            gone = self.discard(key, "least recently used")
             self.discarded.pop()
-            removed.append(key)
-            total -= size
+            if gone:
+                removed.append(key)
+                total -= size
         return removed
 
     def summary(self) -> dict:
@@ -285,20 +347,24 @@ class StageCache:
         by: dict[str, list[int]] = {}
         for _, size, key in entries:
             try:
-                fmt = json.loads((self.root / key / ENTRY).read_text())["record"]["format"]
-            except (OSError, ValueError, KeyError, TypeError):
+                fmt = self._load(key)["record"]["format"]
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 fmt = "?"
             if not isinstance(fmt, str):
                 fmt = "?"
             by.setdefault(fmt, []).append(size)
-        return {"folder": str(self.root), "entries": len(entries), "bytes": sum(s for _, s, _ in entries),
-                "max_bytes": max_bytes(), "size_variable": SIZE_ENV,
+        return {"folder": str(self.root if self.root is not None else stage_cache_root()),
+                "entries": len(entries), "bytes": sum(s for _, s, _ in entries),
+                "max_bytes": self.limit, "size_variable": SIZE_ENV,
                 "by_format": [{"format": f, "entries": len(s), "bytes": sum(s)} for f, s in sorted(by.items())]}
 
-    def clear(self) -> int:
-        n = 0
+    def clear(self) -> tuple[int, int]:
+        """(entries removed, entries that could not be removed, e.g. in a read-only folder)."""
+        removed = failed = 0
         for _, _, key in self.entries():
-            self.discard(key, "cleared")
-            n += 1
+            if self.discard(key, "cleared"):
+                removed += 1
+            else:
+                failed += 1
         self.discarded.clear()
-        return n
+        return removed, failed
