@@ -646,23 +646,26 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
-    from .exporter.manifest import check_recordable, record_bundle_file, write_bundle_file
+    from .exporter.manifest import check_recordable, record_bundle_file
+    from .exporter.sealed import refuse_unless_replaceable, seal_json, write_sealed
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
     from .exporter.formats import artifact_suffixes
     is_bundle = target.is_dir() and target.suffix not in artifact_suffixes()
     dest = out_file or (target / "bench.json" if is_bundle else None)
     into_bundle = is_bundle and dest.parent.resolve() == target.resolve()
+    keep = "move it away, or name another file with --out"
     if into_bundle:
         check_recordable(target, dest.name)   # before minutes of timing, not after
+    elif dest is not None:
+        refuse_unless_replaceable(dest, keep)
     results = run_bench(target, opts, original, progress)
     timed = any(r["status"] == "ok" for r in results["results"])
     if dest and timed:   # a run that timed nothing never replaces results
-        text = json.dumps(results, indent=1) + "\n"
-        if into_bundle:
-            record_bundle_file(target, dest.name, text)   # ours: --force may replace it with the bundle
+        if into_bundle:   # ours: --force may replace it with the bundle
+            record_bundle_file(target, dest.name, json.dumps(results, indent=1) + "\n")
         else:
-            write_bundle_file(dest.parent, dest.name, text)
+            write_sealed(dest, seal_json(results), keep)
     if as_json:
         emit_json(results)
         raise typer.Exit(0 if timed else 1)
@@ -697,26 +700,30 @@ def sweep_cmd(
     retried once) and never stops the others. Exit 1 if any job failed.
     """
     from .exporter.formats import parse_formats
-    from .exporter.manifest import write_bundle_file
+    from .exporter.sealed import refuse_unless_replaceable, seal_json, seal_text, write_sealed
     from .exporter.sweep import read_plan, run_sweep, zoo_plan
     from .exporter.views import sweep_view
     quiet_third_party_logs()
+    keep_results = "move it away, or name another file with --results"
     if zoo is not None:
         if plan is not None or out_dir is None:
             raise UserInputError("--zoo takes --out DIR (where the plan and bundles go) and no PLAN")
         if not out_dir.parent.is_dir():
             raise UserInputError(f"cannot write {out_dir}: {out_dir.parent} does not exist; create it first")
+        text = seal_text(zoo_plan(zoo, out_dir, parse_formats(formats) if formats else None))
+        plan, dest = out_dir / "sweep.toml", results or out_dir / "sweep.json"
+        if out_dir.is_dir() or out_dir.is_symlink():
+            refuse_unless_replaceable(plan, f"run it with 'bsconv-export sweep {plan}', or move it away")
+            refuse_unless_replaceable(dest, keep_results)
         out_dir.mkdir(exist_ok=True)
-        plan = write_bundle_file(out_dir, "sweep.toml",
-                                 zoo_plan(zoo, out_dir, parse_formats(formats) if formats else None))
+        write_sealed(plan, text, f"run it with 'bsconv-export sweep {plan}', or move it away")
     elif plan is None:
         raise UserInputError("name a PLAN.toml, or --zoo PATTERN --out DIR")
     elif out_dir is not None or formats is not None:
         raise UserInputError("--out and --formats go with --zoo; a plan says them per job")
     jobs = read_plan(plan)
     dest = results or Path(plan).parent / "sweep.json"
-    if not dest.parent.is_dir():
-        raise UserInputError(f"cannot write {dest}: {dest.parent} does not exist; create it first")
+    refuse_unless_replaceable(dest, keep_results)   # before the jobs run, not after
 
     def progress(row: dict, done: int, total: int) -> None:
         verdict = row.get("verdict") or "failed"
@@ -726,7 +733,7 @@ def sweep_cmd(
                   + (f" — {escape(row['error'])}" if row.get("error") else ""), highlight=False)
 
     result = run_sweep(jobs, scheduler=scheduler, workers=workers, resume=resume, progress=progress)
-    write_bundle_file(dest.parent, dest.name, json.dumps(result.to_dict(), indent=1) + "\n")
+    write_sealed(dest, seal_json(result.to_dict()), keep_results)
     if as_json:
         emit_json(result.to_dict())
     else:

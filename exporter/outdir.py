@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 from ..models.errors import UserInputError
-from .manifest import BUILD_MARKER, MANIFEST, current_umask, matches, read_manifest
+from .manifest import BUILD_MARKER, MANIFEST, TOOL_FILES, current_umask, matches, read_manifest
 from ..models.safe_io import is_regular
 
 LOCK_MARKER = b"bsconv-export lock\n"
@@ -51,12 +51,25 @@ def refuse_unless_ours(out: Path) -> None:
         raise UserInputError(f"{out} was written by an older bsconv-export that did not record its files' "
                              "hashes, so --force cannot prove every file there is ours; choose another --out "
                              "or remove it yourself")
+    strangers = sorted(set(manifest.files) - names_an_export_writes())
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+        raise UserInputError(f"{out}'s manifest lists files no export writes ({shown}), whatever their hashes, so "
+                             "--force will not delete them: choose another --out or move them away")
     foreign = sorted(p.name for p in out.iterdir()
                      if p.name != MANIFEST and not (p.name in manifest.files and matches(p, manifest.files[p.name])))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise UserInputError(f"{out} holds files this tool did not write, or that changed since it wrote them "
                              f"({shown}); --force will not delete them: choose another --out or move them away")
+
+
+def names_an_export_writes() -> set[str]:
+    """Every top-level name a bundle of this tool can hold besides its manifest: each registered format's
+    file and the side files its row declares, and what bench and report write into a bundle."""
+    from .formats import FORMATS
+    return ({f.filename for f in FORMATS.values()} | {n for f in FORMATS.values() for n in f.side_files}
+            | set(TOOL_FILES))
 
 
 def _marker_text(folder: Path) -> bytes:

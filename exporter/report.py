@@ -11,8 +11,8 @@ from pathlib import Path
 from ..models.errors import UserInputError
 
 from .bench_result import BenchResult
-from .manifest import (changed_since_export, check_recordable, read_manifest, record_bundle_file,
-                       write_bundle_file)
+from .manifest import changed_since_export, check_recordable, read_manifest, record_bundle_file
+from .sealed import refuse_unless_replaceable, seal_png, seal_text, write_sealed
 from .views import bench_view, bundle_view, check_view, html_table, markdown
 
 PLOT_NAME = "report_latency.png"
@@ -46,11 +46,16 @@ def _plot(bench: BenchResult, title: str, out: Path, bundle: Path) -> bool:
     return True
 
 
+KEEP = "move it away, or write elsewhere with --out"
+
+
 def _write(out: Path, data: str | bytes, bundle: Path) -> Path:
-    """Write a report file (never through a planted link); inside the bundle it is recorded as ours."""
+    """Write a report file (never through a planted link); inside the bundle it is recorded as ours,
+    elsewhere sealed (and only a sealed file of ours is replaced: see exporter/sealed.py)."""
     if out.parent.resolve() == bundle.resolve():
         return record_bundle_file(bundle, out.name, data)
-    return write_bundle_file(out.parent, out.name, data)
+    sealed = seal_png(data) if isinstance(data, bytes) else seal_text(data, html_comment=True)
+    return write_sealed(out, sealed, KEEP)
 
 
 def _read_bench(path: Path) -> BenchResult | None:
@@ -78,9 +83,11 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
     # in the bundle the plot is report_latency.png; beside a report written elsewhere it takes the
     # report's own name, so it never lands on a file of that fixed name the user did not ask for
     plot = out.parent / (PLOT_NAME if out.parent.resolve() == bundle.resolve() else f"{out.stem}_latency.png")
-    if out.parent.resolve() == bundle.resolve():
-        for name in (out.name, plot.name):   # both refused up front: never a plot without its report
+    for name in (out.name, plot.name):   # both refused up front: never a plot without its report
+        if out.parent.resolve() == bundle.resolve():
             check_recordable(bundle, name)
+        else:
+            refuse_unless_replaceable(out.parent / name, KEEP)
     has_plot = bool(bench) and _plot(bench, manifest.model.arch, plot, bundle)
     m = manifest.model
     artifacts = bundle_view(manifest, bundle)

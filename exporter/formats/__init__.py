@@ -56,6 +56,9 @@ class Format:
     #: its file is the saved capture: it runs first, in the exporting process (it needs the module),
     #: and every later stage reads the program from its file (exporter.pipeline)
     captures: bool = False
+    #: the other files its stage writes beside ``filename`` (its record's ``side_files``): only the names
+    #: a row declares are ones ``--force`` may replace as ours
+    side_files: tuple[str, ...] = ()
 
     @property
     def suffix(self) -> str:

@@ -12,7 +12,7 @@ from ...options import Option
 from .export import ONNX_NAME, export_onnx, validate_onnx, warm_exporter
 from .facts import onnx_facts
 from .fp16 import FP16_NAME, export_fp16
-from .ort_format import ORT_NAME, export_ort
+from .ort_format import CONFIG_NAME, ORT_NAME, USABILITY_NAME, export_ort
 from .quantize import INT8_NAME, export_int8
 from .arm64 import OnnxArm64Runner
 from .runner import OnnxRunner, OrtFormatRunner
@@ -54,6 +54,7 @@ PLUGIN = Plugin(
                selectable=False, supersedes="onnx", included_when=lambda o: o.simplify, bench_baseline=True,
                facts=onnx_facts, note=lambda r: f"nodes {r.details.get('nodes_before')} → {r.nodes}"),
         Format("ort", export_ort, ORT_NAME, "ort", "ONNX Runtime mobile format", requires=("onnx",), default=True,
+               side_files=(CONFIG_NAME, USABILITY_NAME),
                note=_usability),
         Format("int8", export_int8, INT8_NAME, "onnx", "ONNX, ORT static QDQ int8", precision="int8",
                requires=("onnx",), options=("calibration", "keep_fp32", "int8_plan"), validate=validate_calibration,

@@ -1,0 +1,128 @@
+"""Trust, third pass (issue 38): each finding of the third hostile-input round, through the real CLI.
+
+Outputs a user can place (``sweep.json``, ``--results``, a ``--zoo`` plan, ``bench --out``, ``report
+--out``) replace only a file the tool sealed; ``--force`` replaces only names an export writes; no
+wait is unbounded; no hostile file gives a traceback.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bsconv_export.cli import app
+from bsconv_export.exporter.manifest import entry_digest
+
+from test_hostile import snapshot
+
+runner = CliRunner()
+CLI = os.path.join(os.path.dirname(sys.executable), "bsconv-export")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def refused(r, *needles):
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    for n in needles:
+        assert n in r.output, r.output
+
+
+@pytest.fixture
+def bundle(tmp_path, shared_bundle):
+    dst = tmp_path / "b"
+    shutil.copytree(shared_bundle("onnx-ort-coreml"), dst)
+    return dst
+
+
+# --- High 1: sweep, bench --out, report --out never replace a user's file ------------------------
+
+def test_a_sweep_never_replaces_a_users_results_or_plan(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text("[[job]]\nout = 'a'\nformats = ['onnx']\n")
+    (tmp_path / "sweep.json").write_text('{"my": "results"}')
+    (tmp_path / "mine.json").write_text("mine")
+    before = snapshot([tmp_path])
+    refused(invoke("sweep", plan), "sweep.json", "not written by bsconv-export")
+    refused(invoke("sweep", plan, "--results", tmp_path / "mine.json"), "mine.json")
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "sweep.toml").write_text("# my hand-written plan\n[[job]]\nout = 'x'\n")
+    before = snapshot([tmp_path])
+    refused(invoke("sweep", "--zoo", "mobilenetv1*", "--out", zoo, "--scheduler", "tcp://127.0.0.1:9"),
+            "sweep.toml", f"bsconv-export sweep {zoo / 'sweep.toml'}")
+    assert snapshot([tmp_path]) == before
+
+
+def test_a_sealed_result_is_replaced_and_an_edited_one_is_not(tmp_path):
+    from bsconv_export.exporter.sealed import seal_json, seal_text, write_sealed
+    from bsconv_export.models.errors import UserInputError
+    dest = tmp_path / "sweep.json"
+    write_sealed(dest, seal_json({"jobs": [1]}), "fix")
+    write_sealed(dest, seal_json({"jobs": [2]}), "fix")          # ours, unchanged: replaced
+    assert json.loads(dest.read_text())["jobs"] == [2]
+    d = json.loads(dest.read_text())
+    d["jobs"] = [3]                                               # edited by the user: theirs now
+    dest.write_text(json.dumps(d))
+    with pytest.raises(UserInputError, match="not written by bsconv-export"):
+        write_sealed(dest, seal_json({"jobs": [4]}), "fix")
+    plan = tmp_path / "sweep.toml"
+    write_sealed(plan, seal_text("[[job]]\nout = 'a'\n"), "fix")
+    plan.write_text(plan.read_text().replace("'a'", "'b'"))
+    with pytest.raises(UserInputError):
+        write_sealed(plan, seal_text("x = 1\n"), "fix")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "sweep.json")
+    with pytest.raises(UserInputError):
+        write_sealed(link, seal_json({}), "fix")
+
+
+def test_bench_and_report_out_never_replace_a_users_file(tmp_path, bundle):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"my": 1}')
+    (mine / "r.md").write_text("# my notes")
+    (mine / "s_latency.png").write_bytes(b"\x89PNG my plot")
+    (mine / "s.md").write_text("fresh")
+    before = snapshot([mine])
+    refused(invoke("bench", bundle, "--out", mine / "results.json", "--iters", "5", "--warmup", "1"), "results.json")
+    refused(invoke("report", bundle, "--out", mine / "r.md"), "r.md")
+    assert snapshot([mine]) == before
+    # a report of ours elsewhere is replaced by the next one (its seal holds)
+    r = invoke("report", bundle, "--out", tmp_path / "ok.md")
+    assert r.exit_code == 0, r.output
+    r = invoke("report", bundle, "--out", tmp_path / "ok.md")
+    assert r.exit_code == 0, r.output
+    assert snapshot([mine]) == before
+
+
+# --- High 2: --force and a planted manifest with true hashes --------------------------------------
+
+def test_force_never_deletes_files_a_planted_manifest_lists_with_their_true_hashes(tmp_path, bundle):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.txt").write_text("my thesis")
+    (user / "photo.jpg").write_bytes(b"\xff\xd8 a photo")
+    planted = json.loads((bundle / "manifest.json").read_text())
+    planted["artifacts"] = []
+    planted["files"] = {n: entry_digest(user / n) for n in ("thesis.txt", "photo.jpg")}
+    (user / "manifest.json").write_text(json.dumps(planted))
+    before = snapshot([user])
+    refused(invoke("export", "--out", user, "--force", "--formats", "pt2"), "no export writes", "thesis.txt")
+    assert snapshot([user]) == before
+
+
+# --- Low: one line, not a silent default ----------------------------------------------------------
+
+def test_read_only_or_odd_cache_settings_are_said(monkeypatch, tmp_path):
+    monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE_BYTES", "abc")
+    refused(invoke("cache"), "BSCONV_EXPORT_STAGE_CACHE_BYTES")
