@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from bsconv_export.cli import app
 from bsconv_export.exporter.manifest import entry_digest
 
-from test_hostile import snapshot
+from test_hostile import bundle, snapshot  # noqa: F401 - bundle is a fixture
 
 runner = CliRunner()
 CLI = os.path.join(os.path.dirname(sys.executable), "bsconv-export")
@@ -35,13 +35,6 @@ def refused(r, *needles):
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     for n in needles:
         assert n in r.output, r.output
-
-
-@pytest.fixture
-def bundle(tmp_path, shared_bundle):
-    dst = tmp_path / "b"
-    shutil.copytree(shared_bundle("onnx-ort-coreml"), dst)
-    return dst
 
 
 # --- High 1: sweep, bench --out, report --out never replace a user's file ------------------------
