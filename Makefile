@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients train bench-export bench-pipeline bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
+.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients clients-deps train bench-export bench-pipeline bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,12 +51,16 @@ CPP_CLIENT := clients/executorch-cpp
 JS_CLIENT := clients/onnxruntime-js
 clients: $(CPP_CLIENT)/build/bsconv-run $(JS_CLIENT)/node_modules/.installed
 
-$(CPP_CLIENT)/build/bsconv-run: $(STAMP) $(CPP_CLIENT)/main.cpp $(CPP_CLIENT)/CMakeLists.txt
+# Before CMake or npm: one line naming the missing Debian packages and the command that installs them.
+clients-deps:
+	@clients/install-deps --check
+
+$(CPP_CLIENT)/build/bsconv-run: $(STAMP) $(CPP_CLIENT)/main.cpp $(CPP_CLIENT)/CMakeLists.txt | clients-deps
 	cmake -S $(CPP_CLIENT) -B $(CPP_CLIENT)/build -DCMAKE_BUILD_TYPE=Release \
 		-Dexecutorch_DIR="$$($(PY) -c 'import executorch; print(list(executorch.__path__)[0])')/share/cmake" >/dev/null
 	cmake --build $(CPP_CLIENT)/build -j2
 
-$(JS_CLIENT)/node_modules/.installed: $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json
+$(JS_CLIENT)/node_modules/.installed: $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json | clients-deps
 	cd $(JS_CLIENT) && ONNXRUNTIME_NODE_INSTALL=skip npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 

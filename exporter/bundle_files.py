@@ -3,7 +3,8 @@
 The manifest is written by whoever hands over a bundle, so it may only *add* checks: every model
 file in the bundle is verified whether the manifest lists it or not; each is judged at the
 precision its format row allows and its own content shows (the stricter wins); every format the
-export recorded must have its file; a row that names another format's file fails.
+export recorded must have its file; a row that names another format's file fails; and a model file
+the manifest has no ok row for fails too (apps find their model through the rows).
 """
 from __future__ import annotations
 
@@ -67,6 +68,15 @@ def bundle_files(bundle: Path, manifest, known: dict[str, tuple[str, tuple]] | N
         if fmt is not None and fmt.filename not in present:
             problems.append(CheckRecord(artifact=name, runner="-", status=Status.FAILED, precision=fmt.precision,
                                         reason=f"the export recorded {name}, but its file {fmt.filename} is missing"))
+    listed = {a.path for a in manifest.artifacts if a.ok and a.path and a.format in FORMATS
+              and FORMATS[a.format].filename == a.path}
+    for t in targets:
+        if t.fmt is not None and t.name not in listed:
+            problems.append(CheckRecord(
+                artifact=t.fmt.name, runner="-", status=Status.FAILED, precision=t.precision,
+                reason=f"{t.name} is in the bundle, but the manifest has no ok {t.fmt.name} row for it: apps find "
+                       "their model through the manifest's rows (docs/bundle.md) and would not load it; "
+                       "re-export the bundle"))
     for a in manifest.artifacts:
         fmt = FORMATS.get(a.format)
         if a.path and fmt is not None and a.path != fmt.filename:

@@ -357,7 +357,12 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
         raise UserInputError(f"{bundle} is not a bundle: no {MANIFEST} (or it is a link); "
                              "create one with 'bsconv-export export'")
     data = read_regular(path, "the manifest", max_bytes=MAX_MANIFEST_BYTES, follow_links=False)
-    return manifest_from_dict(loads_json(data, str(path), "re-export the bundle"), str(path))
+    manifest = manifest_from_dict(loads_json(data, str(path), "re-export the bundle"), str(path))
+    broken = schema_error(manifest)
+    if broken:   # the reader never accepts what the writer would refuse: no command rewrites it invalid
+        raise UserInputError(f"{path} breaks the bundle's schema at {broken}; re-export the bundle "
+                             "(docs/bundle.md says what each field holds)")
+    return manifest
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:
@@ -367,12 +372,20 @@ def write_manifest(bundle: Path, manifest: Manifest) -> None:
 def manifest_json(manifest: Manifest) -> str:
     """The manifest as clients read it: strict JSON (a non-finite number becomes null), checked against
     the published schema (``manifest.schema.json``, docs/bundle.md) before a byte is written."""
+    broken = schema_error(manifest)
+    if broken:   # every manifest read was validated: the code and the published contract disagree, a bug
+        raise RuntimeError(f"the manifest breaks manifest.schema.json at {broken}")
+    return json.dumps(finite(manifest.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def schema_error(manifest: Manifest) -> str | None:
+    """Where and how the manifest, as it would be written, breaks the published schema (None: it does not)."""
     doc = finite(manifest.to_dict())
     errors = sorted(_schema_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
-    if errors:   # the code and the published contract disagree: a bug, not the user's input
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
-        raise RuntimeError(f"the manifest breaks manifest.schema.json at {where}: {errors[0].message}")
-    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    if not errors:
+        return None
+    where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
+    return f"{where}: {errors[0].message[:160]}"
 
 
 def finite(obj: Any) -> Any:
