@@ -357,7 +357,15 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
         raise UserInputError(f"{bundle} is not a bundle: no {MANIFEST} (or it is a link); "
                              "create one with 'bsconv-export export'")
     data = read_regular(path, "the manifest", max_bytes=MAX_MANIFEST_BYTES, follow_links=False)
-    manifest = manifest_from_dict(loads_json(data, str(path), "re-export the bundle"), str(path))
+    raw = loads_json(data, str(path), "re-export the bundle")
+    manifest = manifest_from_dict(raw, str(path))
+    claimed = {k: raw.get(k) for k in ("verdict", "passed") if k in raw}
+    derived = {"verdict": manifest.verdict, "passed": manifest.passed}
+    if any(derived[k] != v for k, v in claimed.items()):
+        # every client reads the stored verdict and the rows alike: a manifest where they disagree is refused
+        raise UserInputError(f"{path} says verdict {raw.get('verdict', raw.get('passed'))!r}, but its own rows say "
+                             f"{manifest.verdict!r}; re-export the bundle (or run 'bsconv-export check' on a copy "
+                             "made by the tool)")
     broken = schema_error(manifest)
     if broken:   # the reader never accepts what the writer would refuse: no command rewrites it invalid
         raise UserInputError(f"{path} breaks the bundle's schema at {broken}; re-export the bundle "

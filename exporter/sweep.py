@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from ..models.errors import UserInputError
 from ..models.safe_io import read_regular
+from .dask_peer import probe_scheduler
 
 MAX_PLAN_BYTES = 1 << 20
 MAX_JOBS = 10_000
@@ -59,6 +60,8 @@ def parse_plan(text: str, where: str, base: Path) -> list[Job]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserInputError(f"{where} is not valid TOML ({e}); fix the plan") from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise UserInputError(f"{where} nests its values too deeply for a plan; fix the plan") from None
     unknown_top = set(data) - {"defaults", "job"}
     if unknown_top:
         raise _bad(where, f"unknown table {sorted(unknown_top)[0]!r} (a plan has [defaults] and [[job]])")
@@ -321,6 +324,7 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
             address = cluster.scheduler_address
         else:
             address = scheduler
+            probe_scheduler(address)    # a silent or garbling peer: one line, not a hang or a huge read
         try:
             with Client(address, timeout="30s") as client:
                 n_workers = len(client.scheduler_info().get("workers", {})) if cluster is None else len(cluster.workers)

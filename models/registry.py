@@ -6,6 +6,8 @@ read a model's :class:`InputSpec` (``model.input_spec``) and never re-derive it.
 """
 from __future__ import annotations
 
+import math
+
 import difflib
 import fnmatch
 from dataclasses import asdict, dataclass, field
@@ -49,8 +51,12 @@ class InputSpec:
         numbers = (*self.mean, *self.std, *self.value_range)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             raise ValueError("mean, std and value_range must be numbers")
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError("mean, std and value_range must be finite numbers")
         if len(self.value_range) != 2 or self.value_range[0] >= self.value_range[1]:
             raise ValueError(f"value_range must be two increasing numbers, got {self.value_range!r}")
+        if any(v <= 0 for v in self.std):   # every client divides by it: 0 gives NaN logits
+            raise ValueError(f"std must be positive numbers, got {list(self.std)!r}")
         if not all(isinstance(x, str) for x in self.labels):
             raise ValueError("labels must be strings")
         if self.color_order not in COLOR_ORDERS:

@@ -119,3 +119,59 @@ def test_force_never_deletes_files_a_planted_manifest_lists_with_their_true_hash
 def test_read_only_or_odd_cache_settings_are_said(monkeypatch, tmp_path):
     monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE_BYTES", "abc")
     refused(invoke("cache"), "BSCONV_EXPORT_STAGE_CACHE_BYTES")
+
+
+# --- Medium 3/4/5: bounded waits and reads, no traceback ------------------------------------------
+
+class _Peer:
+    """A TCP listener on 127.0.0.1 that accepts and then stays silent, or sends ``reply`` and waits."""
+
+    def __init__(self, reply: bytes | None):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.reply, self.conns = reply, []
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            while True:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+                if self.reply:
+                    conn.sendall(self.reply)
+        except OSError:
+            pass
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("reply, needle", [
+    (None, "did not send its handshake within 2 s"),
+    (b"\xff" * 64, "which is no Dask handshake"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"garbage!" * 2, "no Dask handshake"),
+])
+def test_a_silent_or_garbling_scheduler_is_one_line_in_bounded_time(tmp_path, monkeypatch, reply, needle):
+    from bsconv_export.exporter import dask_peer
+    monkeypatch.setattr(dask_peer, "PROBE_SECONDS", 2.0)
+    plan = tmp_path / "plan.toml"
+    plan.write_text("[[job]]\nout = 'a'\nformats = ['onnx']\n")
+    peer = _Peer(reply)
+    try:
+        t0 = time.monotonic()
+        r = invoke("sweep", plan, "--scheduler", peer.address)
+        assert time.monotonic() - t0 < 20
+    finally:
+        peer.close()
+    refused(r, needle, peer.address)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.toml"]
+
+
+def test_a_deeply_nested_plan_is_one_line(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n[[job]]\nout = 'a'\n")
+    refused(invoke("sweep", plan), "nests its values too deeply")
