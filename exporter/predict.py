@@ -8,6 +8,10 @@ one rule (:func:`to_input`), which the other clients implement line for line.
 """
 from __future__ import annotations
 
+import io
+import os
+import struct
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from ..models.errors import UserInputError
 from ..models.registry import InputSpec
+from ..models.safe_io import read_regular
 
 from .contract import OUTPUT_NAME
 from .manifest import Manifest, inside, read_manifest
@@ -23,6 +28,13 @@ from .runners import RunnerUnavailable, infer_batched
 
 #: an image larger than this (either side) is refused before its pixels are decoded
 MAX_IMAGE_SIDE = 8192
+#: a PNG file larger than this is refused before it is read (an 8192² RGB image compresses far below it)
+MAX_PNG_BYTES = 256 << 20
+#: images one call reads (each is decoded, run and released in turn)
+MAX_IMAGES = 10_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: colour type → the bit depths the clients read (PNG spec 11.2.2 less 16 bits)
+BIT_DEPTHS = {0: (1, 2, 4, 8), 2: (8,), 3: (1, 2, 4, 8), 4: (8,), 6: (8,)}
 
 
 @dataclass(frozen=True)
@@ -36,43 +48,81 @@ class Prediction:
         return asdict(self)
 
 
+def png_bytes(path: str | Path) -> bytes:
+    """A PNG file's bytes, refused in one line unless it is the kind every client reads: a regular file (a
+    FIFO never blocks), at most :data:`MAX_PNG_BYTES`, the PNG signature, an IHDR of 1..8192 pixels per side
+    at 8 bits (1, 2 and 4 too for grey and palette images), and every chunk's CRC right. The same rule as
+    the C++ and JavaScript clients (docs/bundle.md, *The pixel rule*)."""
+    path = Path(path)
+    try:
+        data = read_regular(path, "image", max_bytes=MAX_PNG_BYTES)
+    except UserInputError as e:
+        if not os.path.lexists(path):
+            raise UserInputError(f"{path}: no such image file") from None
+        raise UserInputError(f"{path}: {str(e).split(str(path), 1)[-1].strip()}") from None
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
+        raise UserInputError(f"{path}: not a PNG image; the clients read 8-bit PNG files")
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if width == 0 or height == 0:
+        raise UserInputError(f"{path}: a PNG with no pixels ({width}x{height}); save a real image")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise UserInputError(f"{path}: {width}x{height} is larger than the {MAX_IMAGE_SIDE} pixels per side a "
+                             "client decodes; scale it down first")
+    if depth == 16:
+        raise UserInputError(f"{path}: a 16-bit PNG; save it with 8 bits per channel")
+    if depth not in BIT_DEPTHS.get(colour, ()):
+        raise UserInputError(f"{path}: not a PNG image the clients read (colour type {colour}, {depth} bits)")
+    pos = 8
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise UserInputError(f"{path}: unreadable PNG (truncated); re-save it as an 8-bit PNG")
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise UserInputError(f"{path}: unreadable PNG (truncated); re-save it as an 8-bit PNG")
+        if zlib.crc32(data[pos + 4:end]) & 0xFFFFFFFF != struct.unpack(">I", data[end:end + 4])[0]:
+            kind = data[pos + 4:pos + 8].decode("latin-1")
+            raise UserInputError(f"{path}: unreadable PNG (CRC error in its {kind!r} chunk); re-save it as an "
+                                 "8-bit PNG")
+        if data[pos + 4:pos + 8] == b"IEND":
+            break
+        pos = end + 4
+    return data
+
+
 def read_png(path: str | Path) -> np.ndarray:
-    """An 8-bit PNG as uint8 ``[H, W, C]``, C = 1 (grey) or 3 (RGB): a palette is expanded, alpha dropped.
-    Anything else is one :class:`UserInputError` naming the file."""
+    """An 8-bit PNG as uint8 ``[H, W, C]``, C = 1 (grey) or 3 (RGB): a palette is expanded, alpha dropped,
+    grey of 1, 2 or 4 bits scaled to 0..255. Anything else is one :class:`UserInputError` naming the file."""
     from PIL import Image, UnidentifiedImageError
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: no such image file")
+    data = png_bytes(path)
     try:
-        with Image.open(path, formats=["PNG"]) as im:
-            if max(im.size) > MAX_IMAGE_SIDE:
-                raise UserInputError(f"{path}: {im.size[0]}x{im.size[1]} is larger than the {MAX_IMAGE_SIDE} pixels "
-                                     "per side a client decodes; scale it down first")
-            if im.mode in ("I;16", "I;16B", "I", "F") or im.info.get("bitdepth", 8) > 8:
-                raise UserInputError(f"{path}: a 16-bit PNG; save it with 8 bits per channel")
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             mode = "L" if im.mode in ("1", "L", "LA") else "RGB"   # a palette becomes RGB, as libpng expands it
             pixels = np.asarray(im.convert(mode), dtype=np.uint8)
-    except UserInputError:
-        raise
     except UnidentifiedImageError:
         raise UserInputError(f"{path}: not a PNG image; the clients read 8-bit PNG files") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserInputError(f"{path}: unreadable PNG ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
                              "; re-save it as an 8-bit PNG") from None
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
+def resize_bilinear(img: np.ndarray, size: int, divisor: float = 1.0) -> np.ndarray:
     """``[H, W, C]`` → ``[size, size, C]``, bilinear with half-pixel centres and no antialiasing: PyTorch's
-    ``interpolate(mode="bilinear", align_corners=False)``. Float64 throughout; the identity at the same size."""
+    ``interpolate(mode="bilinear", align_corners=False)``, of ``img / divisor``. Float64 throughout; the
+    identity at the same size. Only the source rows and columns the taps read are converted (an 8192²
+    image costs its taps, not 1.6 GB of float64), so the values are those of converting everything."""
     h, w = img.shape[:2]
     if (h, w) == (size, size):
-        return img.astype(np.float64)
+        return img.astype(np.float64) / divisor
     y0, y1, wy = _taps(h, size)
     x0, x1, wx = _taps(w, size)
-    img = img.astype(np.float64)
-    top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
-    bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
+
+    def at(rows, cols):
+        return img[rows][:, cols].astype(np.float64) / divisor
+    top = at(y0, x0) * (1 - wx)[None, :, None] + at(y0, x1) * wx[None, :, None]
+    bottom = at(y1, x0) * (1 - wx)[None, :, None] + at(y1, x1) * wx[None, :, None]
     return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
 
 
@@ -93,7 +143,7 @@ def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
         raise UserInputError(f"the model takes grey images (1 channel); this image has {c}: convert it to greyscale")
     if spec.channels not in (1, 3):
         raise UserInputError(f"the model takes {spec.channels} channels; clients read 1- or 3-channel images")
-    x = resize_bilinear(pixels.astype(np.float64) / 255.0, spec.size)
+    x = resize_bilinear(pixels, spec.size, divisor=255.0)
     if spec.channels == 3 and c == 1:
         x = np.repeat(x, 3, axis=2)
     if spec.color_order == "BGR":
@@ -145,7 +195,10 @@ def predict(bundle: str | Path, images: list[str | Path], fmt: str | None = None
     manifest = read_manifest(bundle)
     fmt, path = model_file(bundle, manifest, fmt)
     spec, labels = manifest.model.input_spec, manifest.model.labels
-    inputs = [(str(p), to_input(read_png(p), spec)) for p in images]   # every image read before any runs
+    if len(images) > MAX_IMAGES:
+        raise UserInputError(f"{len(images):,} images, over the {MAX_IMAGES:,} one call reads; split them up")
+    for p in images:    # every file's header and CRCs checked before any runs; pixels decoded one at a time
+        png_bytes(p)
     kind = FORMATS[fmt].kind if fmt in FORMATS else None
     runners = runners_for(kind, purpose="time") if kind else []
     if not runners:
@@ -162,7 +215,8 @@ def predict(bundle: str | Path, images: list[str | Path], fmt: str | None = None
             file_labels = runner.labels()
             if file_labels is not None and list(file_labels) != list(labels):
                 raise UserInputError(f"{path.name} carries other labels than the manifest; re-export the bundle")
-            for name, x in inputs:
+            for image in images:
+                name, x = str(image), to_input(read_png(image), spec)
                 logits = np.asarray(infer_batched(runner, x)[OUTPUT_NAME], dtype=np.float64)[0]
                 index = int(np.argmax(logits))
                 out.append(Prediction(image=name, label=labels[index], index=index,

@@ -241,3 +241,118 @@ def test_clients_refuse_bad_input_in_one_line(digits, tmp_path, client, fmt, mod
     _failed(copy)
     p = run_client(client, copy, paths[:1], fmt)
     assert p.returncode == 2 and "did not pass" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+# --- one PNG corpus, one answer from every client (issue 38) ---------------------------------------
+
+def _chunk(kind: bytes, data: bytes, crc_ok: bool = True) -> bytes:
+    import struct
+    import zlib
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc if crc_ok else crc ^ 1)
+
+
+def _png(width, height, depth, colour, rows: bytes, extra=(), bad_crc: bytes | None = None,
+         truncate: bool = False) -> bytes:
+    """A PNG written by hand (filter 0 on every row), so every colour type and bit depth can be made."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), *extra, (b"IDAT", zlib.compress(rows)), (b"IEND", b"")]
+    out = b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(k, d, crc_ok=k != bad_crc) for k, d in chunks)
+    return out[:-20] if truncate else out
+
+
+def _rows(height, row_bytes, rng):
+    return b"".join(b"\0" + rng.integers(0, 256, row_bytes, dtype=np.uint8).tobytes() for _ in range(height))
+
+
+def png_corpus(folder: Path) -> dict[str, str | None]:
+    """name → None (every client runs it, with the same logits) or the refusal every client gives (exit 2)."""
+    rng = np.random.default_rng(7)
+    files = {
+        "grey-1bit.png": (_png(16, 16, 1, 0, _rows(16, 2, rng)), None),
+        "grey-2bit.png": (_png(16, 16, 2, 0, _rows(16, 4, rng)), None),
+        "grey-4bit.png": (_png(16, 16, 4, 0, _rows(16, 8, rng)), None),
+        "grey-trns.png": (_png(12, 12, 8, 0, bytes(b for _ in range(12) for b in (0, *[100] * 6, *[200] * 6))[:12 * 13],
+                               extra=[(b"tRNS", b"\x00\x64")]), None),
+        "palette-trns.png": (_png(12, 12, 8, 3, b"".join(b"\0" + bytes(rng.integers(0, 4, 12, dtype=np.uint8))
+                                                         for _ in range(12)),
+                                  extra=[(b"PLTE", bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 10])),
+                                         (b"tRNS", bytes([0, 128, 255, 20]))]), None),
+        "palette-2bit.png": (_png(16, 8, 2, 3, _rows(8, 4, rng),
+                                  extra=[(b"PLTE", bytes([10, 20, 30, 200, 100, 0, 0, 90, 180, 255, 255, 255]))]), None),
+        "rgb.png": (_png(20, 14, 8, 2, _rows(14, 60, rng)), None),
+        "rgba.png": (_png(9, 11, 8, 6, _rows(11, 36, rng)), None),
+        "grey-alpha.png": (_png(10, 10, 8, 4, _rows(10, 20, rng)), None),
+        "deep.png": (_png(4, 4, 16, 0, _rows(4, 8, rng)), "16-bit PNG"),
+        "bad-crc-idat.png": (_png(8, 8, 8, 2, _rows(8, 24, rng), bad_crc=b"IDAT"), "CRC error"),
+        "bad-crc-text.png": (_png(8, 8, 8, 2, _rows(8, 24, rng), extra=[(b"tEXt", b"k\0v")], bad_crc=b"tEXt"),
+                             "CRC error"),
+        "zero-width.png": (_png(0, 8, 8, 0, b""), "no pixels"),
+        "bomb.png": (_png(30000, 30000, 8, 0, b"\0" * 64), "per side"),
+        "truncated.png": (_png(8, 8, 8, 2, _rows(8, 24, rng), truncate=True), "truncated"),
+        "odd-depth.png": (_png(8, 8, 4, 2, _rows(8, 12, rng)), "colour type 2, 4 bits"),
+        "text.png": (b"not a png at all", "not a PNG image"),
+    }
+    out = {}
+    for name, (data, refusal) in files.items():
+        (folder / name).write_bytes(data)
+        out[name] = refusal
+    os.mkfifo(folder / "fifo.png")
+    out["fifo.png"] = "not a regular file"
+    return out
+
+
+@pytest.mark.slow
+def test_every_client_reads_one_png_corpus_alike(digits, tmp_path):
+    """The same PNG files through predict (onnx), the JS client (onnx) and the C++ client (pte): each file
+    gives every client's logits equal within fp32 noise, or the same refusal, exit 2, in one line."""
+    bundle = digits[0]
+    corpus = png_corpus(tmp_path)
+    clients = [("python", "onnx"), ("js", "onnx"), ("cpp", "pte")]
+    for client, _ in clients:
+        reason = built(client)
+        if reason:
+            pytest.skip(reason)
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+    for name, refusal in corpus.items():
+        logits = {}
+        for client, fmt in clients:
+            p = subprocess.run(command(client, bundle, [tmp_path / name], fmt), capture_output=True, text=True,
+                               timeout=120, env=env, cwd=TESTS)
+            if refusal is None:
+                assert p.returncode == 0, (name, client, p.stderr[-800:])
+                logits[client] = np.array(json.loads(p.stdout)["logits"])
+            else:
+                assert p.returncode == 2 and refusal in p.stderr, (name, client, p.returncode, p.stderr[-800:])
+                assert len(p.stderr.strip().splitlines()) == 1 and p.stdout == "", (name, client, p.stderr)
+        if refusal is None:
+            for client in ("js", "cpp"):
+                np.testing.assert_allclose(logits[client], logits["python"], atol=2e-4, rtol=1e-4,
+                                           err_msg=f"{name}: {client}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client,fmt", [("python", "onnx"), ("js", "onnx"), ("cpp", "pte")])
+def test_every_client_answers_may_i_run_this_bundle_alike(digits, tmp_path, client, fmt):
+    """A stored verdict that its rows contradict, either way, and a zero std: refused by every client."""
+    bundle = digits[0]
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((8, 8), 90, np.uint8), "L").save(image)
+    edits = {
+        "failed row, verdict says passed": lambda m: m["check"]["results"][0].update(status="failed"),
+        "rows pass, verdict says failed": lambda m: m.update(verdict="failed", passed=False),
+        "std of zero": lambda m: m["model"]["input_spec"].update(std=[0.0, 0.0, 0.0],
+                                                                 normalization="mean_std", mean=[0.5, 0.5, 0.5]),
+    }
+    for what, edit in edits.items():
+        copy = tmp_path / "b"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(bundle, copy)
+        m = json.loads((copy / "manifest.json").read_text())
+        edit(m)
+        (copy / "manifest.json").write_text(json.dumps(m))
+        p = run_client(client, copy, [image], fmt)
+        assert p.returncode == 2 and p.stdout == "", (what, p.returncode, p.stdout[-300:], p.stderr[-800:])
+        assert len(p.stderr.strip().splitlines()) == 1, (what, p.stderr)

@@ -15,7 +15,12 @@
 #include <openssl/evp.h>
 #include <png.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
 
 #include <cmath>
 #include <cstdio>
@@ -42,6 +47,7 @@ namespace {
 
 constexpr long kMaxManifestBytes = 16L << 20;  // the same bound the Python side reads with
 constexpr unsigned kMaxImageSide = 8192;        // larger images are refused before decoding
+constexpr long kMaxPngBytes = 256L << 20;       // a PNG file larger than this is refused before it is read
 constexpr int kSchemaVersion = 4;               // the manifest schema this client was written for
 
 // A problem with the user's input: one line on stderr, exit 2.
@@ -90,15 +96,38 @@ std::string inside(const std::string& bundle, const std::string& rel) {
   return path;
 }
 
-std::string read_file(const std::string& path, long max_bytes, const std::string& what) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw UserError(path + ": cannot open " + what);
-  f.seekg(0, std::ios::end);
-  long n = f.tellg();
-  if (n < 0 || n > max_bytes) throw UserError(path + ": " + what + " is larger than " + std::to_string(max_bytes) + " bytes");
-  f.seekg(0);
-  std::string data(static_cast<size_t>(n), '\0');
-  f.read(data.data(), n);
+// A regular file's bytes, opened without blocking (a FIFO is refused, never waited on), at most max_bytes.
+// missing: the message when there is no such file.
+std::string read_file(const std::string& path, long max_bytes, const std::string& what,
+                      const std::string& missing = "") {
+  int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT && !missing.empty()) throw UserError(path + ": " + missing);
+    throw UserError(path + ": cannot open " + what + " (" + std::strerror(errno) + ")");
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    throw UserError(path + ": " + what + " is not a regular file (a folder, pipe or device); pass a file");
+  }
+  if (st.st_size > max_bytes) {
+    close(fd);
+    throw UserError(path + ": " + what + " is larger than " + std::to_string(max_bytes) + " bytes");
+  }
+  std::string data;
+  data.reserve(static_cast<size_t>(st.st_size));
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    data.append(buf, static_cast<size_t>(n));
+    if (static_cast<long>(data.size()) > max_bytes) {
+      close(fd);
+      throw UserError(path + ": " + what + " is larger than " + std::to_string(max_bytes) + " bytes");
+    }
+  }
+  close(fd);
   return data;
 }
 
@@ -145,10 +174,23 @@ Bundle open_bundle(const std::string& dir, const std::string& format) {
       throw UserError(manifest_path + ": schema " + std::to_string(version) + " is newer than this client's " +
                       std::to_string(kSchemaVersion) + "; update the client");
     }
+    // May this bundle run? The stored verdict says passed, and the rows agree (docs/bundle.md): no failed
+    // artifact, a check whose results are all ok or skipped with at least one ok.
     std::string verdict = m.at("verdict").get<std::string>();
-    if (verdict != "passed") {
-      throw UserError(dir + ": its check did not pass (verdict: " + verdict + "); run 'bsconv-export check " + dir +
-                      "' to see why, and re-export");
+    bool rows_pass = m.at("passed").get<bool>() && m.at("check").is_object();
+    for (const auto& a : m.at("artifacts")) rows_pass = rows_pass && a.at("status").get<std::string>() != "failed";
+    if (rows_pass) {
+      bool any_ok = false;
+      for (const auto& r : m.at("check").at("results")) {
+        const std::string st = r.at("status").get<std::string>();
+        any_ok = any_ok || st == "ok";
+        rows_pass = rows_pass && (st == "ok" || st == "skipped");
+      }
+      rows_pass = rows_pass && any_ok && !m.at("artifacts").empty();
+    }
+    if (verdict != "passed" || !rows_pass) {
+      throw UserError(dir + ": its check did not pass (verdict: " + verdict + (verdict == "passed" ? ", but its rows disagree" : "") +
+                      "); run 'bsconv-export check " + dir + "' to see why, and re-export");
     }
     Bundle b;
     const json* artifact = nullptr;
@@ -182,6 +224,9 @@ Bundle open_bundle(const std::string& dir, const std::string& format) {
         (b.spec.mean.size() != size_t(b.spec.channels) || b.spec.std.size() != size_t(b.spec.channels))) {
       throw UserError(manifest_path + ": mean and std must list one number per channel");
     }
+    for (double v : b.spec.std) {
+      if (!(v > 0) || !std::isfinite(v)) throw UserError(manifest_path + ": input_spec.std must be positive numbers; re-export the bundle");
+    }
     return b;
   } catch (const json::exception& e) {
     throw UserError(manifest_path + ": a field is missing or has the wrong type (" + std::string(e.what()) +
@@ -198,15 +243,76 @@ void png_error_sink(png_structp png, png_const_charp message) {
 
 void png_warning_sink(png_structp, png_const_charp) {}
 
-// An 8-bit PNG as grey or RGB pixels: a palette is expanded, alpha dropped, 16-bit refused.
-Image read_png(const std::string& path) {
-  FILE* fp = std::fopen(path.c_str(), "rb");
-  if (fp == nullptr) throw UserError(path + ": no such image file");
-  unsigned char signature[8] = {0};
-  if (std::fread(signature, 1, 8, fp) != 8 || png_sig_cmp(signature, 0, 8) != 0) {
-    std::fclose(fp);
+uint32_t be32(const std::string& d, size_t at) {
+  return (uint32_t(uint8_t(d[at])) << 24) | (uint32_t(uint8_t(d[at + 1])) << 16) | (uint32_t(uint8_t(d[at + 2])) << 8) |
+         uint32_t(uint8_t(d[at + 3]));
+}
+
+uint32_t crc32_of(const std::string& d, size_t from, size_t to) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = from; i < to; ++i) {
+    c ^= uint8_t(d[i]);
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+  }
+  return c ^ 0xFFFFFFFFu;
+}
+
+// The clients' PNG rule (docs/bundle.md, the pixel rule), on the file's bytes before any decoding: a regular
+// file of at most kMaxPngBytes, the signature, an IHDR of 1..8192 pixels per side at 8 bits (1, 2 and 4 too
+// for grey and palette images), every chunk's CRC right. The same checks, in the same order, as
+// exporter/predict.py's png_bytes and the JavaScript client's pngBytes.
+std::string png_bytes(const std::string& path) {
+  const std::string d = read_file(path, kMaxPngBytes, "the image", "no such image file");
+  if (d.size() < 33 || png_sig_cmp(reinterpret_cast<png_const_bytep>(d.data()), 0, 8) != 0 || d.compare(12, 4, "IHDR") != 0) {
     throw UserError(path + ": not a PNG image; the clients read 8-bit PNG files");
   }
+  const uint32_t width = be32(d, 16), height = be32(d, 20);
+  const int depth = uint8_t(d[24]), colour = uint8_t(d[25]);
+  if (width == 0 || height == 0) {
+    throw UserError(path + ": a PNG with no pixels (" + std::to_string(width) + "x" + std::to_string(height) + "); save a real image");
+  }
+  if (width > kMaxImageSide || height > kMaxImageSide) {
+    throw UserError(path + ": " + std::to_string(width) + "x" + std::to_string(height) + " is larger than the " +
+                    std::to_string(kMaxImageSide) + " pixels per side a client decodes; scale it down first");
+  }
+  if (depth == 16) throw UserError(path + ": a 16-bit PNG; save it with 8 bits per channel");
+  const bool low_ok = colour == 0 || colour == 3;
+  const bool known = colour == 0 || colour == 2 || colour == 3 || colour == 4 || colour == 6;
+  if (!known || !(depth == 8 || (low_ok && (depth == 1 || depth == 2 || depth == 4)))) {
+    throw UserError(path + ": not a PNG image the clients read (colour type " + std::to_string(colour) + ", " +
+                    std::to_string(depth) + " bits)");
+  }
+  size_t pos = 8;
+  while (pos < d.size()) {
+    if (pos + 12 > d.size()) throw UserError(path + ": unreadable PNG (truncated); re-save it as an 8-bit PNG");
+    const size_t end = pos + 8 + be32(d, pos);
+    if (end + 4 > d.size() || end < pos) throw UserError(path + ": unreadable PNG (truncated); re-save it as an 8-bit PNG");
+    if (crc32_of(d, pos + 4, end) != be32(d, end)) {
+      throw UserError(path + ": unreadable PNG (CRC error in its '" + d.substr(pos + 4, 4) + "' chunk); re-save it as an 8-bit PNG");
+    }
+    if (d.compare(pos + 4, 4, "IEND") == 0) break;
+    pos = end + 4;
+  }
+  return d;
+}
+
+struct MemoryReader {
+  const std::string* data;
+  size_t at;
+};
+
+void read_from_memory(png_structp png, png_bytep out, png_size_t n) {
+  auto* r = static_cast<MemoryReader*>(png_get_io_ptr(png));
+  if (r->at + n > r->data->size()) png_error(png, "truncated");
+  std::memcpy(out, r->data->data() + r->at, n);
+  r->at += n;
+}
+
+// An 8-bit PNG as grey or RGB pixels: a palette is expanded, alpha (and tRNS) dropped, grey of 1, 2 or 4 bits
+// scaled to 0..255; the file's bytes are checked by png_bytes first.
+Image read_png(const std::string& path) {
+  const std::string data = png_bytes(path);
+  MemoryReader reader{&data, 8};
   std::string problem;
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &problem, png_error_sink, png_warning_sink);
   png_infop info = png_create_info_struct(png);
@@ -214,10 +320,9 @@ Image read_png(const std::string& path) {
   std::vector<png_bytep> rows;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    std::fclose(fp);
     throw UserError(path + ": " + (problem.empty() ? "unreadable PNG; re-save it as an 8-bit PNG" : problem));
   }
-  png_init_io(png, fp);
+  png_set_read_fn(png, &reader, read_from_memory);
   png_set_sig_bytes(png, 8);
   png_set_user_limits(png, 1u << 20, 1u << 20);  // libpng's own bound; ours follows with a clearer message
   png_read_info(png, info);
@@ -234,7 +339,7 @@ Image read_png(const std::string& path) {
   }
   if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
   if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-  if (type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  png_set_strip_alpha(png);   // an alpha channel, or the one a palette's tRNS expands into
   png_read_update_info(png, info);
   img.width = png_get_image_width(png, info);
   img.height = png_get_image_height(png, info);
@@ -249,7 +354,6 @@ Image read_png(const std::string& path) {
   for (unsigned y = 0; y < img.height; ++y) rows[y] = img.pixels.data() + y * stride;
   png_read_image(png, rows.data());
   png_destroy_read_struct(&png, &info, nullptr);
-  std::fclose(fp);
   return img;
 }
 

@@ -18,6 +18,7 @@ const path = require('node:path');
 
 const MAX_MANIFEST_BYTES = 16 << 20; // the same bound the Python side reads with
 const MAX_IMAGE_SIDE = 8192; // larger images are refused before decoding
+const MAX_PNG_BYTES = 256 << 20; // a PNG file larger than this is refused before it is read
 const SCHEMA_VERSION = 4; // the manifest schema this client was written for
 const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
@@ -92,9 +93,9 @@ function readManifest(bundle) {
     throw new UserError(`${bundle} is not a bundle: no manifest.json; create one with 'bsconv-export export'`);
   }
   if (!st.isFile()) throw new UserError(`${file}: not a regular file`);
-  if (st.size > MAX_MANIFEST_BYTES) throw new UserError(`${file}: larger than ${MAX_MANIFEST_BYTES} bytes`);
+  const bytes = readRegular(file, MAX_MANIFEST_BYTES, 'the manifest', 'no manifest');
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
+    return JSON.parse(bytes.toString('utf8'));
   } catch {
     throw new UserError(`${file}: not valid JSON; re-export the bundle`);
   }
@@ -128,6 +129,7 @@ function inputSpec(s, where) {
   if (spec.normalization === 'mean_std' && (spec.mean.length !== spec.channels || spec.std.length !== spec.channels)) {
     throw new UserError(`${where}: mean and std must list one number per channel`);
   }
+  if (!spec.std.every((v) => v > 0)) throw new UserError(`${where}: input_spec.std must be positive numbers; re-export the bundle`);
   return spec;
 }
 
@@ -162,10 +164,16 @@ function openBundle(bundle, format) {
   if (version > SCHEMA_VERSION) {
     throw new UserError(`manifest.json: schema ${version} is newer than this client's ${SCHEMA_VERSION}; update the client`);
   }
-  if (m.verdict !== 'passed') {
-    throw new UserError(`${bundle}: its check did not pass (verdict: ${m.verdict}); run 'bsconv-export check ${bundle}' to see why, and re-export`);
-  }
+  // May this bundle run? The stored verdict says passed, and the rows agree (docs/bundle.md): no failed
+  // artifact, a check whose results are all ok or skipped with at least one ok.
   const artifacts = need(m.artifacts, Array.isArray, 'artifacts');
+  const results = m.check && Array.isArray(m.check.results) ? m.check.results : [];
+  const rowsPass = m.passed === true && artifacts.length > 0 && artifacts.every((a) => a && a.status !== 'failed')
+    && results.some((r) => r && r.status === 'ok') && results.every((r) => r && (r.status === 'ok' || r.status === 'skipped'));
+  if (m.verdict !== 'passed' || !rowsPass) {
+    const why = m.verdict === 'passed' ? ', but its rows disagree' : '';
+    throw new UserError(`${bundle}: its check did not pass (verdict: ${m.verdict}${why}); run 'bsconv-export check ${bundle}' to see why, and re-export`);
+  }
   const artifact = artifacts.find((a) => a && a.format === format && a.status === 'ok');
   if (!artifact) throw new UserError(`${bundle}: no ${format} model in the bundle; export it with --formats ${format}`);
   const file = inside(bundle, artifact.path);
@@ -198,30 +206,99 @@ function openBundle(bundle, format) {
   return { file, bytes, spec, labels, batch, source };
 }
 
-// An 8-bit PNG as { width, height, channels (1 grey | 3 RGB), pixels }: a palette is expanded,
-// alpha dropped, 16-bit refused.
-function readPng(file) {
-  const { PNG } = require('pngjs');
-  let buf;
+// A regular file's bytes, opened without blocking (a FIFO is refused, never waited on), at most maxBytes.
+function readRegular(file, maxBytes, what, missing) {
+  let fd;
   try {
-    buf = fs.readFileSync(file);
-  } catch {
-    throw new UserError(`${file}: no such image file`);
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    if (e.code === 'ENOENT') throw new UserError(`${file}: ${missing}`);
+    throw new UserError(`${file}: cannot open ${what} (${e.code})`);
   }
-  if (buf.length < 24 || !buf.subarray(0, 8).equals(PNG_SIGNATURE)) {
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new UserError(`${file}: ${what} is not a regular file (a folder, pipe or device); pass a file`);
+    if (st.size > maxBytes) throw new UserError(`${file}: ${what} is larger than ${maxBytes} bytes`);
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    while (got < st.size) {
+      const n = fs.readSync(fd, buf, got, st.size - got, got);
+      if (n <= 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+function crc32(buf) {
+  let c = 0xffffffff;
+  for (let i = 0; i < buf.length; i++) c = CRC_TABLE[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// The clients' PNG rule (docs/bundle.md, the pixel rule), on the file's bytes before any decoding: a regular
+// file of at most MAX_PNG_BYTES, the signature, an IHDR of 1..8192 pixels per side at 8 bits (1, 2 and 4 too
+// for grey and palette images), every chunk's CRC right. The same checks, in the same order, as
+// exporter/predict.py's png_bytes and the C++ client's png_bytes. Returns the bytes, less a grey or RGB
+// image's tRNS chunk (pngjs would blank the pixels it names; the rule drops transparency, keeping colour).
+function pngBytes(file) {
+  const buf = readRegular(file, MAX_PNG_BYTES, 'the image', 'no such image file');
+  if (buf.length < 33 || !buf.subarray(0, 8).equals(PNG_SIGNATURE) || buf.toString('latin1', 12, 16) !== 'IHDR') {
     throw new UserError(`${file}: not a PNG image; the clients read 8-bit PNG files`);
   }
-  // IHDR is the first chunk: width and height at bytes 16..23 (PNG spec 11.2.2), read to bound the decode.
-  if (buf.readUInt32BE(16) > MAX_IMAGE_SIDE || buf.readUInt32BE(20) > MAX_IMAGE_SIDE) {
-    throw new UserError(`${file}: larger than the ${MAX_IMAGE_SIDE} pixels per side a client decodes; scale it down first`);
+  const width = buf.readUInt32BE(16);
+  const height = buf.readUInt32BE(20);
+  const depth = buf[24];
+  const colour = buf[25];
+  if (width === 0 || height === 0) throw new UserError(`${file}: a PNG with no pixels (${width}x${height}); save a real image`);
+  if (width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE) {
+    throw new UserError(`${file}: ${width}x${height} is larger than the ${MAX_IMAGE_SIDE} pixels per side a client decodes; scale it down first`);
   }
+  if (depth === 16) throw new UserError(`${file}: a 16-bit PNG; save it with 8 bits per channel`);
+  const depths = { 0: [1, 2, 4, 8], 2: [8], 3: [1, 2, 4, 8], 4: [8], 6: [8] }[colour];
+  if (!depths || !depths.includes(depth)) {
+    throw new UserError(`${file}: not a PNG image the clients read (colour type ${colour}, ${depth} bits)`);
+  }
+  const kept = [buf.subarray(0, 8)];
+  let pos = 8;
+  while (pos < buf.length) {
+    if (pos + 12 > buf.length) throw new UserError(`${file}: unreadable PNG (truncated); re-save it as an 8-bit PNG`);
+    const end = pos + 8 + buf.readUInt32BE(pos);
+    if (end + 4 > buf.length) throw new UserError(`${file}: unreadable PNG (truncated); re-save it as an 8-bit PNG`);
+    const kind = buf.toString('latin1', pos + 4, pos + 8);
+    if (crc32(buf.subarray(pos + 4, end)) !== buf.readUInt32BE(end)) {
+      throw new UserError(`${file}: unreadable PNG (CRC error in its '${kind}' chunk); re-save it as an 8-bit PNG`);
+    }
+    if (!(kind === 'tRNS' && colour !== 3)) kept.push(buf.subarray(pos, end + 4));
+    pos = end + 4;
+    if (kind === 'IEND') break;
+  }
+  return Buffer.concat(kept);
+}
+
+// An 8-bit PNG as { width, height, channels (1 grey | 3 RGB), pixels }: a palette is expanded, alpha
+// dropped, grey of 1, 2 or 4 bits scaled to 0..255; the file's bytes checked by pngBytes first.
+function readPng(file) {
+  const { PNG } = require('pngjs');
+  const buf = pngBytes(file);
   let png;
   try {
-    png = PNG.sync.read(buf, { skipRescale: true });
+    png = PNG.sync.read(buf);
   } catch (e) {
     throw new UserError(`${file}: unreadable PNG (${e.message}); re-save it as an 8-bit PNG`);
   }
-  if (png.depth === 16) throw new UserError(`${file}: a 16-bit PNG; save it with 8 bits per channel`);
   const grey = png.colorType === 0 || png.colorType === 4;
   const channels = grey ? 1 : 3;
   const pixels = new Uint8Array(png.width * png.height * channels);
