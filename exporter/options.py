@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 
+#: how a message names a value's type
+TYPE_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
+
+
 @dataclass(frozen=True)
 class Option:
     name: str                       # the key stages read: ctx.options.<name>
@@ -32,7 +36,7 @@ class Option:
         """A recorded value read back (a manifest is untrusted: the type is checked)."""
         if self.repeatable:
             if not isinstance(value, list) or not all(isinstance(v, self.type) for v in value):
-                raise ValueError(f"'{self.name}' must be a list of {self.type.__name__}")
+                raise ValueError(f"'{self.name}' must be a list of {TYPE_WORDS.get(self.type, self.type.__name__)}")
             return tuple(value)
         if value is None and self.default is None:
             return None
@@ -40,7 +44,7 @@ class Option:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             ok, value = True, float(value)
         if not ok:
-            raise ValueError(f"'{self.name}' must be a {self.type.__name__}")
+            raise ValueError(f"'{self.name}' must be {TYPE_WORDS.get(self.type, self.type.__name__)}")
         return value
 
     def cli_args(self, value: Any) -> list[str]:

@@ -158,8 +158,11 @@ def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 def model_file(bundle: Path, manifest: Manifest, fmt: str | None) -> tuple[str, Path]:
     """The format to run and its file, as the manifest names it, after the bundle's own claims are held
     against it: the check passed, the artifact was built, the file's sha256 is the manifest's."""
-    if manifest.verdict != "passed":
-        raise UserInputError(f"{bundle}: its check did not pass (verdict: {manifest.verdict}); a client refuses it. "
+    # may I run this bundle? The file's verdict says passed and its rows agree (every client's rule)
+    claimed = manifest.claimed_verdict or manifest.verdict
+    if manifest.verdict != "passed" or claimed != "passed":
+        why = f"{claimed}, but its rows disagree" if claimed == "passed" else claimed
+        raise UserInputError(f"{bundle}: its check did not pass (verdict: {why}); a client refuses it. "
                              f"Run 'bsconv-export check {bundle}' to see why, and re-export")
     built = {a.format: a for a in manifest.artifacts if a.ok and a.path}
     if fmt is None:

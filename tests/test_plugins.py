@@ -70,7 +70,7 @@ def test_a_third_party_plugin_works_end_to_end_from_outside_the_repository(toy_s
     manifest = json.loads(p.stdout)
     assert [a["format"] for a in manifest["artifacts"]] == ["onnx", "onnx-simplified", "toy"]
     assert manifest["export"]["options"]["toy_note"] == "made by a plugin"
-    assert "onnxruntime" in manifest["tools"]
+    assert "onnxruntime" in manifest["tools"] and manifest["tools"]["bsconv-export-toy-format"] == "0.1.0"
     toy_checks = [c for c in manifest["check"]["results"] if c["artifact"] == "toy"]
     assert [(c["runner"], c["status"]) for c in toy_checks] == [("toy-onnxruntime", "ok")]
     assert "--formats toy" in manifest["command"] and "--toy-note 'made by a plugin'" in manifest["command"]
@@ -143,6 +143,47 @@ def test_plugins_that_clash_or_expose_nothing_are_left_out_whole(plugin):
     assert any("clash" in e and "format onnx is registered twice" in e for e in errors)
     assert any("exposes no PLUGIN" in e for e in errors)
     assert formats.FORMATS["onnx"].filename == "model.onnx"
+
+
+def test_a_third_party_plugin_never_displaces_a_built_in_nor_takes_a_commands_flag(plugin):
+    plugin("EARLY_CLASH", "OUT_FLAG")
+    errors = formats.plugin_errors()
+    assert formats.FORMATS["onnx"].filename == "model.onnx" and "outflag" not in formats.FORMATS
+    assert any("aaa-early" in e and "format onnx is registered twice" in e for e in errors), errors
+    assert any("outflag" in e and "--out" in e for e in errors), errors
+    assert list(formats.FORMATS)[0] == "pt2"    # stages still in the built-ins' order
+
+
+@pytest.mark.parametrize("body, needle", [("import sys\nsys.exit(3)\n", "sys.exit(3)"),
+                                          ("import time\ntime.sleep(600)\n", "did not finish within 1 s")])
+def test_a_plugin_that_exits_or_hangs_at_import_is_left_out_in_bounded_time(tmp_path, monkeypatch, body, needle):
+    import time
+    (tmp_path / "bad_import_plugin.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(formats, "PLUGIN_IMPORT_SECONDS", 1.0)
+    monkeypatch.setattr(formats, "_entry_points", lambda real=formats._entry_points: real() + [
+        EntryPoint("bad", "bad_import_plugin", formats.ENTRY_POINT_GROUP)])
+    formats.reload_plugins()
+    try:
+        t0 = time.monotonic()
+        errors = formats.plugin_errors()
+        assert time.monotonic() - t0 < 30
+        assert any("bad_import_plugin" in e and needle in e for e in errors), errors
+        assert "onnx" in formats.FORMATS
+    finally:
+        formats.reload_plugins()
+
+
+def test_a_plugins_own_version_is_recorded_and_keys_its_stages(monkeypatch):
+    """A new release of a plugin is never served stale from the stage cache: its distribution's version is
+    one of the tools its stages are keyed by and its bundles record."""
+    reg = formats.registry()
+    toy = formats.Plugin(name="versioned", formats=(formats.Format("versioned", None, "model.versioned", "x", "x"),),
+                         distribution="pip")
+    monkeypatch.setattr(reg, "plugins", [*reg.plugins, toy])
+    monkeypatch.setitem(reg.owner, "versioned", "versioned")
+    assert "pip" in formats.tool_names(["versioned"])
+    assert formats.tool_versions(["versioned"])["pip"] != "not installed"
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def one_line_exit_2(r, needle):
     ("[[job]\n", "is not valid TOML"),
     ("[defaults]\nout = 'a'\n", "no [[job]] tables"),
     ("[[job]]\nout = 'a'\nformats = ['onnx', 'tensorrt']\n", "unknown format tensorrt"),
-    ("[[job]]\nout = 'a'\nint8_plan = 3\n", "'int8_plan' must be a str"),
+    ("[[job]]\nout = 'a'\nint8_plan = 3\n", "'int8_plan' must be text"),
 ])
 def test_a_bad_plan_is_one_line_before_any_work(tmp_path, plan, needle):
     (tmp_path / "plan.toml").write_text(plan)

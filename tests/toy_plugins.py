@@ -1,5 +1,6 @@
 """In-process plugins for tests/test_plugins.py, found through a test entry point (``toy_plugins:NAME``)."""
 from bsconv_export.exporter.formats import Format, Plugin, preferred
+from bsconv_export.exporter.options import Option
 from bsconv_export.exporter.records import ArtifactRecord, Status
 from bsconv_export.exporter.runners import Runner
 
@@ -42,3 +43,10 @@ ORPHAN = Plugin(name="orphan", formats=(Format("orphan", export_orphan, "model.o
                                                "no runner loads it"),))
 CLASH = Plugin(name="clash", formats=(Format("onnx", export_orphan, "model.clash", "onnx", "reuses a built-in name"),))
 NOT_A_PLUGIN = object()
+#: registers a built-in's name and comes first by its order: the built-in must still win
+EARLY_CLASH = Plugin(name="aaa-early", order=0,
+                     formats=(Format("onnx", export_orphan, "model.early", "onnx", "would displace the built-in"),))
+#: an option whose flag is a command's own
+OUT_FLAG = Plugin(name="outflag", options=(Option("toy_out", "--out", str, None, "takes export's --out"),),
+                  formats=(Format("outflag", export_orphan, "model.outflag", "nobody-loads-this", "x",
+                                  options=("toy_out",)),))

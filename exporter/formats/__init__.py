@@ -17,7 +17,9 @@ names a format.
 """
 from __future__ import annotations
 
+import re
 import shlex
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,9 @@ class Plugin:
     warm: Callable[[], None] | None = None
     #: the module it came from (filled in on discovery)
     module: str = ""
+    #: the distribution that installed it, when not this tool (filled in on discovery): its version is
+    #: recorded with the tools and keys the stage cache, so a new release of a plugin is never served stale
+    distribution: str = ""
 
 
 @dataclass
@@ -106,16 +111,64 @@ def _entry_points() -> list:
     return list(entry_points(group=ENTRY_POINT_GROUP))
 
 
+#: how long a third-party plugin may take to import before it is left out (it may hang)
+PLUGIN_IMPORT_SECONDS = 30.0
+#: the flags the commands a plugin option joins already have: a plugin option may not take one
+RESERVED_FLAGS = frozenset({
+    "--batch", "--checkpoint", "--dynamic-batch", "--force", "--formats", "--input-size", "--input-spec", "--jobs",
+    "--json", "--labels", "--mean", "--model", "--model-arg", "--no-cache", "--no-check", "--on", "--out",
+    "--program", "--replace-anyway", "--std", "--help", "--samples", "--data", "--threads", "--version"})
+_FLAG = re.compile(r"--[a-z][a-z0-9]*(-[a-z0-9]+)*")
+_OWN = "bsconv_export."
+
+
+def _load(ep):
+    """``ep.load()``: this tool's own plugins here; a third party's in a thread bounded by
+    :data:`PLUGIN_IMPORT_SECONDS`, so one that hangs or calls ``sys.exit`` at import is an error of its own."""
+    if ep.value.startswith(_OWN):
+        return ep.load()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = ep.load()
+        except BaseException as e:  # noqa: BLE001 - SystemExit included: reported, never ends the tool
+            box["error"] = e
+    worker = threading.Thread(target=run, name=f"bsconv-export-plugin-{ep.name}", daemon=True)
+    worker.start()
+    worker.join(PLUGIN_IMPORT_SECONDS)
+    if worker.is_alive():
+        raise TimeoutError(f"its import did not finish within {PLUGIN_IMPORT_SECONDS:g} s")
+    if "error" in box:
+        e = box["error"]
+        if isinstance(e, SystemExit):
+            raise RuntimeError(f"its import called sys.exit({e.code!r})")
+        raise e
+    return box["value"]
+
+
+def _distribution(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is None or ep.value.startswith(_OWN):
+        return ""
+    try:
+        return str(dist.metadata["Name"] or "")
+    except Exception:  # noqa: BLE001 - metadata of a broken install: no version recorded, nothing else
+        return ""
+
+
 def _discover() -> _Registry:
-    """Load every plugin the entry points name, in (order, name) order. A plugin that fails to
-    import, exposes no ``PLUGIN``, or reuses a registered name is left out whole, with the reason."""
+    """Load every plugin the entry points name. This tool's own plugins are registered first, so a third
+    party cannot displace one (a clashing newcomer is left out); stages then go in (order, name) order.
+    A plugin that fails to import (or hangs, or exits), exposes no ``PLUGIN``, or reuses a registered
+    name or a command's flag is left out whole, with the reason."""
     reg = _Registry()
     for name, opt in ((o.name, o) for o in PIPELINE_OPTIONS):
         reg.options[name] = opt
     found: list[Plugin] = []
     for ep in sorted(_entry_points(), key=lambda e: (e.name, e.value)):
         try:
-            loaded = ep.load()   # "package.module" exposing PLUGIN, or "package.module:NAME" naming one
+            loaded = _load(ep)   # "package.module" exposing PLUGIN, or "package.module:NAME" naming one
             plugin = loaded if isinstance(loaded, Plugin) else getattr(loaded, "PLUGIN", None)
             if not isinstance(plugin, Plugin):
                 raise TypeError(f"{ep.value} exposes no PLUGIN (a bsconv_export.exporter.formats.Plugin)")
@@ -123,11 +176,11 @@ def _discover() -> _Registry:
             reg.errors.append(f"plugin {ep.name!r} ({ep.value}): {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
             continue
-        found.append(Plugin(**{**plugin.__dict__, "module": ep.value}))
+        found.append(Plugin(**{**plugin.__dict__, "module": ep.value, "distribution": _distribution(ep)}))
     if not found:
         reg.errors.append("no format plugin is installed: the package's entry points are missing; "
                           "reinstall it (pip install -e .)")
-    for plugin in sorted(found, key=lambda p: (p.order, p.name)):
+    for plugin in sorted(found, key=lambda p: (not p.module.startswith(_OWN), p.order, p.name)):
         problem = _conflict(reg, plugin)
         if problem:
             reg.errors.append(f"plugin {plugin.name!r} ({plugin.module}): {problem}; left out")
@@ -138,8 +191,9 @@ def _discover() -> _Registry:
         for f in plugin.formats:
             reg.formats[f.name] = f
             reg.owner[f.name] = plugin.name
-        reg.runners.extend(plugin.runners)
-    reg.formats = _requirements_first(reg.formats)
+    reg.plugins.sort(key=lambda p: (p.order, p.name))
+    reg.runners = [r for p in reg.plugins for r in p.runners]
+    reg.formats = _requirements_first({f.name: f for p in reg.plugins for f in p.formats})
     return reg
 
 
@@ -157,6 +211,11 @@ def _conflict(reg: _Registry, plugin: Plugin) -> str | None:
     clash = [o.name for o in plugin.options if o.name in reg.options]
     if clash:
         return f"option {', '.join(clash)} is declared twice"
+    taken = RESERVED_FLAGS | {o.flag for o in reg.options.values()}
+    clash = [o.flag for o in plugin.options if not isinstance(o.flag, str) or not _FLAG.fullmatch(o.flag)
+             or o.flag in taken]
+    if clash:
+        return f"option flag {', '.join(map(str, clash))} is a command's own, taken, or not a --kebab-case flag"
     clash = [r.name for r in plugin.runners if any(r.name == q.name for q in reg.runners)]
     if clash:
         return f"runner {', '.join(clash)} is registered twice"
@@ -258,7 +317,7 @@ def tool_names(formats: Iterable[str]) -> tuple[str, ...]:
     for f in formats:
         p = plugin_of(f)
         if p is not None:
-            names += p.tools
+            names += [*p.tools, *([p.distribution] if p.distribution else [])]
     return tuple(dict.fromkeys(names))
 
 
@@ -266,8 +325,8 @@ def tool_versions(formats: Iterable[str] | None = None) -> dict[str, str]:
     """Versions of what produced or runs an artifact: the core's, and each plugin's tools (of the
     plugins that built ``formats``; of every plugin when None)."""
     from ..backends import core_versions, package_versions
-    names = tool_names(formats) if formats is not None else tuple(
-        dict.fromkeys(t for p in registry().plugins for t in p.tools))
+    names = tool_names(formats) if formats is not None else tuple(dict.fromkeys(
+        t for p in registry().plugins for t in (*p.tools, *([p.distribution] if p.distribution else []))))
     return {**core_versions(), **package_versions(names)}
 
 
