@@ -91,4 +91,22 @@ def run_stage(fmt, ctx: ExportContext) -> ArtifactRecord:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         record = ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
                                 error=f"{type(e).__name__}: {msg[:500]}")
+    problem = record_problem(fmt, record) if isinstance(record, ArtifactRecord) else \
+        f"its stage returned {type(record).__name__}, not an ArtifactRecord"
+    if problem:   # a plugin's record is a claim too: never hashed, written or listed when it leaves its row
+        return ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
+                              error=f"the {fmt.name} stage's record {problem}; the plugin is at fault")
     return finished(record, ctx.workdir)
+
+
+def record_problem(fmt, record: ArtifactRecord) -> str | None:
+    """What is wrong with a stage's record: another format's, a file other than its row's, or a side file
+    that is not a plain name its row declares (None: nothing)."""
+    if record.format != fmt.name:
+        return f"names format {record.format!r}"
+    if record.ok and record.path != fmt.filename:
+        return f"names file {record.path!r}, not its row's {fmt.filename!r}"
+    strays = [f for f in record.side_files if not isinstance(f, str) or f not in fmt.side_files]
+    if strays:
+        return f"lists side files its row does not declare ({', '.join(map(str, strays[:3]))})"
+    return None

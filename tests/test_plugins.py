@@ -154,6 +154,18 @@ def test_a_third_party_plugin_never_displaces_a_built_in_nor_takes_a_commands_fl
     assert list(formats.FORMATS)[0] == "pt2"    # stages still in the built-ins' order
 
 
+def test_a_plugin_row_or_record_that_leaves_the_bundle_is_refused(plugin, tmp_path, shipped):
+    from bsconv_export.exporter.bundle import export_bundle
+    from bsconv_export.exporter.check import CheckOptions
+    from bsconv_export.exporter.options import ExportOptions
+    plugin("BAD_NAME", "ESCAPE")
+    assert any("badname" in e and "not a plain name" in e for e in formats.plugin_errors())
+    r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("pt2", "escape")), check=CheckOptions())
+    escape = next(a for a in r.records if a.format == "escape")
+    assert not escape.ok and "names file '../escaped.txt'" in escape.error and not r.ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"] or not (tmp_path / "escaped.txt").exists()
+
+
 @pytest.mark.parametrize("body, needle", [("import sys\nsys.exit(3)\n", "sys.exit(3)"),
                                           ("import time\ntime.sleep(600)\n", "did not finish within 1 s")])
 def test_a_plugin_that_exits_or_hangs_at_import_is_left_out_in_bounded_time(tmp_path, monkeypatch, body, needle):

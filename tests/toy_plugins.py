@@ -43,6 +43,17 @@ ORPHAN = Plugin(name="orphan", formats=(Format("orphan", export_orphan, "model.o
                                                "no runner loads it"),))
 CLASH = Plugin(name="clash", formats=(Format("onnx", export_orphan, "model.clash", "onnx", "reuses a built-in name"),))
 NOT_A_PLUGIN = object()
+
+
+def export_escape(ctx):
+    (ctx.workdir / "model.escape").write_bytes(b"escape")
+    return ArtifactRecord(format="escape", status=Status.OK, path="../escaped.txt", side_files=["../../etc/x"])
+
+
+#: a row whose file leaves the bundle: left out at discovery
+BAD_NAME = Plugin(name="badname", formats=(Format("badname", export_orphan, "../x", "nobody-loads-this", "x"),))
+#: a stage whose record names a file outside the bundle: a failed record, never hashed or written
+ESCAPE = Plugin(name="escape", formats=(Format("escape", export_escape, "model.escape", "nobody-loads-this", "x"),))
 #: registers a built-in's name and comes first by its order: the built-in must still win
 EARLY_CLASH = Plugin(name="aaa-early", order=0,
                      formats=(Format("onnx", export_orphan, "model.early", "onnx", "would displace the built-in"),))

@@ -119,6 +119,8 @@ RESERVED_FLAGS = frozenset({
     "--json", "--labels", "--mean", "--model", "--model-arg", "--no-cache", "--no-check", "--on", "--out",
     "--program", "--replace-anyway", "--std", "--help", "--samples", "--data", "--threads", "--version"})
 _FLAG = re.compile(r"--[a-z][a-z0-9]*(-[a-z0-9]+)*")
+#: a format's file and side files: one name at the bundle's top level, not hidden
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _OWN = "bsconv_export."
 
 
@@ -204,6 +206,10 @@ def _conflict(reg: _Registry, plugin: Plugin) -> str | None:
     clash = [n for n in names if n in reg.formats] + sorted({n for n in names if names.count(n) > 1})
     if clash:
         return f"format {', '.join(clash)} is registered twice"
+    odd = [f.filename for f in plugin.formats for name in (f.filename, *f.side_files)
+           if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or name in (".", "..")]
+    if odd:
+        return f"file name {', '.join(map(repr, odd))} is not a plain name inside the bundle"
     files = {f.filename for f in reg.formats.values()}
     clash = [f.filename for f in plugin.formats if f.filename in files]
     if clash:
