@@ -732,6 +732,7 @@ def sweep_cmd(
                   f" in {row.get('seconds') or 0:.1f} s on {escape(str(row.get('worker') or '-'))}"
                   + (f" — {escape(row['error'])}" if row.get("error") else ""), highlight=False)
 
+    signal.signal(signal.SIGTERM, _terminate_cleanly)   # unwinds like Ctrl-C: the workers are ended too
     result = run_sweep(jobs, scheduler=scheduler, workers=workers, resume=resume, progress=progress)
     write_sealed(dest, seal_json(result.to_dict()), keep_results)
     if as_json:

@@ -208,6 +208,27 @@ class OutClaim:
                 if made_by_us(p):
                     shutil.rmtree(p, ignore_errors=True)
 
+    def remove_killed_run(self) -> None:
+        """After the process exporting to ``out`` was killed: its marked build folders and its lock go
+        (under the lock, which a dead process no longer holds); a user's file or a running export's are kept."""
+        try:
+            fd, _ = self._open_lock()
+        except UserInputError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return     # someone else is exporting there now
+        if os.pread(fd, MAX_MARKER_BYTES, 0) not in (LOCK_MARKER, b""):
+            os.close(fd)
+            return     # not our lock file
+        self.fd = fd
+        try:
+            self._remove_leftovers()
+        finally:
+            self._release()
+
     def _marked_dir(self, kind: str) -> Path:
         folder = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.{kind}-", dir=self.out.parent))
         (folder / BUILD_MARKER).write_bytes(_marker_text(folder))   # before anything else goes in

@@ -15,6 +15,7 @@ checkpoint hash, the options, the tool versions) and whose files are unchanged s
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -312,6 +313,7 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
         return SweepResult(rows=[rows[j.index] for j in jobs], workers=0, scheduler="none (nothing to run)",
                            seconds=time.perf_counter() - t0)
     cluster = None
+    interrupted = False
     # a task whose worker dies is retried once on another worker, then reported (KilledWorker)
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
                           "distributed.admin.system-monitor.gil.enabled": False}):
@@ -348,11 +350,43 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
         except OSError as e:
             raise UserInputError(f"cannot reach the Dask scheduler at {address} ({e}); start it, or drop "
                                  "--scheduler to run on this machine") from None
+        except BaseException:
+            interrupted = True   # Ctrl-C or SIGTERM: the jobs are ended, not waited for
+            raise
         finally:
             if cluster is not None:
-                cluster.close()
+                _close(cluster, now=interrupted)
+            if interrupted:
+                from .outdir import OutClaim
+                for job in todo:     # the killed jobs' build folders (marked, under their locks) go now
+                    if job.index not in rows:
+                        OutClaim(Path(job.out), force=False).remove_killed_run()
     return SweepResult(rows=[rows[j.index] for j in jobs], workers=n_workers,
                        scheduler="local" if scheduler is None else scheduler, seconds=time.perf_counter() - t0)
+
+
+def _close(cluster, *, now: bool) -> None:
+    """Close the local cluster; ``now`` (interrupted): its worker processes are killed first, so a job in
+    the middle of an export does not hold the sweep for minutes (each export builds aside: a killed one
+    leaves only a marked build folder, which the next export to that place removes)."""
+    if now:
+        import logging
+        for name in ("distributed", "tornado"):     # the closing comms' tracebacks say nothing to the user
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for worker in list(getattr(cluster, "workers", {}).values()):
+            process = getattr(getattr(worker, "process", None), "process", None)   # the nanny's child
+            pid = getattr(process, "pid", None)
+            for target in (pid, getattr(getattr(worker, "process", None), "pid", None)):
+                if target:
+                    try:
+                        os.kill(target, signal.SIGKILL)
+                    except OSError:
+                        pass
+    try:
+        cluster.close(timeout=10 if now else None)
+    except Exception:  # noqa: BLE001 - an interrupted close: the processes are gone already
+        if not now:
+            raise
 
 
 def _lost(job: Job, why: str) -> dict:

@@ -175,3 +175,29 @@ def test_a_deeply_nested_plan_is_one_line(tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n[[job]]\nout = 'a'\n")
     refused(invoke("sweep", plan), "nests its values too deeply")
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text("[defaults]\nformats = ['onnx', 'coreml', 'pte']\n\n[[job]]\nout = 'a'\n\n[[job]]\nout = 'b'\n"
+                    "opset = 18\n")
+    p = subprocess.Popen([CLI, "sweep", str(plan)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".*.building-*")):
+        time.sleep(0.5)     # until a job is half-way through its export
+    assert list(tmp_path.glob(".*.building-*")), "no job started within 120 s"
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert time.monotonic() - t0 < 30 and p.returncode != 0
+    assert "Traceback" not in err.decode(), err.decode()[-2000:]
+    alive = subprocess.run(["ps", "-o", "stat=", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert not [s for s in alive if not s.startswith("Z")], alive     # no process of the sweep left running
+    assert sorted(x.name for x in tmp_path.iterdir()) in (["plan.toml"], ["a", "plan.toml"], ["b", "plan.toml"],
+                                                          ["a", "b", "plan.toml"])
