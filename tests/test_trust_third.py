@@ -201,3 +201,50 @@ def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
     assert not [s for s in alive if not s.startswith("Z")], alive     # no process of the sweep left running
     assert sorted(x.name for x in tmp_path.iterdir()) in (["plan.toml"], ["a", "plan.toml"], ["b", "plan.toml"],
                                                           ["a", "b", "plan.toml"])
+
+
+# --- Medium 7: a kit runs only as it was made ----------------------------------------------------
+
+def test_a_kit_is_refused_when_a_file_is_added_changed_or_removed(tmp_path):
+    from bsconv_export.exporter.kit_files import record_files, verify_files
+    from bsconv_export.models.errors import UserInputError
+    kit = tmp_path / "kit"
+    (kit / "lib").mkdir(parents=True)
+    (kit / "lib" / "a.so").write_bytes(b"y" * 100)
+    (kit / "bin").mkdir()
+    (kit / "bin" / "python").write_text("x")
+    (kit / "bin" / "python3").symlink_to("python")
+    record_files(kit)
+    verify_files(kit, "the kit", "make it again")
+    os.utime(kit / "lib" / "a.so")                      # touched, same bytes: still the kit
+    verify_files(kit, "the kit", "make it again")
+    for change, needle in [(lambda: (kit / "lib" / "evil.pth").write_text("import os"), "evil.pth"),
+                           (lambda: (kit / "lib" / "a.so").write_bytes(b"z" * 100), "changed"),
+                           (lambda: (kit / "bin" / "python").unlink(), "lacks")]:
+        change()
+        with pytest.raises(UserInputError, match=needle):
+            verify_files(kit, "the kit", "make it again")
+        record_files(kit)
+
+
+def test_an_unrecorded_or_tampered_kit_never_runs(tmp_path, monkeypatch):
+    from bsconv_export.exporter.arm64 import kit as arm64_kit
+    from bsconv_export.exporter.formats.litert import converter
+    from bsconv_export.models.errors import UserInputError
+    monkeypatch.setenv("BSCONV_EXPORT_CACHE", str(tmp_path))
+    env = converter.env_dir()
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text("#!/bin/sh\necho ran > " + str(tmp_path / "ran") + "\n")
+    (env / "bin" / "python").chmod(0o755)
+    (env / converter.READY).write_text("made")
+    with pytest.raises(converter.ConversionFailed, match="no readable record"):
+        converter.convert(tmp_path / "model.pt2", tmp_path / "out.tflite", (1, 3, 8, 8))
+    assert not (tmp_path / "ran").exists()
+    root = arm64_kit.kit_dir()
+    root.mkdir(parents=True)
+    (root / "qemu-aarch64").write_text("#!/bin/sh\n")
+    (root / arm64_kit.READY).write_text("made")
+    with pytest.raises(UserInputError, match="ARM64 kit"):
+        arm64_kit.find_kit()
+    r = invoke("check", tmp_path, "--on", "arm64")
+    assert r.exit_code == 2 and "ARM64 kit" in r.output and "Traceback" not in r.output

@@ -78,18 +78,26 @@ class EmulatedRunner(Runner):
         return f"{self.name}@{self.cpu}"
 
     def unavailable_reason(self) -> str | None:
-        return None if find_kit() is not None else missing_reason()
+        try:
+            return None if find_kit() is not None else missing_reason()
+        except UserInputError as e:     # a changed kit: skipped, and why
+            return str(e)
 
     def load(self) -> "EmulatedRunner":
         kit = find_kit()
         if kit is None:
             raise RunnerUnavailable(missing_reason())
         self._tmp = tempfile.mkdtemp(prefix="bsconv-arm64-")
-        self._log = tempfile.TemporaryFile("w+")
-        self._proc = subprocess.Popen(self.command(kit),
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                      env=kit.env(HERE), cwd=self._tmp, start_new_session=True)
-        self.facts = self._reply(LOAD_TIMEOUT_S)
+        try:   # a worker that fails or hangs while loading is ended here: no process, no folder left
+            self._log = tempfile.TemporaryFile("w+")
+            self._proc = subprocess.Popen(self.command(kit),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                          env=kit.env(HERE), cwd=self._tmp, start_new_session=True)
+            self.facts = self._reply(LOAD_TIMEOUT_S)
+        except BaseException:
+            self._kill()
+            self.close()
+            raise
         self.input_names = list(self.facts["inputs"])
         self.output_names = list(self.facts["outputs"])
         self.input_shape = tuple(self.facts["input_shape"])
@@ -122,10 +130,19 @@ class EmulatedRunner(Runner):
                     why = "closed its output"
             else:
                 why = f"gave no answer within {timeout:.0f} s"
+                self._kill()     # hung (QEMU included): ended now, not left to the check's end
             self._log.seek(0)
             tail = " ".join(self._log.read().split())[-300:]
             raise RuntimeError(f"the emulated {self.runtime} ({self.cpu}) {why}: {tail}")
         return json.loads(line)
+
+    def _kill(self) -> None:
+        """End the worker and every process of its session (QEMU included) now."""
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self._proc is not None:

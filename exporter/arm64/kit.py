@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ...models.errors import UserInputError
 from ..backends import built_aside, cache_root
+from ..kit_files import record_files, verify_files
 from .debian import fetch_package
 
 HERE = Path(__file__).resolve().parent
@@ -83,10 +84,31 @@ def kit_dir() -> Path:
 
 
 def find_kit() -> Kit | None:
-    """The kit, or None while it is not made (or half-made)."""
+    """The kit, or None while it is not made (or half-made); a kit that is not exactly what it was made
+    with (a file changed, added or removed since) is refused in one line (exit 2), never run."""
     root = kit_dir()
     kit = Kit(root)
-    return kit if (root / READY).is_file() and kit.qemu.is_file() else None
+    if not ((root / READY).is_file() and kit.qemu.is_file()):
+        return None
+    verify_files(root, "the ARM64 kit", f"remove that folder and run '{SETUP_COMMAND}'")
+    return kit
+
+
+def _made() -> Kit | None:
+    """The kit when it was completed (not yet verified): setup's own question."""
+    kit = Kit(kit_dir())
+    return kit if (kit.root / READY).is_file() and kit.qemu.is_file() else None
+
+
+def _usable() -> bool:
+    """A completed kit that is still what it was made with (else setup makes it again)."""
+    if _made() is None:
+        return False
+    try:
+        verify_files(kit_dir(), "the ARM64 kit", "")
+    except UserInputError:
+        return False
+    return True
 
 
 def missing_reason() -> str:
@@ -98,7 +120,7 @@ def setup(progress=None) -> Path:
     """Make the kit (nothing to do when it exists), then let each plugin's ARM64 runner add its part
     (``prepare``: the ExecuTorch runner is cross-compiled); returns the kit's folder."""
     say = progress or (lambda _msg: None)
-    target = _base(say) if find_kit() is None else kit_dir()
+    target = _base(say) if not _usable() else kit_dir()
     from ..formats import registry
     for runner in registry().runners:
         if runner.target == "arm64" and hasattr(runner, "prepare"):
@@ -114,7 +136,7 @@ def _base(say) -> Path:
     lock = json.loads(LOCK.read_text())
     t0 = time.perf_counter()
     # another setup that finished first keeps its kit (one in use is never replaced)
-    with built_aside(target, "the ARM64 kit", keep_existing=lambda: find_kit() is not None) as building:
+    with built_aside(target, "the ARM64 kit", keep_existing=_usable) as building:
         downloads = building / "downloads"
         downloads.mkdir()
         say(f"creating {target}: QEMU from Debian 13")
@@ -143,4 +165,5 @@ def _base(say) -> Path:
             raise UserInputError(f"the ARM64 kit was made but its Python does not start under QEMU: "
                                  f"{(probe.stderr or probe.stdout).strip()[-300:]}")
         (building / READY).write_text(f"made in {time.perf_counter() - t0:.0f} s; {probe.stdout.strip()}\n")
+        record_files(building)    # what it holds now is all it may ever run (checked before each use)
     return target

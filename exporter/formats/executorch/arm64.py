@@ -19,6 +19,7 @@ from pathlib import Path
 from ....models.errors import UserInputError
 from ...arm64 import EmulatedRunner
 from ...backends import built_aside
+from ...kit_files import record_files, verify_files
 from ...arm64.kit import WHEEL_PLATFORMS, find_kit, missing_reason
 
 HERE = Path(__file__).resolve().parent
@@ -40,10 +41,17 @@ class PteArm64Runner(EmulatedRunner):
     runtime = "ExecuTorch"
 
     def unavailable_reason(self) -> str | None:
-        kit = find_kit()
-        if kit is None:
-            return missing_reason()
-        return None if (part_dir(kit.root) / "pte-runner").is_file() else NO_COMPILER
+        try:
+            kit = find_kit()
+            if kit is None:
+                return missing_reason()
+            if not (part_dir(kit.root) / "pte-runner").is_file():
+                return NO_COMPILER
+            verify_files(part_dir(kit.root), "the ExecuTorch runner for ARM64",
+                         "remove that folder and run 'bsconv-export setup arm64'")
+        except UserInputError as e:
+            return str(e)
+        return None
 
     def command(self, kit) -> list[str]:
         binary = part_dir(kit.root) / "pte-runner"
@@ -55,7 +63,11 @@ class PteArm64Runner(EmulatedRunner):
         """Add the cross-compiled runner to the kit (nothing when it is there, or without the compiler)."""
         target = part_dir(kit.root)
         if (target / "pte-runner").is_file():
-            return
+            try:
+                verify_files(target, "the ExecuTorch runner for ARM64", "")
+                return
+            except UserInputError:
+                pass     # changed since it was made (or made before records): made again
         compiler = shutil.which(COMPILER)
         if compiler is None:
             progress(f"skipping the ExecuTorch runner: {NO_COMPILER}")
@@ -89,3 +101,4 @@ class PteArm64Runner(EmulatedRunner):
                             "-Wl,-rpath,$ORIGIN/executorch/lib"], check=True)
             shutil.rmtree(json_include)
             shutil.rmtree(include)   # compiled: only the libraries and the runner stay in the kit
+            record_files(building)   # verified, like the kit, before each use

@@ -3,8 +3,8 @@
 This script imports nothing of bsconv-export: it runs in the converter environment, whose
 pins (litert-torch's) cannot share bsconv-export's. It is handed only the ``model.pt2`` the
 export itself just wrote into the bundle being built, never a file someone sent. Before
-anything is imported, every socket connection but the loopback's is refused: conversion
-needs no network and must not use one.
+anything is imported (it runs with ``-S``, so not even a ``.pth`` file of site-packages), every
+socket connection but the loopback's is refused: conversion needs no network and must not use one.
 
 Usage: python convert_pt2.py MODEL.pt2 OUT.tflite BATCH,CHANNELS,HEIGHT,WIDTH
 """
@@ -34,6 +34,8 @@ def _refuse_network(allowed: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")
 
 def main(argv: list[str]) -> int:
     _refuse_network()
+    import site
+    site.main()    # run with -S: the environment's site-packages (and any .pth there) only from here on
     pt2, out, shape = argv[1], argv[2], [int(v) for v in argv[3].split(",")]
     import torch
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))

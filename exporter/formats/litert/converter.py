@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ....models.errors import UserInputError
 from ...backends import built_aside, cache_root
+from ...kit_files import record_files, verify_files
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
@@ -63,7 +65,11 @@ def setup(progress=None) -> Path:
     """Make the converter environment (nothing to do when it exists); returns its folder."""
     target = env_dir()
     if env_python() is not None:
-        return target
+        try:
+            verify_files(target, "the LiteRT converter environment", "")
+            return target
+        except UserInputError:
+            pass     # changed since it was made (or made before records): made again
     t0 = time.perf_counter()
     with built_aside(target, "the LiteRT converter environment") as building:
         if progress:
@@ -75,6 +81,7 @@ def setup(progress=None) -> Path:
         subprocess.run([*pip, "check"], check=True)
         # renamed into place next: its bin/python finds its packages wherever the folder is
         (building / READY).write_text(f"made in {time.perf_counter() - t0:.0f} s from {REQUIREMENTS.name}\n")
+        record_files(building)    # what it holds now is all it may ever run (checked before each use)
     return target
 
 
@@ -87,11 +94,17 @@ def convert(pt2: Path, out: Path, shape: tuple[int, ...], timeout: float = CONVE
     python = env_python()
     if python is None:
         raise ConversionFailed(missing_reason())
+    try:
+        verify_files(env_dir(), "the LiteRT converter environment", f"remove that folder and run '{SETUP_COMMAND}'")
+    except UserInputError as e:
+        raise ConversionFailed(str(e)) from None
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONNOUSERSITE": "1",
+           "PYTHONDONTWRITEBYTECODE": "1",   # the environment is verified by its record: nothing is added to it
            "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "NO_PROXY": "*"}
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([str(python), "-I", str(SCRIPT), str(pt2), str(out), ",".join(map(str, shape))],
+        # -S: no site-packages (nor their .pth files) until the script has refused the network
+        proc = subprocess.Popen([str(python), "-I", "-S", str(SCRIPT), str(pt2), str(out), ",".join(map(str, shape))],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(out.parent),
                                 start_new_session=True)
         try:
