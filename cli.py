@@ -796,12 +796,26 @@ def report_cmd(
         raise typer.Exit(1)
 
 
+def _refuse_undecodable_arguments(args: list[str]) -> None:
+    """A path that is not UTF-8 (its bytes arrive as lone surrogates) cannot go into a manifest, a JSON
+    line or a marker: one line, exit 2, before any work."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+            err.print(f"[red]error:[/red] {escape(shown)} is not valid UTF-8 text; bundles and their manifests name "
+                      "files in UTF-8: rename it", highlight=False)
+            raise SystemExit(2) from None
+
+
 def main() -> None:
     """The console entry point. When the command is done, the process ends without tearing down every
     module torch, coremltools and ExecuTorch loaded (1–1.5 s of a 3 s re-export): by then everything
     it wrote is closed and renamed into place, and stdout and stderr are flushed here first. An
     unexpected exception still ends the usual way, with its traceback."""
     try:
+        _refuse_undecodable_arguments(sys.argv[1:])
         app()
         code: object = 0
     except SystemExit as e:

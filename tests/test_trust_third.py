@@ -248,3 +248,10 @@ def test_an_unrecorded_or_tampered_kit_never_runs(tmp_path, monkeypatch):
         arm64_kit.find_kit()
     r = invoke("check", tmp_path, "--on", "arm64")
     assert r.exit_code == 2 and "ARM64 kit" in r.output and "Traceback" not in r.output
+
+
+def test_a_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path):
+    r = subprocess.run([CLI.encode(), b"export", b"--out", b"b\xff", b"--formats", b"pt2"], cwd=tmp_path,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 2 and b"not valid UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr[-800:]
+    assert list(tmp_path.iterdir()) == []
