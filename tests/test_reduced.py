@@ -109,3 +109,21 @@ def test_unknown_keep_fp32_node_is_bad_input(tmp_path, shipped):
     with pytest.raises(UserInputError, match="no such node.*did you mean /backbone/init_conv/conv/Conv"):
         export_bundle(shipped, tmp_path / "k", ExportOptions(formats=("int8",), keep_fp32=("/backbone/init_conv/conv/Con",)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_random_calibration_never_draws_the_checks_own_inputs():
+    """``--calibration random`` calibrated on the very samples the check then measured (both drew from seed
+    0): the check measured the quantiser's fit to its own inputs. Calibration and gate now have streams of
+    their own."""
+    from types import SimpleNamespace
+
+    from bsconv_export.exporter.calibration import calibration_data, gate_data
+    from bsconv_export.exporter.check import check_inputs
+    spec = resolve_model("cifar_mobilenetv1_w1d4_bsconvu").input_spec
+    ctx = SimpleNamespace(options=ExportOptions(formats=("int8",), calibration="random"), spec=spec)
+    calib, labels, _ = calibration_data(ctx)
+    gate, _, _ = gate_data(ctx, calib, labels)
+    checked = check_inputs(spec, None, 32, reduced=True).x
+    rows = {r.tobytes() for r in checked}
+    assert not any(r.tobytes() in rows for r in calib) and not any(r.tobytes() in rows for r in gate)
+    assert not {r.tobytes() for r in calib} & {r.tobytes() for r in gate}
