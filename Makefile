@@ -49,7 +49,7 @@ setup-arm64: $(STAMP)
 # CPU binaries ship in its package.
 CPP_CLIENT := clients/executorch-cpp
 JS_CLIENT := clients/onnxruntime-js
-clients: $(CPP_CLIENT)/build/bsconv-run $(JS_CLIENT)/node_modules/.installed
+clients: clients-deps $(CPP_CLIENT)/build/bsconv-run $(JS_CLIENT)/node_modules/.installed
 
 # Before CMake or npm: one line naming the missing Debian packages and the command that installs them.
 clients-deps:

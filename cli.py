@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from typer.core import TyperGroup
 
-from .models.errors import StageError, UserInputError
+from .kernel.errors import StageError, UserInputError
 from .models.registry import DEFAULT_ARCH
 from .exporter.formats import formats_help
 
@@ -177,7 +177,7 @@ def quiet_third_party_logs() -> None:
 
 def emit_json(obj: Any) -> None:
     """One strict JSON object on stdout (NaN and infinities as null, as in manifest.json)."""
-    from .exporter.manifest import finite
+    from .exporter.bundle.manifest import finite
     sys.stdout.write(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
@@ -257,7 +257,8 @@ def setup_cmd(
     from .exporter.formats import plugins
     if plugin == "arm64":
         from .exporter.arm64 import kit
-        folder = kit.setup(lambda message: err.print(message, highlight=False))
+        from .exporter.formats import arm64_parts
+        folder = kit.setup(lambda message: err.print(message, highlight=False), arm64_parts())
         out.print(f"the ARM64 kit is ready: {folder}", highlight=False)
         return
     found = {p.name: p for p in plugins()}
@@ -276,7 +277,7 @@ def cache_cmd(
 ) -> None:
     """The stage cache that 'export' reuses unchanged stages (and their checks) from: where it is,
     its entries and size, its limit; --clear empties it."""
-    from .exporter.stagecache import StageCache
+    from .exporter.export.stagecache import StageCache
     cache = StageCache(create=False)
     removed, failed = cache.clear() if clear else (0, 0)
     summary = cache.summary()
@@ -306,8 +307,10 @@ def info_cmd(
     model_options: Optional[dict] = None,
 ) -> None:
     """Parameters and MACs of a model, in total and per layer, and which convolutions are BSConv."""
-    from .models.profile import conv_inventory, profile_model, replacement_preview
-    from .models.source import request_from_options, resolve_request
+    from .models.profile import conv_inventory, profile_model
+    from .models.replace import replacement_preview
+    from .models.loaders import resolve_request
+    from .models.request import request_from_options
     loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
     prof = profile_model(loaded.model, input_size)
     convs = conv_inventory(loaded.model)
@@ -349,7 +352,8 @@ def evaluate_cmd(
     model_options: Optional[dict] = None,
 ) -> None:
     """Top-1 accuracy of the PyTorch model on labelled data."""
-    from .models.source import request_from_options, resolve_request
+    from .models.loaders import resolve_request
+    from .models.request import request_from_options
     from .models.train import accuracy, evaluation_data
     loaded = resolve_request(request_from_options(**model_options, input_size=input_size))
     x, y, source = evaluation_data(loaded, data)
@@ -425,11 +429,12 @@ def export_cmd(
     with nothing written.
     """
     from .exporter.arm64 import parse_targets
-    from .exporter.bundle import export_bundle
-    from .exporter.check import CheckOptions
+    from .exporter.export.run import export_bundle
+    from .exporter.check.run import CheckOptions
     from .exporter.formats import default_formats, parse_formats
-    from .exporter.options import ExportOptions
-    from .models.source import request_from_options, resolve_request
+    from .exporter.kit.options import ExportOptions
+    from .models.loaders import resolve_request
+    from .models.request import request_from_options
     quiet_third_party_logs()
     opts = ExportOptions(formats=parse_formats(formats) if formats is not None else default_formats(),
                          input_size=input_size, batch=batch, dynamic_batch=dynamic_batch, force=force,
@@ -507,7 +512,7 @@ def check_cmd(
     --atol or --rtol it is recorded beside it (user_checks) and never changes the export's verdict.
     """
     from .exporter.arm64 import parse_targets
-    from .exporter.check import CheckOptions, recheck_bundle
+    from .exporter.check.run import CheckOptions, recheck_bundle
     quiet_third_party_logs()
     opts = CheckOptions(data=str(data) if data else None, samples=samples, atol=atol, rtol=rtol, localize=localize,
                         on=parse_targets(on))
@@ -538,7 +543,7 @@ def predict_cmd(
     come from the bundle; the original model is not needed. The same contract as the C++ and
     JavaScript clients in clients/ (docs/bundle.md).
     """
-    from .exporter.predict import predict
+    from .exporter.report.predict import predict
     quiet_third_party_logs()
     for p in predict(bundle, images, fmt):
         print(json.dumps(p.to_dict()), flush=True)
@@ -564,12 +569,12 @@ def show(view, title_style: str = "", status_colour: bool = True) -> None:
 
 
 def print_check_table(report) -> None:
-    from .exporter.views import check_view
+    from .exporter.report.views import check_view
     show(check_view(report))
 
 
 def print_bundle_table(manifest, bundle: Path) -> None:
-    from .exporter.views import bundle_view
+    from .exporter.report.views import bundle_view
     show(bundle_view(manifest, bundle))
 
 
@@ -612,8 +617,8 @@ def bench_cmd(
     A bundle's .pte is also interleaved with its ONNX file on onnxruntime (ABBA pairs in one
     process) and the paired ratio printed: quote that ratio, not two separate medians.
     """
-    from .exporter.bench import BenchOptions, run_bench, usable_cores
-    from .models.limits import check_batch, check_finite
+    from .exporter.bench.bench import BenchOptions, run_bench, usable_cores
+    from .kernel.limits import check_batch, check_finite
     n_threads = parse_threads(threads, usable_cores())
     batches = _csv(batch, int)
     for b in batches:
@@ -628,9 +633,10 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-        from .exporter.manifest import read_manifest
+        from .exporter.bundle.manifest import read_manifest
+        from .models.loaders import reload_model
         recorded = read_manifest(target).model
-        original = recorded.source.reload(recorded, entry_point=model, program=program)
+        original = reload_model(recorded.source, recorded, entry_point=model, program=program)
 
     def progress(row: dict) -> None:
         if row.get("paired"):
@@ -646,8 +652,8 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
-    from .exporter.manifest import check_recordable, record_bundle_file
-    from .exporter.sealed import refuse_unless_replaceable, seal_json, write_sealed
+    from .exporter.bundle.manifest import check_recordable, record_bundle_file
+    from .kernel.sealed import refuse_unless_replaceable, seal_json, write_sealed
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
     from .exporter.formats import artifact_suffixes
@@ -669,8 +675,8 @@ def bench_cmd(
     if as_json:
         emit_json(results)
         raise typer.Exit(0 if timed else 1)
-    from .exporter.bench_result import BenchResult
-    from .exporter.views import bench_view
+    from .exporter.bench.result import BenchResult
+    from .exporter.report.views import bench_view
     view = bench_view(BenchResult.from_dict(results))
     show(view)
     if dest and timed:
@@ -700,9 +706,9 @@ def sweep_cmd(
     retried once) and never stops the others. Exit 1 if any job failed.
     """
     from .exporter.formats import parse_formats
-    from .exporter.sealed import refuse_unless_replaceable, seal_json, seal_text, write_sealed
-    from .exporter.sweep import read_plan, run_sweep, zoo_plan
-    from .exporter.views import sweep_view
+    from .kernel.sealed import refuse_unless_replaceable, seal_json, seal_text, write_sealed
+    from .exporter.sweep.run import read_plan, run_sweep, zoo_plan
+    from .exporter.report.views import sweep_view
     quiet_third_party_logs()
     keep_results = "move it away, or name another file with --results"
     if zoo is not None:
@@ -755,9 +761,9 @@ def regress_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
     """CI latency gate: exit 1 only when the candidate is slower than the baseline beyond noise."""
-    from .exporter.bench import usable_cores
-    from .exporter.regress import regress_ab, regress_stored
-    from .models.limits import check_finite
+    from .exporter.bench.bench import usable_cores
+    from .exporter.bench.regress import regress_ab, regress_stored
+    from .kernel.limits import check_finite
     check_finite(max_slowdown, "--max-slowdown", 0.0)
     check_finite(confidence, "--confidence", 0.5)
     check_finite(duration, "--duration", 1.0)
@@ -787,7 +793,7 @@ def report_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Report path (default BUNDLE/report.md or .html); the plot goes beside it."),
 ) -> None:
     """Write a Markdown or HTML summary of a bundle with a latency plot."""
-    from .exporter.report import write_report
+    from .exporter.report.report import write_report
     path, changed = write_report(bundle, out_file, fmt)
     out.print(f"wrote {path}", highlight=False)
     if changed:

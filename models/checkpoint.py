@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, UserInputError
+from ..kernel.errors import CheckpointError, UserInputError
 from .registry import DEFAULT_ARCH, InputSpec, create_model, get_entry
-from .safe_io import open_regular
+from .source import ModelSource, ZooSource
+from ..kernel.safe_io import open_regular
 
 FORMAT = "bsconv-export"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / f"digits_{DEFAULT_ARCH}.pt"
@@ -45,7 +46,7 @@ class LoadedCheckpoint:
     input_spec: InputSpec
     #: the checkpoint's own JSON header (training config, accuracy), as the file holds it
     header: dict[str, Any] = field(default_factory=dict)
-    source: "ModelSource" = field(default=None)  # type: ignore[assignment]
+    source: ModelSource = field(default=None)  # type: ignore[assignment]
     #: no checkpoint: seeded, untrained weights (enough to export a shape, not to ship)
     untrained: bool = False
     #: the input-spec options a model outside the zoo was given (the reproduce command repeats them)
@@ -53,7 +54,6 @@ class LoadedCheckpoint:
 
     def __post_init__(self) -> None:
         if self.source is None:
-            from .source import ZooSource
             self.source = ZooSource(arch=self.arch)
 
 

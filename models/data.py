@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserInputError
-from .limits import MAX_DATA_BYTES, MAX_SAMPLES
-from .safe_io import open_regular
+from ..kernel.errors import UserInputError
+from ..kernel.limits import MAX_DATA_BYTES, MAX_SAMPLES
+from ..kernel.safe_io import open_regular
 
 DATA_DIR = Path(__file__).parent / "data"
 HOLDOUT_PATH = DATA_DIR / "digits_holdout.npz"

@@ -122,18 +122,3 @@ def conv_inventory(model: nn.Module) -> dict:
             continue
         counts[kind] = counts.get(kind, 0) + 1
     return {"counts": counts, "plain": plain, "from": "modules"}
-
-
-def replacement_preview(model: nn.Module, kind: str) -> dict:
-    """What :func:`.replace.replace_convs` would do to a copy of ``model`` (the original is untouched)."""
-    import copy
-
-    from .errors import UserInputError
-    from .replace import replace_convs
-    if kind not in ("bsconvu", "bsconvs"):
-        raise UserInputError(f"--replace must be bsconvu or bsconvs, not {kind!r}")
-    if getattr(model, "program", None) is not None:
-        raise UserInputError("--replace needs modules to replace; a program file holds only a graph")
-    report = replace_convs(copy.deepcopy(model), kind=kind, p=1.0 / 6.0, with_bn=kind == "bsconvs")
-    return {"kind": kind, "replaced": report.replaced, "params_before": report.params_before,
-            "params_after": report.params_after, "ratio": report.ratio}

@@ -38,7 +38,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from .errors import UserInputError
+from ..kernel.errors import UserInputError
 
 MAX_PROGRAM_BYTES = 2 << 30
 MAX_JSON_BYTES = 64 << 20

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .errors import UnknownModelError
+from ..kernel.errors import UnknownModelError
 
 NORMALIZATIONS = ("data_bn", "mean_std", "none")
 COLOR_ORDERS = ("RGB", "BGR")
@@ -115,12 +115,10 @@ def register_model(name: str, *, family: str, default_size: int, default_num_cla
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style ``pattern``, sorted."""
-    _ensure_zoo_loaded()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    _ensure_zoo_loaded()
     key = name.lower()
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=3, cutoff=0.6)
@@ -140,8 +138,3 @@ def create_model(name: str, *, num_classes: int | None = None, labels: tuple[str
     model.arch = entry.name
     model.input_spec = InputSpec(size=entry.default_size, num_classes=n, labels=tuple(labels))
     return model.eval()
-
-
-def _ensure_zoo_loaded() -> None:
-    # Importing the zoo registers its builders; done lazily to avoid an import cycle.
-    from . import mobilenet, resnet  # noqa: F401

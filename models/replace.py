@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..kernel.errors import UserInputError
 from .layers import BSConvS, BSConvU
 from .profile import count_params
 
@@ -49,3 +50,15 @@ def replace_convs(model: nn.Module, *, kind: str = "bsconvu", kernel_sizes=(3, 5
         report.replaced.append(name)
     report.params_after = count_params(model)
     return report
+
+
+def replacement_preview(model: nn.Module, kind: str) -> dict:
+    """What :func:`replace_convs` would do to a copy of ``model`` (the original is untouched)."""
+    import copy
+    if kind not in ("bsconvu", "bsconvs"):
+        raise UserInputError(f"--replace must be bsconvu or bsconvs, not {kind!r}")
+    if getattr(model, "program", None) is not None:
+        raise UserInputError("--replace needs modules to replace; a program file holds only a graph")
+    report = replace_convs(copy.deepcopy(model), kind=kind, p=1.0 / 6.0, with_bn=kind == "bsconvs")
+    return {"kind": kind, "replaced": report.replaced, "params_before": report.params_before,
+            "params_after": report.params_after, "ratio": report.ratio}

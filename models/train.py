@@ -31,7 +31,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from . import get_entry
-        from .limits import check_finite
+        from ..kernel.limits import check_finite
         get_entry(self.arch)            # an unknown name: one line naming the zoo command
         check_finite(self.lr, "--lr", 0.0)
 
@@ -121,7 +121,7 @@ def evaluation_data(loaded, data=None):
     digits for a model that takes them (the one digits rule), else a one-line error.
     Returns (inputs, labels, where they came from)."""
     from .data import is_digits_model, load_holdout, load_npz_inputs
-    from .errors import UserInputError
+    from ..kernel.errors import UserInputError
     if data is None:
         if not is_digits_model(loaded.input_spec):
             raise UserInputError(f"{loaded.arch} does not take the shipped digits ({loaded.input_spec.num_classes} "

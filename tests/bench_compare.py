@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.machine import machine_info
-from bsconv_export.exporter.stats import bootstrap_ci
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.kernel.machine import machine_info
+from bsconv_export.exporter.formats import tool_versions
+from bsconv_export.exporter.kit.stats import bootstrap_ci
 from bsconv_export.models.checkpoint import resolve_model
 
 MODELS = ("mobilenetv1_w1_bsconvu", "mobilenetv2_w1_bsconvs_p1d6", "mobilenetv3_large_w1_bsconvs_p1d6")
@@ -162,7 +163,7 @@ def main() -> None:
         for arch in args.models.split(","):
             results.append(compare_model(arch, Path(tmp), args.duration, not args.no_pte))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    info = machine_info()
+    info = machine_info(tool_versions())
     try:
         import openvino
         versions = {"openvino": openvino.__version__}

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.regress import regress_ab
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.exporter.bench.regress import regress_ab
 from bsconv_export.models.checkpoint import resolve_model
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from bsconv_export.exporter.bench import BenchOptions, run_bench
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.bench.bench import BenchOptions, run_bench
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 
 MODELS = ("mobilenetv1_w1_bsconvu", "mobilenetv2_w1_bsconvs_p1d6", "mobilenetv3_large_w1_bsconvs_p1d6")

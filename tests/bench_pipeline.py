@@ -97,8 +97,9 @@ def main() -> None:
     cli = str(Path(sys.executable).with_name("bsconv-export"))
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
     env.pop("BSCONV_EXPORT_JOBS", None)
-    from bsconv_export.exporter.machine import machine_info
-    info = machine_info()
+    from bsconv_export.kernel.machine import machine_info
+    from bsconv_export.exporter.formats import tool_versions
+    info = machine_info(tool_versions())
     with tempfile.TemporaryDirectory() as tmp:
         env["BSCONV_EXPORT_STAGE_CACHE"] = str(Path(tmp) / "cache")
 

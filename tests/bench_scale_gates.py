@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
-from bsconv_export.exporter.bundle import export_bundle  # noqa: E402
-from bsconv_export.exporter.check import CheckOptions  # noqa: E402
-from bsconv_export.exporter.options import ExportOptions  # noqa: E402
+from bsconv_export.exporter.export.run import export_bundle  # noqa: E402
+from bsconv_export.exporter.check.run import CheckOptions  # noqa: E402
+from bsconv_export.exporter.kit.options import ExportOptions  # noqa: E402
 from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, resolve_model  # noqa: E402
 from test_zoo_check import realistic_statistics  # noqa: E402
 from zoo_sample import representative  # noqa: E402

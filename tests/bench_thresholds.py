@@ -19,12 +19,12 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
-from bsconv_export.exporter.bundle import export_bundle  # noqa: E402
-from bsconv_export.exporter.check import check_inputs, compare, torch_reference, verdict  # noqa: E402
-from bsconv_export.exporter.options import ExportOptions  # noqa: E402
+from bsconv_export.exporter.export.run import export_bundle  # noqa: E402
+from bsconv_export.exporter.check.run import check_inputs, compare, torch_reference, verdict  # noqa: E402
+from bsconv_export.exporter.kit.options import ExportOptions  # noqa: E402
 from bsconv_export.exporter.runners import infer_batched  # noqa: E402
 from bsconv_export.exporter.runners.onnx_runner import OnnxRunner  # noqa: E402
-from bsconv_export.exporter.tolerances import DEFAULT_TOLERANCES  # noqa: E402
+from bsconv_export.exporter.kit.tolerances import DEFAULT_TOLERANCES  # noqa: E402
 from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
 
 GRID = {"class bias": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0],

@@ -13,7 +13,7 @@ from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 # `make test` runs the suite in one worker per core (pytest-xdist). Each worker keeps to one torch
 # thread, and so do the runtimes the tool sizes from the caller's torch pool (the check's runners,
-# the int8 stage's sessions: exporter/check.py, exporter/bundle.py), exactly as production sizes
+# the int8 stage's sessions: exporter/check/run.py, exporter/export/run.py), exactly as production sizes
 # them: two workers that each spin two threads on two cores slow down many-fold.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
@@ -57,9 +57,9 @@ SHARED_BUNDLES = {
 
 @pytest.fixture(scope="session")
 def shared_bundle(tmp_path_factory, shipped):
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.check import CheckOptions
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.check.run import CheckOptions
+    from bsconv_export.exporter.kit.options import ExportOptions
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -1,6 +1,6 @@
 """Helpers shared by the tests that plant faults in bundles."""
-from bsconv_export.exporter.manifest import entry_digest, read_manifest, write_manifest
-from bsconv_export.exporter.records import path_sha256
+from bsconv_export.exporter.bundle.manifest import entry_digest, read_manifest, write_manifest
+from bsconv_export.exporter.kit.records import path_sha256
 
 
 def rehash(bundle):

@@ -5,11 +5,12 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bench import BenchOptions, run_bench
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.bench.bench import BenchOptions, run_bench
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.exporter.formats.onnx.runner import OnnxRunner, available_providers
-from bsconv_export.exporter.stats import bootstrap_ci, paired_decision, summarize, unpaired_decision, windows_agree
+from bsconv_export.exporter.kit.stats import (bootstrap_ci, paired_decision, summarize, unpaired_decision,
+                                              windows_agree)
 from bsconv_export.models.checkpoint import resolve_model
 
 runner = CliRunner()

@@ -9,14 +9,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from bsconv_export.exporter import manifest as manifest_module
+from bsconv_export.exporter.bundle import manifest as manifest_module
 from bsconv_export.exporter.formats import FORMATS
 from bsconv_export.exporter.formats.onnx.export import CONTRACT_KEYS
-from bsconv_export.exporter.manifest import SCHEMA_FILE, finite, manifest_json, read_manifest
+from bsconv_export.exporter.bundle.manifest import SCHEMA_FILE, finite, manifest_json, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "bundle.md").read_text()
-SCHEMA = json.loads((ROOT / "exporter" / SCHEMA_FILE).read_text())
+SCHEMA = json.loads((ROOT / "exporter" / "bundle" / SCHEMA_FILE).read_text())
 
 
 def _property_names(node, out: set) -> set:

@@ -8,13 +8,13 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions, Reference, check_inputs, compare, run_check, verdict
-from bsconv_export.exporter.manifest import read_manifest
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions, Reference, check_inputs, compare, run_check, verdict
+from bsconv_export.exporter.bundle.manifest import read_manifest
 from helpers import rehash
-from bsconv_export.exporter.tolerances import Tolerance
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.records import Status
+from bsconv_export.exporter.kit.tolerances import Tolerance
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.exporter.kit.records import Status
 from bsconv_export.exporter.runners import infer_batched
 from bsconv_export.exporter.formats.coreml.mil import CoreMLRunner, MilProgram, MilReferenceRunner
 from bsconv_export.exporter.formats.onnx.runner import OnnxRunner, OrtFormatRunner

@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bsconv_export.exporter.bundle import export_bundle
+from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.formats import FORMATS, default_formats
-from bsconv_export.exporter.manifest import read_manifest
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 
 # exports many formats or models: make test-all, not the fast tier
@@ -40,7 +40,7 @@ def validate_bundle(root, loaded, formats=None):
     by_fmt = {a.format: a for a in m.artifacts}
     expected = {"onnx", "onnx-simplified"} | set(formats or m.export.formats)
     assert set(by_fmt) == expected
-    from bsconv_export.exporter.records import path_sha256
+    from bsconv_export.exporter.kit.records import path_sha256
     for a in m.artifacts:
         assert a.ok, a
         assert (root / a.path).exists() and a.bytes > 0
@@ -140,8 +140,8 @@ def test_coreml_image_input_folds_mean_and_std_and_passes_its_check(tmp_path):
     import sys
     sys.path.insert(0, str(Path(__file__).parent))
     import custom_models
-    from bsconv_export.exporter.check import CheckOptions
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.exporter.check.run import CheckOptions
+    from bsconv_export.kernel.errors import UserInputError
     from bsconv_export.models.registry import InputSpec
     spec = InputSpec(size=16, num_classes=10, normalization="mean_std", mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25),
                      color_order="BGR")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bsconv_export.exporter.formats import FORMATS, complete_options, plugins, reproduce_command, runners_for
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.kit.options import ExportOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_the_wheel_installs_one_import_root(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "cli.py"):
         shutil.copy(REPO / name, src / name)
-    for folder in ("models", "exporter"):
+    for folder in ("kernel", "models", "exporter"):
         shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                         "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
@@ -78,7 +78,7 @@ def test_help_does_not_import_heavy_backends():
 
 
 def test_the_manifest_records_every_option_and_reads_the_schema_3_fields_as_options(shared_bundle):
-    from bsconv_export.exporter.manifest import manifest_from_dict
+    from bsconv_export.exporter.bundle.manifest import manifest_from_dict
     d = json.loads((shared_bundle("onnx-ort-coreml") / "manifest.json").read_text())
     assert d["schema_version"] == 4
     assert d["export"]["options"]["coreml_input"] == "tensor" and d["export"]["options"]["keep_fp32"] == []

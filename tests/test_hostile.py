@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.manifest import BUILD_MARKER
+from bsconv_export.exporter.bundle.manifest import BUILD_MARKER
 
 runner = CliRunner()
 CLI = os.path.join(os.path.dirname(sys.executable), "bsconv-export")
@@ -97,8 +97,8 @@ def test_a_recorded_file_with_other_bytes_is_the_users(bundle):
 @pytest.mark.slow
 def test_force_rechecks_ownership_just_before_replacing(tmp_path, shipped, monkeypatch):
     """A file the user drops into the old bundle while the new one is built is not deleted."""
-    from bsconv_export.exporter import bundle as bundle_mod
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.export import run as bundle_mod
+    from bsconv_export.exporter.kit.options import ExportOptions
     out = tmp_path / "b"
     bundle_mod.export_bundle(shipped, out, ExportOptions(formats=("onnx",), simplify=False), check=None)
     real = bundle_mod.build_manifest
@@ -118,9 +118,9 @@ def test_force_rechecks_ownership_just_before_replacing(tmp_path, shipped, monke
 def test_a_file_arriving_during_the_final_rename_is_kept_with_the_old_bundle(tmp_path, shipped, monkeypatch):
     from pathlib import Path
 
-    from bsconv_export.exporter import outdir
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.bundle import claim as outdir
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.kit.options import ExportOptions
     out = tmp_path / "b"
     export_bundle(shipped, out, ExportOptions(formats=("onnx",), simplify=False))
     before = snapshot([out])
@@ -142,8 +142,8 @@ def test_a_file_arriving_during_the_final_rename_is_kept_with_the_old_bundle(tmp
 # --- 2. leftovers and the lock: only what this tool made ------------------------------------------
 
 def test_leftover_cleanup_removes_only_folders_this_tool_made(tmp_path, shipped):
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.kit.options import ExportOptions
     drafts = tmp_path / ".lv.building-drafts"
     drafts.mkdir()
     (drafts / "chapter1.txt").write_text("chapter one")
@@ -352,7 +352,7 @@ def test_a_nan_in_a_manifest_is_refused(bundle):
 def test_a_full_disk_names_the_bundle(tmp_path, monkeypatch):
     import errno
 
-    from bsconv_export.exporter import bundle as bundle_mod
+    from bsconv_export.exporter.export import run as bundle_mod
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")   # as converters raise it: no file name

@@ -212,8 +212,8 @@ def test_compaction_drops_waste_and_keeps_outputs_and_compute_names(tmp_path):
 # --- the measurement, on a real file --------------------------------------------------------------
 
 def test_profile_attributes_every_kernel_to_a_group(tmp_path, shipped):
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.kit.options import ExportOptions
     out = tmp_path / "b"
     r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "int8")))
     assert all(a.ok for a in r.records)

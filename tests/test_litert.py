@@ -21,19 +21,19 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
 from bsconv_export.exporter.formats.litert import converter
 from bsconv_export.exporter.formats.litert.runner import LiteRtBuiltinRunner, LiteRtRunner
 from bsconv_export.exporter.formats.litert.tflite_file import model_metadata, read_model_metadata
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 from bsconv_export.models.registry import InputSpec
 from helpers import rehash
 from zoo_sample import representative
 
-needs_converter = pytest.mark.skipif(converter.env_python() is None,
-                                     reason="the LiteRT converter environment is not set up: make setup-litert")
+needs_converter = pytest.mark.skipif(converter.missing_reason() is not None,
+                                     reason=f"{converter.missing_reason()}: make setup-litert")
 BSCONV_EXPORT = Path(sys.executable).with_name("bsconv-export")
 
 
@@ -56,10 +56,14 @@ def test_the_missing_converter_is_one_line_and_the_command_to_fix_it(tmp_path):
 
 
 def test_a_converter_that_hangs_is_killed_at_its_time_limit(tmp_path, monkeypatch):
-    hang = tmp_path / "python"
-    hang.write_text("#!/bin/sh\nsleep 60\n")
-    hang.chmod(0o755)
-    monkeypatch.setattr(converter, "env_python", lambda: hang)
+    from bsconv_export.kernel.kit_files import record_files
+    monkeypatch.setenv("BSCONV_EXPORT_CACHE", str(tmp_path / "cache"))
+    env = converter.env_dir()     # a converter environment (recorded, so it may run) whose Python hangs
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text("#!/bin/sh\nsleep 60\n")
+    (env / "bin" / "python").chmod(0o755)
+    (env / converter.READY).write_text("made")
+    record_files(env)
     with pytest.raises(converter.ConversionFailed, match="did not finish within 1 s"):
         converter.convert(tmp_path / "model.pt2", tmp_path / "out.tflite", (1, 3, 32, 32), timeout=1)
 
@@ -99,8 +103,8 @@ def test_tflite_metadata_reads_back_what_it_wrote():
 def test_tflite_normalization_is_the_clients_pixel_rule(spec):
     """Android's tooling normalises (pixel - mean) / std from TFLITE_METADATA: that must give what the
     clients feed (exporter.predict.to_input), mean/std specs included."""
-    from bsconv_export.exporter.contract import pixel_normalization
-    from bsconv_export.exporter.predict import to_input
+    from bsconv_export.kernel.contract import pixel_normalization
+    from bsconv_export.exporter.report.predict import to_input
     pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
     mean, std = pixel_normalization(spec)
     rgb = pixels[:, :, ::-1] if spec.color_order == "BGR" else pixels

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.owned import FOLDER_MARKER
+from bsconv_export.kernel.owned import FOLDER_MARKER
 
 from test_hostile import snapshot
 
@@ -54,10 +54,10 @@ def test_a_users_folder_is_refused_as_the_stage_cache_and_left_byte_identical(tm
 
 
 def test_an_empty_or_new_folder_becomes_the_cache_and_only_its_entries_are_touched(tmp_path, monkeypatch, shipped):
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.check import CheckOptions
-    from bsconv_export.exporter.options import ExportOptions
-    from bsconv_export.exporter.stagecache import StageCache
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.check.run import CheckOptions
+    from bsconv_export.exporter.kit.options import ExportOptions
+    from bsconv_export.exporter.export.stagecache import StageCache
     cache = tmp_path / "new" / "cache"
     monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE", str(cache))
     r = export_bundle(shipped, tmp_path / "a", ExportOptions(formats=("pt2", "onnx")), check=CheckOptions())
@@ -96,9 +96,9 @@ def test_an_empty_or_new_folder_becomes_the_cache_and_only_its_entries_are_touch
 
 
 def test_no_cache_makes_no_cache_folder(tmp_path, monkeypatch, shipped):
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.check import CheckOptions
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.check.run import CheckOptions
+    from bsconv_export.exporter.kit.options import ExportOptions
     cache = tmp_path / "never"
     monkeypatch.setenv("BSCONV_EXPORT_STAGE_CACHE", str(cache))
     r = export_bundle(shipped, tmp_path / "a", ExportOptions(formats=("pt2",)), check=CheckOptions(), cache=False)
@@ -150,8 +150,8 @@ def test_a_users_folder_at_a_kits_name_is_never_replaced(tmp_path, monkeypatch):
 
 
 def test_built_aside_replaces_only_what_it_made(tmp_path):
-    from bsconv_export.exporter.backends import built_aside
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.kernel.backends import built_aside
+    from bsconv_export.kernel.errors import UserInputError
     target = tmp_path / "kit"
     with built_aside(target, "a kit") as b:
         (b / "half").write_text("1")

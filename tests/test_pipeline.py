@@ -1,4 +1,4 @@
-"""Stages side by side in worker processes, and the stage cache (exporter/pipeline.py, workers.py, stagecache.py)."""
+"""Stages side by side in worker processes, and the stage cache (exporter/export/: schedule.py, workers.py, stagecache.py)."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
 from bsconv_export.exporter.formats import reload_plugins
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.records import Status
-from bsconv_export.exporter.stagecache import StageCache
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.exporter.kit.records import Status
+from bsconv_export.exporter.export.stagecache import StageCache
 from bsconv_export.models.checkpoint import load_checkpoint
 
 FORMATS = ("pt2", "onnx", "ort", "coreml", "pte")
@@ -151,9 +151,9 @@ def test_a_killed_worker_is_a_failed_record_not_a_hang(tmp_path, shipped):
 def test_a_worker_that_dies_is_replaced_and_its_job_is_a_failed_record(tmp_path, shared_bundle):
     """The pool on its own: a job whose worker is killed comes back failed; the next job runs on a new worker."""
     from bsconv_export.exporter.formats import complete_options
-    from bsconv_export.exporter.manifest import read_manifest
-    from bsconv_export.exporter.prepare import example_input
-    from bsconv_export.exporter.workers import StageJob, StagePool
+    from bsconv_export.exporter.bundle.manifest import read_manifest
+    from bsconv_export.exporter.kit.prepare import example_input
+    from bsconv_export.exporter.export.workers import StageJob, StagePool
     bundle = shared_bundle("every-format")
     spec = read_manifest(bundle).model.input_spec
     job = StageJob(fmt="onnx", options=complete_options(ExportOptions(formats=("onnx",))), arch="a", spec=spec,
@@ -174,13 +174,14 @@ def test_a_worker_that_dies_is_replaced_and_its_job_is_a_failed_record(tmp_path,
 
 
 def test_jobs_below_one_is_refused(tmp_path, shipped):
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.kernel.errors import UserInputError
     with pytest.raises(UserInputError, match="--jobs 0"):
         export(shipped, tmp_path / "z", jobs=0)
 
 
 def test_workers_times_threads_never_exceed_the_cores(monkeypatch):
-    from bsconv_export.exporter import machine, pipeline
+    from bsconv_export.kernel import machine
+    from bsconv_export.exporter.export import schedule as pipeline
     monkeypatch.delenv("BSCONV_EXPORT_JOBS", raising=False)
     for cores in (1, 2, 3, 8):
         monkeypatch.setattr(machine, "usable_cores", lambda c=cores: c)
@@ -207,7 +208,7 @@ def test_an_unchanged_export_reuses_every_stage_and_its_check(tmp_path, shipped)
     assert files(tmp_path / "a") == files(tmp_path / "b")
     assert [r.sha256 for r in again.records] == [r.sha256 for r in first.records]
     # the reused bundle is a bundle like any other: a fresh check passes it
-    from bsconv_export.exporter.check import recheck_bundle
+    from bsconv_export.exporter.check.run import recheck_bundle
     report, _ = recheck_bundle(tmp_path / "b")
     assert report.passed and not any(c.reused for c in report.records)
 

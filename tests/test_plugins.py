@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from bsconv_export.cli import app
 from bsconv_export.exporter import formats
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.records import Status
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.exporter.kit.records import Status
 from helpers import rehash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,9 +155,9 @@ def test_a_third_party_plugin_never_displaces_a_built_in_nor_takes_a_commands_fl
 
 
 def test_a_plugin_row_or_record_that_leaves_the_bundle_is_refused(plugin, tmp_path, shipped):
-    from bsconv_export.exporter.bundle import export_bundle
-    from bsconv_export.exporter.check import CheckOptions
-    from bsconv_export.exporter.options import ExportOptions
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.check.run import CheckOptions
+    from bsconv_export.exporter.kit.options import ExportOptions
     plugin("BAD_NAME", "ESCAPE")
     assert any("badname" in e and "not a plain name" in e for e in formats.plugin_errors())
     r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("pt2", "escape")), check=CheckOptions())
@@ -235,7 +235,9 @@ def test_each_backend_is_imported_in_one_plugin_folder_only():
 
 def test_generic_code_names_no_format():
     """The pipeline, check, bench, report and CLI see formats only through the registry."""
-    generic = [p for p in (REPO / "exporter").glob("*.py")] + [REPO / "cli.py"]
+    generic = [p for p in (REPO / "exporter").rglob("*.py") if p.relative_to(REPO / "exporter").parts[0] != "formats"]
+    generic += [*(REPO / "kernel").rglob("*.py"), REPO / "cli.py"]
+    assert len(generic) > 30, "the scan found too few files: it is broken"
     precisions = {"fp32", "fp16", "int8"}   # a precision's name may equal a format's (fp16, int8)
     names = [f.name for f in formats.FORMATS.values() if f.name not in precisions] + [
         "mlpackage", "coreml", "executorch", "xnnpack"]
@@ -251,15 +253,16 @@ def test_the_cli_lists_each_formats_plugin():
     assert by_name["pte"] == "executorch" and by_name["ort"] == "onnx" and by_name["coreml-fp16"] == "coreml"
 
 
-def _exporter_imports() -> dict[str, set[str]]:
-    """Module -> the exporter modules it imports (at any depth of the file, relative or absolute)."""
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at any depth of the file, relative or absolute), over the
+    whole installed package: cli.py, kernel/, models/ and exporter/."""
     import ast
-    root = REPO / "exporter"
-    mods = {}
-    for path in root.rglob("*.py"):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        name = ".".join(["exporter", *(parts[:-1] if parts[-1] == "__init__" else parts)])
-        mods[name] = (path, parts[-1] == "__init__")
+    mods = {"cli": (REPO / "cli.py", False)}
+    for top in ("kernel", "models", "exporter"):
+        for path in (REPO / top).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            mods[name] = (path, parts[-1] == "__init__")
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, (path, is_pkg) in mods.items():
         package = name if is_pkg else name.rsplit(".", 1)[0]
@@ -270,7 +273,7 @@ def _exporter_imports() -> dict[str, set[str]]:
                 base = package.split(".")
                 base = base[:len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
-            elif node.module and node.module.startswith("bsconv_export.exporter"):
+            elif node.module and node.module.startswith("bsconv_export."):
                 target = node.module.replace("bsconv_export.", "", 1)
             else:
                 continue
@@ -282,9 +285,10 @@ def _exporter_imports() -> dict[str, set[str]]:
     return graph
 
 
-def test_the_exporter_has_no_import_cycle():
-    graph = _exporter_imports()
+def test_the_package_has_no_import_cycle():
+    graph = _package_imports()
     assert graph["exporter.formats.onnx"] >= {"exporter.formats", "exporter.formats.onnx.export"}  # the scan sees imports
+    assert "kernel.errors" in graph["models.checkpoint"]
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -302,6 +306,29 @@ def test_the_exporter_has_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_the_rooms_import_each_other_in_one_direction():
+    """exporter/'s folders (kit, formats, bundle, export, check, bench, report, sweep, runners, arm64), models/
+    and kernel/ as rooms: no two rooms import each other, even through others."""
+    def room(m: str) -> str:
+        p = m.split(".")
+        return f"exporter.{p[1]}" if p[0] == "exporter" and len(p) > 1 else p[0]
+    rooms: dict[str, set[str]] = {}
+    for a, deps in _package_imports().items():
+        rooms.setdefault(room(a), set()).update(room(b) for b in deps if room(b) != room(a))
+
+    def reaches(a: str, b: str, seen: set[str]) -> bool:
+        return any(n == b or (n not in seen and not seen.add(n) and reaches(n, b, seen)) for n in rooms.get(a, ()))
+    circles = sorted((a, b) for a in rooms for b in rooms[a] if reaches(b, a, set()))
+    assert not circles, circles
+
+
+def test_the_kernel_imports_nothing_above_it():
+    """kernel/ is what models/ and exporter/ share: it imports neither (arrows point down only)."""
+    graph = _package_imports()
+    up = {m: sorted(n for n in deps if not n.startswith("kernel")) for m, deps in graph.items() if m.startswith("kernel")}
+    assert not any(up.values()), up
 
 
 def test_a_stages_side_files_are_its_records_and_must_be_there(shared_bundle, tmp_path):

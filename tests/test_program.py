@@ -20,13 +20,13 @@ import onnx
 import pytest
 import torch
 
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.capture import capture_program
-from bsconv_export.exporter.check import CheckOptions, run_check
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.manifest import read_manifest
-from bsconv_export.exporter.prepare import example_input, prepare_for_export
-from bsconv_export.exporter.records import Status
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.kit.capture import capture_program
+from bsconv_export.exporter.check.run import CheckOptions, run_check
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.kit.prepare import example_input, prepare_for_export
+from bsconv_export.exporter.kit.records import Status
 from bsconv_export.models.program import ProgramError, load_program
 from helpers import rehash
 
@@ -132,7 +132,7 @@ def test_a_damaged_pte_is_a_failed_record_not_a_crash(program_bundle, tmp_path, 
 
 
 def test_opset_below_18_needs_the_named_legacy_option(tmp_path, shipped):
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.kernel.errors import UserInputError
     with pytest.raises(UserInputError, match="--legacy-exporter"):
         export_bundle(shipped, tmp_path / "o", ExportOptions(formats=("onnx",), opset=13))
     r = export_bundle(shipped, tmp_path / "l", ExportOptions(formats=("onnx",), opset=13, legacy_exporter=True),
@@ -281,7 +281,7 @@ def test_a_file_that_is_no_program_is_one_clear_error(tmp_path, content, message
 
 
 def test_bench_pairs_the_pte_with_a_non_spinning_onnxruntime(program_bundle, tmp_path):
-    from bsconv_export.exporter.bench import PAIRED_ORT_OPTIONS, BenchOptions, run_bench
+    from bsconv_export.exporter.bench.bench import PAIRED_ORT_OPTIONS, BenchOptions, run_bench
     bundle = tmp_path / "b"
     shutil.copytree(program_bundle, bundle)
     res = run_bench(bundle, BenchOptions(iters=6, warmup=1))

@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
+from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.exporter.formats.onnx.reader import ArrayReader
 from bsconv_export.models import UserInputError
 from bsconv_export.models.checkpoint import resolve_model
@@ -98,7 +98,7 @@ def test_int8_without_real_data_needs_an_explicit_choice(tmp_path):
 
 
 def test_bench_shows_fp32_int8_fp16_side_by_side(reduced):
-    from bsconv_export.exporter.bench import BenchOptions, run_bench
+    from bsconv_export.exporter.bench.bench import BenchOptions, run_bench
     out, _ = reduced
     res = run_bench(out, BenchOptions(warmup=2, duration=0.3, window=5))
     names = [r["artifact"] for r in res["results"] if r["status"] == "ok"]
@@ -117,8 +117,8 @@ def test_random_calibration_never_draws_the_checks_own_inputs():
     their own."""
     from types import SimpleNamespace
 
-    from bsconv_export.exporter.calibration import calibration_data, gate_data
-    from bsconv_export.exporter.check import check_inputs
+    from bsconv_export.exporter.kit.calibration import calibration_data, gate_data
+    from bsconv_export.exporter.check.run import check_inputs
     spec = resolve_model("cifar_mobilenetv1_w1d4_bsconvu").input_spec
     ctx = SimpleNamespace(options=ExportOptions(formats=("int8",), calibration="random"), spec=spec)
     calib, labels, _ = calibration_data(ctx)

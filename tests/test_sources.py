@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from bsconv_export.cli import app
 from bsconv_export.exporter.formats import FORMATS
-from bsconv_export.exporter.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest import read_manifest
 
 from test_zoo_check import realistic_statistics
 
@@ -105,7 +105,8 @@ def test_entry_point_weights_from_a_checkpoint(tmp_path, in_tests):
     assert r.exit_code == 0 and json.loads(r.stdout)["samples"] == 4, r.output
     # the weights are the checkpoint's (seed 7), not the factory's (seed 0)
     x = torch.rand(4, 3, 8, 8)
-    from bsconv_export.models.source import ModelRequest, SpecOptions, resolve_request
+    from bsconv_export.models.loaders import resolve_request
+    from bsconv_export.models.request import ModelRequest, SpecOptions
     loaded = resolve_request(ModelRequest(entry_point="custom_models:tiny", model_args=("width=4",),
                                           checkpoint=ckpt, spec=SpecOptions(input_size=8)))
     torch.testing.assert_close(loaded.model(x), trained(x))

@@ -18,11 +18,11 @@ import torch
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.options import ExportOptions
-from bsconv_export.exporter.manifest import read_manifest
-from bsconv_export.exporter.outdir import OutClaim
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
+from bsconv_export.exporter.kit.options import ExportOptions
+from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.claim import OutClaim
 from bsconv_export.models import UserInputError
 from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT
 
@@ -107,7 +107,7 @@ def test_a_replacement_that_fails_its_check_keeps_the_old_bundle(tmp_path, bundl
     broken = copy.deepcopy(shipped.model)
     with torch.no_grad():
         broken.classifier.conv.bias.add_(0.5)   # the original the new export is checked against differs
-    import bsconv_export.exporter.bundle as b
+    from bsconv_export.exporter.export import run as b
     real = b.run_check
     monkeypatch.setattr(b, "run_check", lambda tmp, m, model, *a, **k: real(tmp, m, broken, *a, **k))
     r = export_bundle(shipped, bundle, ExportOptions(formats=("onnx",), force=True), check=CheckOptions())
@@ -201,7 +201,7 @@ def test_emptying_the_manifest_rows_hides_no_file(bundle):
 
 
 def test_an_unknown_format_is_unverified_and_fails(bundle):
-    from bsconv_export.exporter.records import path_sha256
+    from bsconv_export.exporter.kit.records import path_sha256
     shutil.copy(bundle / "model.onnx", bundle / "model.engine")   # a format no installed plugin writes
     edit_manifest(bundle, lambda d: d["artifacts"].append({**d["artifacts"][0], "format": "tensorrt",
                                                            "path": "model.engine",
@@ -380,7 +380,7 @@ def test_out_onto_a_file_a_missing_folder_or_a_symlink(tmp_path, bundle):
 def test_a_full_disk_is_one_line_not_a_traceback(bundle, monkeypatch):
     import errno
 
-    import bsconv_export.exporter.manifest as man
+    from bsconv_export.exporter.bundle import manifest as man
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(bundle / "manifest.json"))
@@ -402,7 +402,7 @@ def test_a_bad_input_found_inside_a_stage_is_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_export(tmp_path, shipped):
-    from bsconv_export.exporter.manifest import BUILD_MARKER
+    from bsconv_export.exporter.bundle.manifest import BUILD_MARKER
     for name in (".b.building-abc123", ".b.old-xyz"):   # as a killed run leaves them: marked
         (tmp_path / name).mkdir()
         (tmp_path / name / BUILD_MARKER).write_text(f"bsconv-export build folder {name}\n")

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.manifest import entry_digest
+from bsconv_export.exporter.bundle.manifest import entry_digest
 
 from test_hostile import bundle, snapshot  # noqa: F401 - bundle is a fixture
 
@@ -57,8 +57,8 @@ def test_a_sweep_never_replaces_a_users_results_or_plan(tmp_path):
 
 
 def test_a_sealed_result_is_replaced_and_an_edited_one_is_not(tmp_path):
-    from bsconv_export.exporter.sealed import seal_json, seal_text, write_sealed
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.kernel.sealed import seal_json, seal_text, write_sealed
+    from bsconv_export.kernel.errors import UserInputError
     dest = tmp_path / "sweep.json"
     write_sealed(dest, seal_json({"jobs": [1]}), "fix")
     write_sealed(dest, seal_json({"jobs": [2]}), "fix")          # ours, unchanged: replaced
@@ -156,7 +156,7 @@ class _Peer:
     (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"garbage!" * 2, "no Dask handshake"),
 ])
 def test_a_silent_or_garbling_scheduler_is_one_line_in_bounded_time(tmp_path, monkeypatch, reply, needle):
-    from bsconv_export.exporter import dask_peer
+    from bsconv_export.exporter.sweep import dask_peer
     monkeypatch.setattr(dask_peer, "PROBE_SECONDS", 2.0)
     plan = tmp_path / "plan.toml"
     plan.write_text("[[job]]\nout = 'a'\nformats = ['onnx']\n")
@@ -206,8 +206,8 @@ def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
 # --- Medium 7: a kit runs only as it was made ----------------------------------------------------
 
 def test_a_kit_is_refused_when_a_file_is_added_changed_or_removed(tmp_path):
-    from bsconv_export.exporter.kit_files import record_files, verify_files
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.kernel.kit_files import record_files, verify_files
+    from bsconv_export.kernel.errors import UserInputError
     kit = tmp_path / "kit"
     (kit / "lib").mkdir(parents=True)
     (kit / "lib" / "a.so").write_bytes(b"y" * 100)
@@ -230,7 +230,7 @@ def test_a_kit_is_refused_when_a_file_is_added_changed_or_removed(tmp_path):
 def test_an_unrecorded_or_tampered_kit_never_runs(tmp_path, monkeypatch):
     from bsconv_export.exporter.arm64 import kit as arm64_kit
     from bsconv_export.exporter.formats.litert import converter
-    from bsconv_export.models.errors import UserInputError
+    from bsconv_export.kernel.errors import UserInputError
     monkeypatch.setenv("BSCONV_EXPORT_CACHE", str(tmp_path))
     env = converter.env_dir()
     (env / "bin").mkdir(parents=True)

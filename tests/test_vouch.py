@@ -198,8 +198,8 @@ def test_the_check_chooses_its_threads_and_restores_the_callers(bundle, monkeypa
     """At most the usable cores (its affinity), whatever torch's pool was; the caller's count comes back."""
     import torch
 
-    from bsconv_export.exporter import check as check_mod
-    from bsconv_export.exporter import machine
+    from bsconv_export.exporter.check import run as check_mod
+    from bsconv_export.kernel import machine
     seen = []
     real = check_mod.torch_reference
 
@@ -285,7 +285,7 @@ def test_correct_reduced_exports_keep_headroom_under_the_scale_gates(reduced):
 
 def test_runtimes_never_get_more_threads_than_the_process_has_cores(monkeypatch):
     """bench and regress without --threads: the runtime's default only where every core is usable."""
-    from bsconv_export.exporter import machine
+    from bsconv_export.kernel import machine
     monkeypatch.setattr(machine.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(machine, "usable_cores", lambda: 2)
     assert machine.default_threads() == 2

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from bsconv_export.exporter.bundle import export_bundle
-from bsconv_export.exporter.check import CheckOptions
-from bsconv_export.exporter.options import ExportOptions
+from bsconv_export.exporter.export.run import export_bundle
+from bsconv_export.exporter.check.run import CheckOptions
+from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.exporter.formats import FORMATS
 from bsconv_export.models import list_models
 from bsconv_export.models.checkpoint import resolve_model

@@ -1,7 +1,7 @@
 """In-process plugins for tests/test_plugins.py, found through a test entry point (``toy_plugins:NAME``)."""
 from bsconv_export.exporter.formats import Format, Plugin, preferred
-from bsconv_export.exporter.options import Option
-from bsconv_export.exporter.records import ArtifactRecord, Status
+from bsconv_export.exporter.kit.options import Option
+from bsconv_export.exporter.kit.records import ArtifactRecord, Status
 from bsconv_export.exporter.runners import Runner
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...models.errors import UserInputError
-from ..contract import INPUT_NAME, OUTPUT_NAME
+from ...kernel.errors import UserInputError
+from ...kernel.contract import INPUT_NAME, OUTPUT_NAME
 from ..runners import Runner, RunnerUnavailable
 from .kit import find_kit, missing_reason
 

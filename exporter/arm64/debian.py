@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ...models.errors import UserInputError
+from ...kernel.errors import UserInputError
 
 MIRROR = "https://deb.debian.org"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")

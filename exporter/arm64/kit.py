@@ -28,10 +28,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
-from ...models.errors import UserInputError
-from ..backends import built_aside, cache_root
-from ..kit_files import record_files, verify_files
+from ...kernel.errors import UserInputError
+from ...kernel.backends import built_aside, cache_root
+from ...kernel.kit_files import record_files, verify_files
 from .debian import fetch_package
 
 HERE = Path(__file__).resolve().parent
@@ -116,15 +117,14 @@ def missing_reason() -> str:
             f"run '{SETUP_COMMAND}'")
 
 
-def setup(progress=None) -> Path:
-    """Make the kit (nothing to do when it exists), then let each plugin's ARM64 runner add its part
-    (``prepare``: the ExecuTorch runner is cross-compiled); returns the kit's folder."""
+def setup(progress=None, parts: Iterable[Callable] = ()) -> Path:
+    """Make the kit (nothing to do when it exists), then let each part add itself (``parts``: the plugins'
+    ARM64 runners' ``prepare`` hooks, :func:`exporter.formats.arm64_parts`; the ExecuTorch runner is
+    cross-compiled); returns the kit's folder."""
     say = progress or (lambda _msg: None)
     target = _base(say) if not _usable() else kit_dir()
-    from ..formats import registry
-    for runner in registry().runners:
-        if runner.target == "arm64" and hasattr(runner, "prepare"):
-            runner.prepare(find_kit(), say)
+    for prepare in parts:
+        prepare(find_kit(), say)
     return target
 
 

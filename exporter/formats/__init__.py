@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ...models.errors import UserInputError
+from ...kernel.errors import UserInputError
 from ...models.registry import InputSpec
-from ..options import PIPELINE_OPTIONS, ExportOptions, Option
+from ..kit.options import PIPELINE_OPTIONS, ExportOptions, Option
 from ..runners import Runner
 
 ENTRY_POINT_GROUP = "bsconv_export.formats"
@@ -297,6 +297,11 @@ def plugins() -> list[Plugin]:
     return list(registry().plugins)
 
 
+def arm64_parts() -> list[Callable]:
+    """The ``prepare`` hooks of the plugins' ARM64 runners: what ``setup arm64`` adds to the kit."""
+    return [r.prepare for r in registry().runners if r.target == "arm64" and hasattr(r, "prepare")]
+
+
 def plugin_errors() -> list[str]:
     return list(registry().errors)
 
@@ -330,7 +335,7 @@ def tool_names(formats: Iterable[str]) -> tuple[str, ...]:
 def tool_versions(formats: Iterable[str] | None = None) -> dict[str, str]:
     """Versions of what produced or runs an artifact: the core's, and each plugin's tools (of the
     plugins that built ``formats``; of every plugin when None)."""
-    from ..backends import core_versions, package_versions
+    from ...kernel.backends import core_versions, package_versions
     names = tool_names(formats) if formats is not None else tuple(dict.fromkeys(
         t for p in registry().plugins for t in (*p.tools, *([p.distribution] if p.distribution else []))))
     return {**core_versions(), **package_versions(names)}
@@ -430,7 +435,7 @@ def validate_options(opts: ExportOptions, spec: InputSpec) -> None:
     if unknown or not opts.formats:
         raise UserInputError(f"unknown format {', '.join(unknown) or 'none given'}; choose from "
                              f"{','.join(selectable())}{_broken_hint()}")
-    from ...models.limits import check_batch
+    from ...kernel.limits import check_batch
     check_batch(opts.batch)
     if opts.dynamic_batch and opts.batch != 1:
         raise UserInputError(f"--batch {opts.batch} and --dynamic-batch exclude each other: a dynamic-batch bundle "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import INPUT_NAME
+from ...kernel.contract import INPUT_NAME
 
 
 class RunnerUnavailable(RuntimeError):

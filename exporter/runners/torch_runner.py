@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..contract import OUTPUT_NAME
+from ...kernel.contract import OUTPUT_NAME
 from . import Runner
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from bsconv_export.exporter.formats import Format, Plugin, preferred
-from bsconv_export.exporter.options import Option
-from bsconv_export.exporter.records import ArtifactRecord, Status
+from bsconv_export.exporter.kit.options import Option
+from bsconv_export.exporter.kit.records import ArtifactRecord, Status
 from bsconv_export.exporter.runners import Runner
 
 TOY_NAME = "model.toy"

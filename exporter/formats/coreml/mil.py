@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ....models.registry import InputSpec
-from ...contract import pixel_normalization
+from ....kernel.contract import pixel_normalization
 from ...runners import Runner, RunnerUnavailable, UnsupportedOp
 
 

@@ -16,10 +16,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ....models.errors import UserInputError
+from ....kernel.errors import UserInputError
 from ...arm64 import EmulatedRunner
-from ...backends import built_aside
-from ...kit_files import record_files, verify_files
+from ....kernel.backends import built_aside
+from ....kernel.kit_files import record_files, verify_files
 from ...arm64.kit import WHEEL_PLATFORMS, find_kit, missing_reason
 
 HERE = Path(__file__).resolve().parent

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ....models.errors import UserInputError
-from ...backends import built_aside, cache_root
-from ...kit_files import record_files, verify_files
+from ....kernel.errors import UserInputError
+from ....kernel.backends import built_aside, cache_root
+from ....kernel.kit_files import record_files, verify_files
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
@@ -46,9 +46,14 @@ def env_python() -> Path | None:
 
 
 def missing_reason() -> str | None:
+    """Why the converter cannot run here (None: it can): not made, or not what it was made with."""
     if env_python() is None:
         return (f"the LiteRT converter environment is not set up here (it needs its own 2.1 GB environment, "
                 f"~3 minutes to make): run '{SETUP_COMMAND}'")
+    try:
+        verify_files(env_dir(), "the LiteRT converter environment", f"run '{SETUP_COMMAND}' to make it again")
+    except UserInputError as e:
+        return str(e)
     return None
 
 
@@ -91,13 +96,9 @@ class ConversionFailed(RuntimeError):
 
 def convert(pt2: Path, out: Path, shape: tuple[int, ...], timeout: float = CONVERT_TIMEOUT_S) -> str:
     """Run the converter on ``pt2``, writing ``out``; returns its log's tail."""
-    python = env_python()
-    if python is None:
-        raise ConversionFailed(missing_reason())
-    try:
-        verify_files(env_dir(), "the LiteRT converter environment", f"remove that folder and run '{SETUP_COMMAND}'")
-    except UserInputError as e:
-        raise ConversionFailed(str(e)) from None
+    python, reason = env_python(), missing_reason()
+    if python is None or reason:
+        raise ConversionFailed(reason)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONNOUSERSITE": "1",
            "PYTHONDONTWRITEBYTECODE": "1",   # the environment is verified by its record: nothing is added to it

@@ -28,12 +28,12 @@ import numpy as np
 import onnx
 import torch
 
-from ....models.errors import UserInputError
+from ....kernel.errors import UserInputError
 
-from ... import __version__
-from ...context import ExportContext
-from ...contract import INPUT_NAME, OUTPUT_NAME
-from ...records import ArtifactRecord, Status
+from ....kernel import __version__
+from ...kit.context import ExportContext
+from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
+from ...kit.records import ArtifactRecord, Status
 
 ONNX_NAME = "model.onnx"
 MIN_OPSET = 11          # the TorchScript exporter's oldest useful opset
@@ -54,7 +54,7 @@ def _tiny_model(opset: int) -> bytes:
 @functools.lru_cache(maxsize=1)
 def newest_runnable_opset() -> int:
     """The newest opset both the exporter writes and the installed onnxruntime loads."""
-    from ...backends import onnxruntime
+    from ....kernel.backends import onnxruntime
     ort = onnxruntime()
     for opset in range(min(TORCH_MAX_OPSET, onnx.defs.onnx_opset_version()), MIN_OPSET - 1, -1):
         try:
@@ -147,7 +147,7 @@ def export_onnx(ctx: ExportContext) -> ArtifactRecord:
 
 
 def _dynamo_onnx(ctx: ExportContext) -> onnx.ModelProto:
-    from ...quiet import quiet_logs
+    from ....kernel.quiet import quiet_logs
     program = ctx.program()
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         onnx_program = torch.onnx.export(program, (ctx.example,), input_names=[INPUT_NAME],
@@ -230,7 +230,7 @@ def io_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 def run_onnx(path_or_bytes, x: np.ndarray) -> np.ndarray:
     """One CPU inference, for the stages' own sanity checks."""
-    from ...backends import onnxruntime
+    from ....kernel.backends import onnxruntime
     ort = onnxruntime()
     src = str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])

@@ -9,8 +9,8 @@ import time
 
 import onnx
 
-from ...context import ExportContext
-from ...records import ArtifactRecord, Status
+from ...kit.context import ExportContext
+from ...kit.records import ArtifactRecord, Status
 from .export import onnx_source, op_histogram, opset_of
 
 FP16_NAME = "model.fp16.onnx"

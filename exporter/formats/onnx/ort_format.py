@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ...context import ExportContext
-from ...records import ArtifactRecord, Status
+from ...kit.context import ExportContext
+from ...kit.records import ArtifactRecord, Status
 from .export import onnx_source, opset_of
 
 ORT_NAME = "model.ort"

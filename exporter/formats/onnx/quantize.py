@@ -35,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ....models.errors import UserInputError
+from ....kernel.errors import UserInputError
 
-from ...calibration import calibration_data, gate_data
-from ...context import ExportContext
-from ...contract import INPUT_NAME
-from ...tolerances import DEFAULT_TOLERANCES
+from ...kit.calibration import calibration_data, gate_data
+from ...kit.context import ExportContext
+from ....kernel.contract import INPUT_NAME
+from ...kit.tolerances import DEFAULT_TOLERANCES
 from .export import keep_contract_metadata, onnx_source, op_histogram, opset_of
-from ...records import ArtifactRecord, Status
+from ...kit.records import ArtifactRecord, Status
 
 INT8_NAME = "model.int8.onnx"
 
@@ -228,7 +228,7 @@ def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float
     provider as an app runs it, on the export's ``threads`` (thread spinning on — worth ~35 % to fp32 and
     little to int8 on a 2-core AVX2 CPU, so timing without it would favour int8). Blocks, not
     single runs: a session's spinning threads slow the next session's first run."""
-    from ...backends import onnxruntime
+    from ....kernel.backends import onnxruntime
     ort = onnxruntime()
     sessions = {}
     for name, p in paths.items():

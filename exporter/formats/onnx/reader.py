@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....models.errors import UserInputError
-from ...contract import INPUT_NAME
+from ....kernel.errors import UserInputError
+from ....kernel.contract import INPUT_NAME
 
 
 def _reader_base():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...backends import onnxruntime
+from ....kernel.backends import onnxruntime
 from ...runners import Runner, RunnerUnavailable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -75,8 +75,8 @@ class OnnxRunner(Runner):
 
     def labels(self) -> list[str] | None:
         """The ``labels`` metadata (a JSON list), or None when the file carries none."""
-        from ....models.errors import UserInputError
-        from ....models.safe_io import loads_json
+        from ....kernel.errors import UserInputError
+        from ....kernel.safe_io import loads_json
         text = (self.metadata() or {}).get("labels")
         if text is None:
             return None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...contract import INPUT_NAME, OUTPUT_NAME
+from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
 from ...runners import Runner
 
 

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from ...context import ExportContext
-from ...records import ArtifactRecord, Status
+from ...kit.context import ExportContext
+from ...kit.records import ArtifactRecord, Status
 
 PT2_NAME = "model.pt2"
 

@@ -1,0 +1,1 @@
+"""Bench: timing, results, the latency gate (regress) and statistics."""

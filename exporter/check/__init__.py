@@ -1,0 +1,1 @@
+"""The check: inputs, references, verdict rules, tolerances, what is verified and the run."""

@@ -1,0 +1,1 @@
+"""The export run: the run itself, stage scheduling, stage workers and the stage cache."""

@@ -1,0 +1,371 @@
+"""Worker processes that run an export's stages side by side, and run each new artifact once for the check.
+
+A worker is a fresh Python started with multiprocessing's *spawn* (no torch state, no
+thread pool and no open file crosses a fork). It is started when the export starts, so
+its imports overlap the parent's capture, and takes one job at a time over a pipe: a
+:class:`StageJob` names a format row, the options, the spec and the saved program file;
+the worker rebuilds an :class:`~exporter.context.ExportContext` that reads the program
+from that file (exactly as the in-process path does after the capture), runs the row's
+stage and returns its record. A stage that raises is a failed record, as in process; bad
+input found inside a stage comes back as such and stops the export; a worker that dies
+(killed, out of memory) is a failed record for its stage, and a new worker takes the next
+job.
+
+With :class:`VerifyJob`, the worker then runs the new file through every host runner of
+its kind on the check's inputs and returns a :class:`Replay` per runner: what the loaded
+artifact declared (names, shape, labels, metadata), its outputs, or why it could not run.
+The check (in the parent) holds the replay to the same rules as a runner it loaded itself
+— a replay answers only for the file hash and the inputs it ran on, so a changed file or
+other inputs run afresh. Each job's peak resident memory is measured (``VmHWM``, reset
+before the job) and returned with its record.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..kit.records import ArtifactRecord, Status
+from ..runners import Runner, RunnerUnavailable, UnsupportedOp
+
+
+@dataclass
+class VerifyJob:
+    inputs_file: str                   # .npz: x (all rows), fp32_rows (empty: all rows)
+    export_shape: list[int]
+    spec: Any                          # the bundle's InputSpec: runners read pixels rules from it, never the file
+
+
+@dataclass
+class StageJob:
+    fmt: str
+    options: Any                       # ExportOptions
+    arch: str
+    spec: Any                          # InputSpec with the export's size
+    example: Any                       # the example tensor (small)
+    workdir: str
+    program_file: str
+    checkpoint_sha256: str
+    params: int
+    macs: int
+    threads: int
+    records: dict[str, ArtifactRecord] = field(default_factory=dict)   # the rows this one requires
+    verify: VerifyJob | None = None
+
+
+@dataclass
+class StageResult:
+    record: ArtifactRecord
+    replays: list["Replay"] = field(default_factory=list)
+    peak_mib: float | None = None
+    user_error: str | None = None      # bad input found inside the stage: the export stops
+    facts: tuple | None = None         # what the new file says (bundle_files.file_facts), read where its plugin is loaded
+
+
+def inputs_digest(x: np.ndarray) -> str:
+    x = np.ascontiguousarray(x, np.float32)
+    return hashlib.sha256(repr((x.shape, str(x.dtype))).encode() + x.tobytes()).hexdigest()
+
+
+# --- the worker side -----------------------------------------------------------------------
+
+def serve(conn, threads: int, preload: tuple[str, ...]) -> None:
+    """A worker's main loop: jobs in, results out, until the pipe closes or None arrives."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)   # before torch is imported: its pool is this size
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import importlib
+    import torch
+    torch.set_num_threads(threads)
+    from ..formats import plugins
+    for name in preload:
+        try:
+            importlib.import_module(name)
+            plugin = next((p for p in plugins() if p.module == name), None)
+            if plugin is not None and plugin.warm is not None:
+                plugin.warm()
+        except Exception:  # noqa: BLE001 - a plugin that cannot import fails its stage with the reason
+            pass
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if job is None:
+            return
+        reset_peak()
+        try:
+            result = run_job(job)
+        except KeyboardInterrupt:
+            return
+        result.peak_mib = peak_mib()
+        try:
+            conn.send(result)
+        except (OSError, ValueError):
+            return
+
+
+def run_job(job: StageJob) -> StageResult:
+    import torch
+    from ...kernel.errors import UserInputError
+    from ..kit.context import ExportContext, run_stage
+    from ..formats import FORMATS
+    fmt = FORMATS[job.fmt]
+    torch.set_num_threads(job.threads)
+    ctx = ExportContext(model=None, arch=job.arch, spec=job.spec, example=job.example, options=job.options,
+                        workdir=Path(job.workdir), checkpoint_sha256=job.checkpoint_sha256, params=job.params,
+                        macs=job.macs, threads=job.threads, records=dict(job.records))
+    ctx.use_program_file(Path(job.program_file))
+    try:
+        with torch.no_grad():
+            record = run_stage(fmt, ctx)
+    except UserInputError as e:
+        return StageResult(record=ArtifactRecord(format=job.fmt, status=Status.FAILED), user_error=str(e))
+    replays = verify_artifact(fmt, record, job) if job.verify is not None and record.ok else []
+    facts = None
+    if record.ok:
+        from ..check.files import file_facts
+        facts = file_facts(fmt, Path(job.workdir) / record.path)
+    return StageResult(record=record, replays=replays, facts=facts)
+
+
+def verify_artifact(fmt, record: ArtifactRecord, job: StageJob) -> list["Replay"]:
+    """Every host runner of the row's kind over the check's inputs, as replays for the parent's check."""
+    from ..check.files import file_facts, judged_precision
+    from ..formats import runners_for
+    path = Path(job.workdir) / record.path
+    with np.load(job.verify.inputs_file, allow_pickle=False) as data:
+        x, fp32_rows = data["x"], data["fp32_rows"]
+    content, _ = file_facts(fmt, path)
+    precision, _ = judged_precision(fmt, content, record.path)
+    if precision == "fp32" and len(fp32_rows):
+        x = x[fp32_rows]
+    return [Replay.recorded(cls, path, record.sha256, x, job.verify, job.threads) for cls in runners_for(fmt.kind)]
+
+
+def reset_peak() -> bool:
+    """Start measuring this process's peak resident memory afresh (Linux); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+# --- replays: a runner's run, carried back to the check --------------------------------------
+
+_ERRORS = {"unavailable": RunnerUnavailable, "unsupported": UnsupportedOp}
+
+
+class Replay(Runner):
+    """What one runner saw of one file on one set of inputs, in a worker, replayed to the check."""
+
+    def __init__(self, cls: type[Runner], path: Path, sha256: str | None):
+        super().__init__(path, spinning=False)
+        self.cls = cls
+        self.name = cls.name
+        self.kinds = cls.kinds
+        self.metadata_keys = cls.metadata_keys
+        self.sha256 = sha256
+        self.runner_label = cls.name
+        self.unavailable: str | None = None
+        self.error: tuple[str, str, str] | None = None     # (kind, type name, message) raised by load or run
+        self.x_digest = ""
+        self.outputs: dict[str, np.ndarray] = {}
+        self.replayed_seconds = 0.0
+        self.found_labels: list[str] | None = None
+        self.found_metadata: dict[str, str] | None = None
+        self.declared: str | None = None
+        self.declared_for: list[int] = []
+
+    @classmethod
+    def recorded(cls, runner_cls: type[Runner], path: Path, sha256: str | None, x: np.ndarray, verify: VerifyJob,
+                 threads: int) -> "Replay":
+        from ..runners import infer_batched
+        rep = cls(runner_cls, path, sha256)
+        runner = runner_cls(path, threads=threads, spinning=False)
+        runner.input_spec = verify.spec
+        rep.runner_label = runner.label()
+        rep.unavailable = runner.unavailable_reason()
+        if rep.unavailable:
+            return rep
+        rep.x_digest = inputs_digest(x)
+        t0 = time.perf_counter()
+        try:
+            with runner:
+                rep.input_names, rep.output_names = list(runner.input_names), list(runner.output_names)
+                rep.input_shape = tuple(runner.input_shape or ())
+                rep.found_labels = runner.labels()
+                rep.found_metadata = runner.metadata()
+                rep.declared_for = list(verify.export_shape)
+                rep.declared = runner.declared_problem(list(verify.export_shape))
+                rep.outputs = {k: np.asarray(v) for k, v in infer_batched(runner, x).items()}
+        except (RunnerUnavailable, UnsupportedOp) as e:
+            rep.error = ("unavailable" if isinstance(e, RunnerUnavailable) else "unsupported", type(e).__name__, str(e))
+        except Exception as e:  # noqa: BLE001 - replayed as the same failure the check would have recorded
+            rep.error = ("other", type(e).__name__, str(e) or "".join(traceback.format_exception_only(e)).strip())
+        rep.replayed_seconds = time.perf_counter() - t0
+        return rep
+
+    def answers(self, sha256: str | None, x: np.ndarray) -> bool:
+        """Whether this replay is the run of that file on exactly these inputs."""
+        return self.unavailable is None and sha256 == self.sha256 and self.x_digest == inputs_digest(x)
+
+    def label(self) -> str:
+        return self.runner_label
+
+    def unavailable_reason(self) -> str | None:
+        return self.unavailable
+
+    def load(self) -> "Replay":
+        if self.error is not None:
+            kind, name, message = self.error
+            error = _ERRORS.get(kind) or type(name, (RuntimeError,), {})
+            raise error(message)
+        return self
+
+    def labels(self) -> list[str] | None:
+        return self.found_labels
+
+    def metadata(self) -> dict[str, str] | None:
+        return self.found_metadata
+
+    def declared_problem(self, input_shape: list[int]) -> str | None:
+        if list(input_shape) != self.declared_for:
+            raise RuntimeError("replayed for another input shape")
+        return self.declared
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (x,) = inputs.values()
+        if inputs_digest(x) != self.x_digest:
+            raise RuntimeError("replayed for other inputs")
+        return self.outputs
+
+    def first_divergence(self, model, x, atol: float) -> dict | None:
+        with self.cls(self.path, threads=1, spinning=False) as runner:
+            return runner.first_divergence(model, x, atol)
+
+
+# --- the parent side: a pool of workers ------------------------------------------------------
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    warmed: tuple[str, ...] = ()       # plugin modules it imported ahead
+    job: StageJob | None = None
+
+
+class StagePool:
+    """One spawned worker per entry of ``preloads`` (the plugin modules it imports, and warms, before
+    its first job), each with ``threads`` threads."""
+
+    def __init__(self, preloads: list[tuple[str, ...]], threads: int):
+        import multiprocessing
+        self._mp = multiprocessing.get_context("spawn")
+        self.threads = threads
+        self._workers: list[_Worker] = [self._start(p) for p in preloads]
+
+    def _start(self, preload: tuple[str, ...] = ()) -> _Worker:
+        parent, child = self._mp.Pipe()
+        process = self._mp.Process(target=serve, args=(child, self.threads, preload),
+                                   name="bsconv-export-stage", daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process=process, conn=parent, warmed=preload)
+
+    @property
+    def free(self) -> bool:
+        return any(w.job is None for w in self._workers)
+
+    @property
+    def busy(self) -> bool:
+        return any(w.job is not None for w in self._workers)
+
+    def submit(self, job: StageJob, module: str = "") -> None:
+        """Send ``job`` to a free worker, one that warmed ``module`` (its plugin) if there is one."""
+        free = [w for w in self._workers if w.job is None]
+        worker = next((w for w in free if module in w.warmed), free[0])
+        worker.job = job
+        try:
+            worker.conn.send(job)
+        except (OSError, ValueError):
+            pass   # a dead worker: wait() reports it through its sentinel
+
+    def wait(self, timeout: float | None = None) -> list[tuple[StageJob, StageResult]]:
+        """The jobs that finished (or whose worker died: a failed record), at least one unless ``timeout``."""
+        from multiprocessing.connection import wait
+        busy = [w for w in self._workers if w.job is not None]
+        ready = set(map(id, wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout)))
+        done = []
+        for w in busy:
+            if id(w.conn) not in ready and id(w.process.sentinel) not in ready:
+                continue
+            job, w.job = w.job, None
+            result = None
+            try:
+                if w.conn.poll():
+                    result = w.conn.recv()
+            except (EOFError, OSError):
+                result = None
+            if not isinstance(result, StageResult):
+                result = StageResult(record=ArtifactRecord(format=job.fmt, status=Status.FAILED,
+                                                           error=_death(w.process)))
+                self._replace(w)
+            done.append((job, result))
+        return done
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(timeout=5)
+        worker.conn.close()
+        fresh = self._start()
+        worker.process, worker.conn, worker.warmed = fresh.process, fresh.conn, ()
+
+    def close(self) -> None:
+        """End every worker now: an idle one holds nothing (SIGTERM ends it without the slow teardown of
+        what it imported); one still running a stage is killed (the export stopped: nothing of it is kept)."""
+        for w in self._workers:
+            if w.job is not None:
+                w.process.kill()
+            else:
+                w.process.terminate()
+        for w in self._workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=5)
+            w.conn.close()
+
+
+def _death(process) -> str:
+    """Why a worker died, in words."""
+    process.join(timeout=5)
+    code = process.exitcode
+    if code is not None and code < 0:
+        import signal
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the worker process running this stage was killed by {name}{hint}; its stage did not finish"
+    return f"the worker process running this stage exited (code {code}) before it finished"

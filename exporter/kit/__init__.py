@@ -1,0 +1,1 @@
+"""Everything a format plugin may import: options, the export context, capture, prepare, calibration and records (docs/plugins.md)."""

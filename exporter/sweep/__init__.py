@@ -1,0 +1,1 @@
+"""Sweep: many exports on Dask, and the scheduler handshake probe."""

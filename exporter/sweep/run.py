@@ -1,0 +1,403 @@
+"""Many exports at once: a plan of independent export + check jobs fanned out on Dask.
+
+A plan is TOML: a ``[defaults]`` table and ``[[job]]`` tables whose keys are ``export``'s
+options with dashes as underscores (``model`` is the zoo name; ``entry_point`` and
+``model_args`` stand for ``--model``/``--model-arg``; ``formats`` is a list; ``check = false`` is
+``--no-check``; every format option by its declared name), and ``out``. Each job runs exactly
+:func:`exporter.bundle.export_bundle` — the same bundle, the same claim and ``force`` rules, the
+same check — in a Dask worker: a ``LocalCluster`` on 127.0.0.1 sized to the machine (one
+process per usable core, one torch thread each, memory split between them, no dashboard), or
+the scheduler at ``--scheduler``. A job that fails is a failed row with its reason; a job whose
+worker dies is retried once on another, then a failed row; nothing stops the others.
+``resume`` skips jobs whose bundle already passed with the same inputs (the model's source and
+checkpoint hash, the options, the tool versions) and whose files are unchanged since.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ...kernel.errors import UserInputError
+from ...kernel.safe_io import read_regular
+from .dask_peer import probe_scheduler
+
+MAX_PLAN_BYTES = 1 << 20
+MAX_JOBS = 10_000
+SCHEMA = "bsconv-export-sweep/1"
+#: plan keys that name the model (the rest are export options)
+MODEL_KEYS = ("model", "checkpoint", "entry_point", "model_args", "program", "input_spec", "mean", "std", "labels")
+PIPELINE_KEYS = ("formats", "input_size", "batch", "dynamic_batch", "force", "replace_anyway", "check")
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    out: str
+    model: dict[str, Any] = field(default_factory=dict)      # request_from_options' keywords
+    options: dict[str, Any] = field(default_factory=dict)    # ExportOptions' keywords
+    check: bool = True
+
+    @property
+    def name(self) -> str:
+        return Path(self.out).name
+
+
+def _bad(where: str, message: str) -> UserInputError:
+    return UserInputError(f"{where}: {message}; fix the plan (keys are export's options with dashes as "
+                          "underscores, 'model' for the zoo name, 'out' for the bundle)")
+
+
+def parse_plan(text: str, where: str, base: Path) -> list[Job]:
+    """The plan's jobs, each key checked; relative paths are relative to the plan's folder."""
+    import tomllib
+
+    from ..formats import declared_options
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserInputError(f"{where} is not valid TOML ({e}); fix the plan") from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise UserInputError(f"{where} nests its values too deeply for a plan; fix the plan") from None
+    unknown_top = set(data) - {"defaults", "job"}
+    if unknown_top:
+        raise _bad(where, f"unknown table {sorted(unknown_top)[0]!r} (a plan has [defaults] and [[job]])")
+    defaults = data.get("defaults", {})
+    jobs = data.get("job", [])
+    if not isinstance(defaults, dict) or not isinstance(jobs, list) or not jobs:
+        raise _bad(where, "no [[job]] tables")
+    if len(jobs) > MAX_JOBS:
+        raise _bad(where, f"{len(jobs)} jobs, more than the {MAX_JOBS} a plan may hold")
+    declared = declared_options()
+    allowed = {*MODEL_KEYS, *PIPELINE_KEYS, *declared, "out"}
+    out: list[Job] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(jobs, 1):
+        at = f"{where}, job {i}"
+        if not isinstance(raw, dict):
+            raise _bad(at, "a job must be a table")
+        job = {**defaults, **raw}
+        unknown = sorted(set(job) - allowed)
+        if unknown:
+            raise _bad(at, f"unknown key {unknown[0]!r}")
+        if not isinstance(job.get("out"), str) or not job["out"]:
+            raise _bad(at, "'out' (the bundle folder) is missing")
+        dest = str((base / job["out"]).resolve()) if not Path(job["out"]).is_absolute() else job["out"]
+        if dest in seen:
+            raise _bad(at, f"'out' {job['out']!r} is job {seen[dest]}'s too; each job needs its own bundle")
+        seen[dest] = i
+        model = {"arch": job.get("model"), "checkpoint": _path(job, "checkpoint", base, at),
+                 "model": job.get("entry_point"), "model_arg": _model_args(job.get("model_args"), at),
+                 "program": _path(job, "program", base, at), "input_spec": _path(job, "input_spec", base, at),
+                 "mean": _csv_floats(job.get("mean"), "mean", at), "std": _csv_floats(job.get("std"), "std", at),
+                 "labels": _path(job, "labels", base, at)}
+        for key in ("arch", "model"):
+            if model[key] is not None and not isinstance(model[key], str):
+                raise _bad(at, f"'{'model' if key == 'arch' else 'entry_point'}' must be text")
+        options: dict[str, Any] = {}
+        formats = job.get("formats")
+        if formats is not None:
+            if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+                raise _bad(at, "'formats' must be a list of format names")
+            from ..formats import parse_formats
+            options["formats"] = parse_formats(",".join(formats))
+        for key, kind in (("input_size", int), ("batch", int), ("dynamic_batch", bool), ("force", bool),
+                          ("replace_anyway", bool)):
+            if key in job:
+                if not isinstance(job[key], kind) or (kind is int and isinstance(job[key], bool)):
+                    raise _bad(at, f"'{key}' must be {'true or false' if kind is bool else 'a whole number'}")
+                options[key] = job[key]
+        for name, opt in declared.items():
+            if name in job:
+                value = job[name]
+                try:
+                    options[name] = opt.from_json(value)
+                except ValueError as e:
+                    raise _bad(at, str(e)) from None
+                if opt.type is str and name == "calibration" and value not in ("random",):
+                    options[name] = str(_path(job, name, base, at))
+        check = job.get("check", True)
+        if not isinstance(check, bool):
+            raise _bad(at, "'check' must be true or false")
+        out.append(Job(index=i, out=dest, model=model, options=options, check=check))
+    return out
+
+
+def _path(job: dict, key: str, base: Path, at: str) -> Path | None:
+    value = job.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(at, f"'{key}' must be a path")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _model_args(value: Any, at: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise _bad(at, "'model_args' must be a table of key = value")
+    return [f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in value.items()]
+
+
+def _csv_floats(value: Any, key: str, at: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise _bad(at, f"'{key}' must be a list of numbers")
+    return ",".join(repr(float(v)) for v in value)
+
+
+def read_plan(path: str | Path) -> list[Job]:
+    path = Path(path)
+    text = read_regular(path, "the sweep plan", max_bytes=MAX_PLAN_BYTES).decode("utf-8", "replace")
+    return parse_plan(text, str(path), path.parent.resolve())
+
+
+def zoo_plan(pattern: str, out: Path, formats: tuple[str, ...] | None) -> str:
+    """A plan (TOML text) with one job per zoo name matching ``pattern``, bundles under ``out``."""
+    from ...models import list_models
+    names = list_models(pattern)
+    if not names:
+        raise UserInputError(f"no zoo model matches {pattern!r}; list them with 'bsconv-export models'")
+    lines = [f"# bsconv-export sweep plan: the zoo models matching {pattern!r}", "[defaults]"]
+    if formats:
+        lines.append("formats = [" + ", ".join(f'"{f}"' for f in formats) + "]")
+    lines.append("")
+    for name in names:
+        lines += ["[[job]]", f'model = "{name}"', f'out = "{(out / name).resolve()}"', ""]
+    return "\n".join(lines)
+
+
+# --- one job, in a worker -----------------------------------------------------------------------
+
+def run_job(job: Job, threads: int = 1) -> dict:
+    """What ``export`` does for ``job``, as a result row (never raises: a failure is a row)."""
+    import torch
+
+    from ..export.run import export_bundle
+    from ..check.run import CheckOptions
+    from ..kit.options import ExportOptions
+    from ...models.loaders import resolve_request
+    from ...models.request import request_from_options
+    t0 = time.perf_counter()
+    row = {"job": job.index, "out": job.out, "worker": _worker_name(), "verdict": "failed", "artifacts": {},
+           "seconds": 0.0, "error": None}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        Path(job.out).parent.mkdir(parents=True, exist_ok=True)   # the plan names the folders its bundles go in
+        loaded = resolve_request(request_from_options(**job.model, input_size=job.options.get("input_size")))
+        # one job per worker already fills the machine: its stages run one after another, in this process
+        result = export_bundle(loaded, job.out, ExportOptions(**job.options),
+                               check=CheckOptions() if job.check else None, jobs=1)
+        manifest = result.manifest
+        row.update(verdict=manifest.verdict if not result.kept_old else f"{manifest.verdict} (kept the old bundle)",
+                   artifacts={a.format: a.status.value for a in manifest.artifacts}, arch=manifest.model.arch)
+        if manifest.check is not None:
+            row["check"] = {f"{c.artifact}/{c.runner}": c.status.value for c in manifest.check.records}
+    except UserInputError as e:
+        row["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - a job's crash is its row, never the sweep's end
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
+    finally:
+        torch.set_num_threads(previous)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- resume ---------------------------------------------------------------------------------------
+
+def already_passed(job: Job) -> str | None:
+    """Why ``job`` need not run again (its bundle passed with the same inputs, files unchanged), or None."""
+    from ..formats import complete_options, default_formats, recorded_options, tool_versions
+    from ..bundle.manifest import changed_since_export, read_manifest
+    from ..kit.options import ExportOptions
+    out = Path(job.out)
+    if not (out / "manifest.json").is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except UserInputError:
+        return None
+    if manifest.verdict != "passed" or changed_since_export(out, manifest):
+        return None
+    opts = ExportOptions(**job.options)
+    opts = complete_options(opts if opts.formats else opts.replace(formats=default_formats()))
+    if list(opts.formats) != list(manifest.export.formats) or recorded_options(opts) != manifest.export.options:
+        return None
+    if opts.dynamic_batch != manifest.export.dynamic_batch or opts.batch != manifest.export.input_shape[0]:
+        return None
+    size = job.options.get("input_size")
+    if size is not None and size != manifest.export.input_shape[-1]:
+        return None
+    if not _same_model(job, manifest):
+        return None
+    current = tool_versions([a.format for a in manifest.artifacts])
+    if any(manifest.tools.get(k) != v for k, v in current.items() if k != "onnxruntime_device"):
+        return None
+    return "passed before with the same inputs"
+
+
+def _same_model(job: Job, manifest) -> bool:
+    from ...models.checkpoint import file_sha256
+    src = manifest.model.source.to_dict()
+    m = job.model
+    if m.get("program") is not None:
+        return src.get("kind") == "program" and Path(m["program"]).is_file() and \
+            file_sha256(m["program"]) == src.get("program_sha256")
+    if m.get("model") is not None:
+        if src.get("kind") != "entry_point" or src.get("entry_point") != m["model"]:
+            return False
+    elif src.get("kind") != "zoo":
+        return False
+    ckpt = m.get("checkpoint")
+    if ckpt is not None:
+        return Path(ckpt).is_file() and file_sha256(ckpt) == manifest.model.checkpoint_sha256
+    if m.get("arch") is not None and m["arch"] != manifest.model.arch:
+        return False
+    return m.get("model") is not None or manifest.model.checkpoint_sha256 is not None or m.get("arch") is not None
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+
+@dataclass
+class SweepResult:
+    rows: list[dict]
+    workers: int
+    scheduler: str
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r.get("verdict") not in ("passed", "skipped", "unverified")]
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "scheduler": self.scheduler, "workers": self.workers,
+                "seconds": round(self.seconds, 2), "jobs": self.rows}
+
+
+def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | None = None, resume: bool = False,
+              progress: Callable[[dict, int, int], None] | None = None) -> SweepResult:
+    """Run every job (``resume``: but those already passed) on Dask; one row per job, in plan order."""
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+    from distributed.client import FutureCancelledError
+
+    from ...kernel.machine import usable_cores
+    t0 = time.perf_counter()
+    rows: dict[int, dict] = {}
+    todo = []
+    for job in jobs:
+        reason = already_passed(job) if resume else None
+        if reason:
+            rows[job.index] = {"job": job.index, "out": job.out, "verdict": "skipped", "reason": reason,
+                               "worker": None, "seconds": 0.0, "artifacts": {}, "error": None}
+            if progress:
+                progress(rows[job.index], len(rows), len(jobs))
+        else:
+            todo.append(job)
+    if not todo:
+        return SweepResult(rows=[rows[j.index] for j in jobs], workers=0, scheduler="none (nothing to run)",
+                           seconds=time.perf_counter() - t0)
+    cluster = None
+    interrupted = False
+    # a task whose worker dies is retried once on another worker, then reported (KilledWorker)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
+                          "distributed.admin.system-monitor.gil.enabled": False}):
+        if scheduler is None:
+            n = max(1, min(workers or usable_cores(), usable_cores(), max(1, len(todo))))
+            memory = _memory_per_worker(n)
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, memory_limit=memory, silence_logs=50,
+                                   env={"OMP_NUM_THREADS": "1", "ORT_DISABLE_TELEMETRY": "1"})
+            address = cluster.scheduler_address
+        else:
+            address = scheduler
+            probe_scheduler(address)    # a silent or garbling peer: one line, not a hang or a huge read
+        try:
+            with Client(address, timeout="30s") as client:
+                n_workers = len(client.scheduler_info().get("workers", {})) if cluster is None else len(cluster.workers)
+                if not n_workers:
+                    client.wait_for_workers(1, timeout=60)
+                    n_workers = len(client.scheduler_info().get("workers", {}))
+                futures = {client.submit(run_job, job, 1, pure=False, key=f"bsconv-export-job-{job.index}-"
+                                         f"{time.time_ns()}"): job for job in todo}
+                for future in as_completed(futures):
+                    job = futures[future]
+                    try:
+                        row = future.result()
+                    except FutureCancelledError:
+                        row = _lost(job, "the job was cancelled")
+                    except Exception as e:  # noqa: BLE001 - KilledWorker and its kin: the job's row
+                        row = _lost(job, f"{type(e).__name__}: the worker running it died twice "
+                                         f"({str(e).splitlines()[0][:200] if str(e) else 'no message'})")
+                    rows[job.index] = row
+                    if progress:
+                        progress(row, len(rows), len(jobs))
+        except OSError as e:
+            raise UserInputError(f"cannot reach the Dask scheduler at {address} ({e}); start it, or drop "
+                                 "--scheduler to run on this machine") from None
+        except BaseException:
+            interrupted = True   # Ctrl-C or SIGTERM: the jobs are ended, not waited for
+            raise
+        finally:
+            if cluster is not None:
+                _close(cluster, now=interrupted)
+            if interrupted:
+                from ..bundle.claim import OutClaim
+                for job in todo:     # the killed jobs' build folders (marked, under their locks) go now
+                    if job.index not in rows:
+                        OutClaim(Path(job.out), force=False).remove_killed_run()
+    return SweepResult(rows=[rows[j.index] for j in jobs], workers=n_workers,
+                       scheduler="local" if scheduler is None else scheduler, seconds=time.perf_counter() - t0)
+
+
+def _close(cluster, *, now: bool) -> None:
+    """Close the local cluster; ``now`` (interrupted): its worker processes are killed first, so a job in
+    the middle of an export does not hold the sweep for minutes (each export builds aside: a killed one
+    leaves only a marked build folder, which the next export to that place removes)."""
+    if now:
+        import logging
+        for name in ("distributed", "tornado"):     # the closing comms' tracebacks say nothing to the user
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for worker in list(getattr(cluster, "workers", {}).values()):
+            process = getattr(getattr(worker, "process", None), "process", None)   # the nanny's child
+            pid = getattr(process, "pid", None)
+            for target in (pid, getattr(getattr(worker, "process", None), "pid", None)):
+                if target:
+                    try:
+                        os.kill(target, signal.SIGKILL)
+                    except OSError:
+                        pass
+    try:
+        cluster.close(timeout=10 if now else None)
+    except Exception:  # noqa: BLE001 - an interrupted close: the processes are gone already
+        if not now:
+            raise
+
+
+def _lost(job: Job, why: str) -> dict:
+    return {"job": job.index, "out": job.out, "verdict": "failed", "worker": None, "seconds": 0.0,
+            "artifacts": {}, "error": why}
+
+
+def _memory_per_worker(n: int) -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0   # unknown: no limit
+    return int(total * 0.8 / n)
