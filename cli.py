@@ -132,7 +132,7 @@ def with_model_options(command):
 
 def with_format_options(command):
     """Give ``command`` one parameter per declared export option (the pipeline's and every format
-    plugin's, see exporter/options.py), passed to it as ``format_options``: the options the user
+    plugin's, see exporter/kit/options.py), passed to it as ``format_options``: the options the user
     gave, by name, each as its declaration reads it."""
     from .exporter.formats import declared_options
     declared = declared_options()

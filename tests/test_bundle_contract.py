@@ -1,4 +1,4 @@
-"""docs/bundle.md and exporter/manifest.schema.json are the contract apps read: the schema is live
+"""docs/bundle.md and exporter/bundle/manifest.schema.json are the contract apps read: the schema is live
 (every manifest the tool writes is validated against it, so a field the code adds without the schema
 fails the export), and the document names every field, metadata key and file the code writes."""
 import json
