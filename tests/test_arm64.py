@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from bsconv_export.cli import app
 from bsconv_export.exporter.arm64 import kit
-from bsconv_export.exporter.kit.tolerances import FP16_ARITHMETIC_CPUS, tolerance_for
+from bsconv_export.exporter.formats import tolerance_for
+from bsconv_export.exporter.kit.tolerances import FP16_ARITHMETIC_CPUS
 
 TESTS = Path(__file__).parent
 CLI = str(Path(sys.executable).with_name("bsconv-export"))

@@ -154,6 +154,26 @@ def test_a_third_party_plugin_never_displaces_a_built_in_nor_takes_a_commands_fl
     assert list(formats.FORMATS)[0] == "pt2"    # stages still in the built-ins' order
 
 
+@pytest.mark.slow
+def test_a_plugin_declares_a_precision_with_its_own_gate(plugin, tmp_path, shipped):
+    """A new precision is local to its plugin: the row names it, the plugin declares its gate and strictness,
+    and the check, the content rule and the manifest's schema take it from there."""
+    from bsconv_export.exporter.bundle.manifest import read_manifest
+    from bsconv_export.exporter.check.run import CheckOptions
+    from bsconv_export.exporter.export.run import export_bundle
+    from bsconv_export.exporter.kit.options import ExportOptions
+    plugin("PALETTE", "UNDECLARED")
+    errors = formats.plugin_errors()
+    assert any("undeclared" in e and "palette-2bit" in e for e in errors), errors
+    assert formats.tolerance_for("palette-6bit").min_top1_agreement == 0.5
+    assert formats.strictness()["palette-6bit"] == 1 and formats.precision_rule("palette-6bit").reduced
+    r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("palette",)), check=CheckOptions())
+    rec = next(c for c in r.manifest.check.records if c.artifact == "palette")
+    assert r.ok and rec.status.value == "ok" and rec.precision == "palette-6bit", rec
+    assert "top-1 agreement >= 50%" in rec.tolerance
+    assert read_manifest(tmp_path / "b").passed     # the schema takes the plugin's precision
+
+
 def test_a_plugin_row_or_record_that_leaves_the_bundle_is_refused(plugin, tmp_path, shipped):
     from bsconv_export.exporter.export.run import export_bundle
     from bsconv_export.exporter.check.run import CheckOptions

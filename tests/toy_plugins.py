@@ -1,6 +1,7 @@
 """In-process plugins for tests/test_plugins.py, found through a test entry point (``toy_plugins:NAME``)."""
 from bsconv_export.exporter.formats import Format, Plugin, preferred
 from bsconv_export.exporter.kit.options import Option
+from bsconv_export.exporter.kit.tolerances import Precision, Tolerance
 from bsconv_export.exporter.kit.records import ArtifactRecord, Status
 from bsconv_export.exporter.runners import Runner
 
@@ -61,3 +62,30 @@ EARLY_CLASH = Plugin(name="aaa-early", order=0,
 OUT_FLAG = Plugin(name="outflag", options=(Option("toy_out", "--out", str, None, "takes export's --out"),),
                   formats=(Format("outflag", export_orphan, "model.outflag", "nobody-loads-this", "x",
                                   options=("toy_out",)),))
+
+
+def export_palette(ctx):
+    import shutil
+    source = preferred(ctx.records.values(), "onnx")
+    shutil.copyfile(ctx.workdir / source.path, ctx.workdir / "model.palette")
+    return ArtifactRecord(format="palette", status=Status.OK, path="model.palette")
+
+
+class PaletteRunner(SquashRunner):
+    """The ONNX file under another name, run whole (the precision's gate is under test, not the file)."""
+    name = "palette-onnxruntime"
+    kinds = ("palette",)
+
+    def infer(self, inputs):
+        return {"logits": self.session.run(["logits"], {"input": inputs["input"]})[0]}
+
+
+#: a precision of its own with its own gate, declared by the plugin (no edit of the core)
+PALETTE = Plugin(name="palette",
+                 precisions=(Precision("palette-6bit", Tolerance(min_top1_agreement=0.5, max_accuracy_drop=0.5),
+                                       strictness=1),),
+                 formats=(Format("palette", export_palette, "model.palette", "palette", "a palettized file",
+                                 precision="palette-6bit", requires=("onnx",)),), runners=(PaletteRunner,))
+#: names a precision nobody declares: left out
+UNDECLARED = Plugin(name="undeclared", formats=(Format("undeclared", export_orphan, "model.undeclared", "x", "x",
+                                                       precision="palette-2bit"),))

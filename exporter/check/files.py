@@ -18,8 +18,6 @@ from ..kit.records import CheckRecord, Status
 FOREIGN_MODEL_SUFFIXES = (".onnx", ".ort", ".pte", ".pt2", ".mlpackage", ".mlmodel", ".mlmodelc", ".tflite",
                           ".lite", ".engine", ".plan", ".xml", ".bin", ".param", ".torchscript", ".pt", ".pth",
                           ".safetensors", ".h5", ".keras", ".pb", ".savedmodel", ".nb")
-#: how strict each precision's rule is: a file is never judged more loosely than its table row allows
-STRICTNESS = {"int8": 0, "fp16": 1, "fp32": 2}
 
 
 @dataclass
@@ -97,7 +95,8 @@ def _facts(fmt, path: Path, known: tuple[str, tuple] | None) -> tuple[str | None
         from ..kit.records import path_sha256
         sha, facts = known
         precision, opset = facts
-        if precision in (None, *STRICTNESS) and (opset is None or type(opset) is int) and path_sha256(path) == sha:
+        from ..formats import strictness
+        if precision in (None, *strictness()) and (opset is None or type(opset) is int) and path_sha256(path) == sha:
             return precision, opset
     return file_facts(fmt, path)
 
@@ -105,11 +104,13 @@ def _facts(fmt, path: Path, known: tuple[str, tuple] | None) -> tuple[str | None
 def judged_precision(fmt, content: str | None, name: str) -> tuple[str, str | None]:
     """The precision a file is judged at (its format row's, or a stricter one its content shows), and
     a problem when its content is looser than the row allows (fp16 tensors in the fp32 ONNX file)."""
+    from ..formats import strictness
+    rank = strictness()    # the built-ins' and every plugin's declared precisions
     allowed = set(fmt.allowed_precisions)
-    strictest = max(allowed, key=STRICTNESS.get)
+    strictest = max(allowed, key=lambda p: rank.get(p, max(rank.values())))
     if content is None:
         return strictest, None    # unreadable here: the strictest rule its row allows
-    if content in allowed or STRICTNESS[content] > STRICTNESS[strictest]:
+    if content in allowed or (content in rank and rank[content] > rank.get(strictest, 0)):
         return content, None
     return fmt.precision, f"{name} holds {content} arithmetic, but the {fmt.name} format is {'/'.join(sorted(allowed))}"
 

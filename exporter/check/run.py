@@ -45,10 +45,9 @@ from ...kernel.contract import OUTPUT_NAME
 from .declared import contract_problem, declared_problem
 from ..kit.records import CheckRecord, CheckReport, Status, path_sha256
 from ...kernel import machine
-from ..formats import runners_for
+from ..formats import precision_rule, runners_for, tolerance_for
 from ..runners import Runner, RunnerUnavailable, UnsupportedOp, infer_batched
-from ..kit.tolerances import (FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance, agreement_interval, tolerance_for,
-                              user_tolerance)
+from ..kit.tolerances import FP32_TYPICAL_FLOOR, REDUCED_MIN_SAMPLES, Tolerance, agreement_interval, user_tolerance
 
 REL_EPS = 1e-6
 
@@ -348,7 +347,7 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
 
     earlier = {t.name: found_before for t in targets if t.fmt is not None and not t.problem and shared.earlier
                and (found_before := shared.earlier(t, sha(t), digest)) is not None}
-    half = any(t.precision == "fp16" for t in targets)
+    half = any(precision_rule(t.precision).half_reference for t in targets)
     ref = None
     if any(t.name not in earlier for t in targets):
         given = shared.reference
@@ -391,7 +390,8 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
             for rec in earlier[target.name][0]:
                 emit(rec)
             continue
-        rows = inputs.fp32_rows if precision == "fp32" and inputs.fp32_rows is not None else np.arange(len(inputs.x))
+        reduced = precision_rule(precision).reduced
+        rows = inputs.fp32_rows if not reduced and inputs.fp32_rows is not None else np.arange(len(inputs.x))
         verified = False
         skipped: list[str] = []
 
@@ -408,7 +408,7 @@ def _check_bundle(bundle, manifest, model, inputs, tolerance_override, localize,
             out = _run_one(rec, runner, inputs.x[rows], _sub(ref, rows), labels, run_tol, class_labels,
                            manifest, target)
             rec.seconds = getattr(runner, "replayed_seconds", rec.seconds)   # a replay: the worker's time
-            if out is not None and precision == "fp32" and (
+            if out is not None and not reduced and (
                     localize or rec.status is Status.FAILED) and out.shape == ref.r64[rows].shape:
                 worst = int(np.argmax(np.abs(out - ref.r64[rows]).max(axis=1)))
                 x_worst = inputs.x[rows][worst:worst + 1]
@@ -534,7 +534,7 @@ def run_check(bundle: str | Path, manifest, model: nn.Module, opts: CheckOptions
               progress: Callable[[CheckRecord], None] | None = None, shared: Shared | None = None) -> CheckReport:
     spec = manifest.model.input_spec
     found = bundle_files(Path(bundle), manifest, shared.facts if shared is not None else None)
-    reduced = any(t.precision != "fp32" for t in found[0])
+    reduced = any(precision_rule(t.precision).reduced for t in found[0])
     inputs = check_inputs(spec, opts.data, opts.samples, reduced=reduced)
     report = check_bundle(bundle, manifest, model, inputs, user_tolerance(opts.atol, opts.rtol),
                           opts.localize, progress, found, opts.on, shared)

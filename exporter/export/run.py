@@ -233,14 +233,14 @@ def _check_ahead(loaded, spec, opts: ExportOptions, planned, check: CheckOptions
     or with user data (read once, by the check)."""
     if check is None or check.data is not None:
         return None, None
-    from ..formats import planned_precision
-    precisions = {planned_precision(f, opts) for f in planned}
-    inputs = check_inputs(spec, None, check.samples, reduced=precisions != {"fp32"})
+    from ..formats import planned_precision, precision_rule
+    rules = [precision_rule(planned_precision(f, opts)) for f in planned]
+    inputs = check_inputs(spec, None, check.samples, reduced=any(r.reduced for r in rules))
     path = scratch / "check-inputs.npz"
     np.savez(path, x=inputs.x, fp32_rows=inputs.fp32_rows if inputs.fp32_rows is not None else np.zeros(0, int))
     verify = VerifyJob(inputs_file=str(path), export_shape=[opts.batch, spec.channels, spec.size, spec.size],
                        spec=spec)
-    return verify, _References(loaded.model, inputs, "fp16" in precisions, shared)
+    return verify, _References(loaded.model, inputs, any(r.half_reference for r in rules), shared)
 
 
 def _check_key(run, check: CheckOptions, target_name: str, sha256: str, digest_: str) -> str:

@@ -137,13 +137,13 @@ def run_job(job: StageJob) -> StageResult:
 def verify_artifact(fmt, record: ArtifactRecord, job: StageJob) -> list["Replay"]:
     """Every host runner of the row's kind over the check's inputs, as replays for the parent's check."""
     from ..check.files import file_facts, judged_precision
-    from ..formats import runners_for
+    from ..formats import precision_rule, runners_for
     path = Path(job.workdir) / record.path
     with np.load(job.verify.inputs_file, allow_pickle=False) as data:
         x, fp32_rows = data["x"], data["fp32_rows"]
     content, _ = file_facts(fmt, path)
     precision, _ = judged_precision(fmt, content, record.path)
-    if precision == "fp32" and len(fp32_rows):
+    if not precision_rule(precision).reduced and len(fp32_rows):
         x = x[fp32_rows]
     return [Replay.recorded(cls, path, record.sha256, x, job.verify, job.threads) for cls in runners_for(fmt.kind)]
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ...kernel.errors import UserInputError
 from ...models.registry import InputSpec
 from ..kit.options import PIPELINE_OPTIONS, ExportOptions, Option
+from ..kit.tolerances import BUILT_IN_PRECISIONS, Precision, Tolerance
 from ..runners import Runner
 
 ENTRY_POINT_GROUP = "bsconv_export.formats"
@@ -88,6 +89,8 @@ class Plugin:
     warm: Callable[[], None] | None = None
     #: the module it came from (filled in on discovery)
     module: str = ""
+    #: precisions it declares, each with its gate and strictness (its rows may then name them)
+    precisions: tuple[Precision, ...] = ()
     #: the distribution that installed it, when not this tool (filled in on discovery): its version is
     #: recorded with the tools and keys the stage cache, so a new release of a plugin is never served stale
     distribution: str = ""
@@ -101,6 +104,7 @@ class _Registry:
     options: dict[str, Option] = field(default_factory=dict)
     owner: dict[str, str] = field(default_factory=dict)     # format name -> plugin name
     errors: list[str] = field(default_factory=list)         # plugins that could not be loaded, and why
+    precisions: dict[str, Precision] = field(default_factory=dict)   # name -> its rule
 
 
 _registry: _Registry | None = None
@@ -164,7 +168,7 @@ def _discover() -> _Registry:
     party cannot displace one (a clashing newcomer is left out); stages then go in (order, name) order.
     A plugin that fails to import (or hangs, or exits), exposes no ``PLUGIN``, or reuses a registered
     name or a command's flag is left out whole, with the reason."""
-    reg = _Registry()
+    reg = _Registry(precisions={p.name: p for p in BUILT_IN_PRECISIONS})
     for name, opt in ((o.name, o) for o in PIPELINE_OPTIONS):
         reg.options[name] = opt
     found: list[Plugin] = []
@@ -188,6 +192,7 @@ def _discover() -> _Registry:
             reg.errors.append(f"plugin {plugin.name!r} ({plugin.module}): {problem}; left out")
             continue
         reg.plugins.append(plugin)
+        reg.precisions.update({p.name: p for p in plugin.precisions})
         for o in plugin.options:
             reg.options[o.name] = o
         for f in plugin.formats:
@@ -225,6 +230,13 @@ def _conflict(reg: _Registry, plugin: Plugin) -> str | None:
     clash = [r.name for r in plugin.runners if any(r.name == q.name for q in reg.runners)]
     if clash:
         return f"runner {', '.join(clash)} is registered twice"
+    clash = [p.name for p in plugin.precisions if not isinstance(p, Precision) or p.name in reg.precisions]
+    if clash:
+        return f"precision {', '.join(map(str, clash))} is declared twice (or is not a Precision)"
+    rules = {*reg.precisions, *(p.name for p in plugin.precisions)}
+    unknown = sorted({q for f in plugin.formats for q in f.allowed_precisions if q not in rules})
+    if unknown:
+        return f"names precision {', '.join(unknown)}, which no plugin declares (declare it in Plugin.precisions)"
     known = {*reg.formats, *names}
     missing = [r for f in plugin.formats for r in f.requires if r not in known]
     if missing:
@@ -295,6 +307,22 @@ def artifact_suffixes() -> tuple[str, ...]:
 
 def plugins() -> list[Plugin]:
     return list(registry().plugins)
+
+
+def precision_rule(name: str) -> Precision:
+    """The rule of a precision by name (an unknown one: fp32's, the strictest)."""
+    rules = registry().precisions
+    return rules.get(name, rules["fp32"])
+
+
+def strictness() -> dict[str, int]:
+    """Every declared precision's strictness: a file is never judged looser than its row allows."""
+    return {name: p.strictness for name, p in registry().precisions.items()}
+
+
+def tolerance_for(precision: str, target: str = "host") -> Tolerance:
+    """The default rule for a file judged at ``precision``, run on ``target`` (``host`` or ``arm64:CPU``)."""
+    return precision_rule(precision).tolerance_on(target)
 
 
 def arm64_parts() -> list[Callable]:

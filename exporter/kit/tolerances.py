@@ -113,11 +113,41 @@ FP16_ARITHMETIC = Tolerance(min_cosine=0.999, min_top1_agreement=0.99, max_accur
                             fp16_factor=FP16_ARITHMETIC_FACTOR, fp16_typical_factor=FP16_ARITHMETIC_TYPICAL_FACTOR)
 
 
-def tolerance_for(precision: str, target: str = "host") -> Tolerance:
-    """The default rule for a file judged at ``precision``, run on ``target`` (``host`` or ``arm64:CPU``)."""
-    if precision == "fp16" and target.partition(":")[2] in FP16_ARITHMETIC_CPUS:
-        return FP16_ARITHMETIC
-    return DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+@dataclass(frozen=True)
+class Precision:
+    """A precision a file can be judged at, with its gate: what a format row's ``precision`` names. The
+    built-ins (fp32, fp16, int8) are here; a plugin declares its own (``Plugin.precisions``: e.g. a
+    palettized CoreML package's) with no edit outside its folder."""
+    name: str
+    tolerance: Tolerance
+    #: how strict the rule is, against the others (fp32 2, fp16 1, int8 0): a file is never judged more
+    #: loosely than its row allows, and a file whose content shows a stricter precision is judged at that
+    strictness: int
+    #: judged by the agreement rules on the drawn inputs (every precision but fp32)
+    reduced: bool = True
+    #: another rule on emulated CPUs of these QEMU names (fp16 where the CPU computes in fp16)
+    on_cpus: frozenset = frozenset()
+    on_cpus_tolerance: Tolerance | None = None
+
+    @property
+    def half_reference(self) -> bool:
+        """Its gate holds runs to PyTorch fp16's own error (the check computes an fp16 reference)."""
+        return any(t is not None and t.fp16_factor is not None for t in (self.tolerance, self.on_cpus_tolerance))
+
+    def tolerance_on(self, target: str = "host") -> Tolerance:
+        """The rule for a file run on ``target`` (``host`` or ``arm64:CPU``)."""
+        if self.on_cpus_tolerance is not None and target.partition(":")[2] in self.on_cpus:
+            return self.on_cpus_tolerance
+        return self.tolerance
+
+
+#: the built-in precisions; plugins add theirs through the registry (exporter.formats.precision_rules)
+BUILT_IN_PRECISIONS = (
+    Precision("fp32", DEFAULT_TOLERANCES["fp32"], strictness=2, reduced=False),
+    Precision("fp16", DEFAULT_TOLERANCES["fp16"], strictness=1, on_cpus=FP16_ARITHMETIC_CPUS,
+              on_cpus_tolerance=FP16_ARITHMETIC),
+    Precision("int8", DEFAULT_TOLERANCES["int8"], strictness=0),
+)
 
 
 def user_tolerance(atol: float | None, rtol: float | None) -> Tolerance | None:
