@@ -136,7 +136,7 @@ def test_a_sweep_on_a_scheduler_and_two_worker_processes(plan, tmp_path):
 @pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_line(plan):
     r = runner.invoke(app, ["sweep", str(plan), "--scheduler", "tcp://127.0.0.1:9"])
-    assert r.exit_code == 2 and "cannot reach the Dask scheduler" in r.output, r.output
+    assert r.exit_code == 2 and "the Dask scheduler at tcp://127.0.0.1:9 cannot be reached" in r.output, r.output
 
 
 @pytest.mark.slow
