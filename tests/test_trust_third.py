@@ -206,8 +206,9 @@ def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
 # --- Medium 7: a kit runs only as it was made ----------------------------------------------------
 
 def test_a_kit_is_refused_when_a_file_is_added_changed_or_removed(tmp_path):
-    from bsconv_export.kernel.kit_files import record_files, verify_files
+    from bsconv_export.kernel import kit_files
     from bsconv_export.kernel.errors import UserInputError
+    from bsconv_export.kernel.kit_files import record_files, verify_files
     kit = tmp_path / "kit"
     (kit / "lib").mkdir(parents=True)
     (kit / "lib" / "a.so").write_bytes(b"y" * 100)
@@ -217,11 +218,13 @@ def test_a_kit_is_refused_when_a_file_is_added_changed_or_removed(tmp_path):
     record_files(kit)
     verify_files(kit, "the kit", "make it again")
     os.utime(kit / "lib" / "a.so")                      # touched, same bytes: still the kit
+    kit_files._VERIFIED.clear()                          # (a folder is walked once per process)
     verify_files(kit, "the kit", "make it again")
     for change, needle in [(lambda: (kit / "lib" / "evil.pth").write_text("import os"), "evil.pth"),
                            (lambda: (kit / "lib" / "a.so").write_bytes(b"z" * 100), "changed"),
                            (lambda: (kit / "bin" / "python").unlink(), "lacks")]:
         change()
+        kit_files._VERIFIED.clear()
         with pytest.raises(UserInputError, match=needle):
             verify_files(kit, "the kit", "make it again")
         record_files(kit)
