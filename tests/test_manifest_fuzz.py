@@ -45,6 +45,7 @@ def test_a_row_without_its_hash_is_one_line_and_the_manifest_is_not_rewritten(bu
     assert (bundle / "manifest.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_manifest_that_lists_nothing_fails_naming_each_model_file(bundle):
     d = manifest(bundle)
     d["artifacts"] = []

@@ -53,6 +53,7 @@ def test_a_users_folder_is_refused_as_the_stage_cache_and_left_byte_identical(tm
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_an_empty_or_new_folder_becomes_the_cache_and_only_its_entries_are_touched(tmp_path, monkeypatch, shipped):
     from bsconv_export.exporter.export.run import export_bundle
     from bsconv_export.exporter.check.run import CheckOptions
