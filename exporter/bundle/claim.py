@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from ...kernel.errors import UserInputError
+from ...kernel.owned import has_marker
 from ...kernel.safe_io import current_umask
 from .manifest import BUILD_MARKER, MANIFEST, TOOL_FILES, matches, read_manifest
 from ...kernel.safe_io import is_regular
@@ -79,15 +80,7 @@ def _marker_text(folder: Path) -> bytes:
 
 def made_by_us(folder: Path) -> bool:
     """A leftover build (or old-bundle) folder of ours: a real folder whose marker names it."""
-    marker = folder / BUILD_MARKER
-    if folder.is_symlink() or not folder.is_dir() or not is_regular(marker):
-        return False
-    try:
-        if marker.stat().st_size > MAX_MARKER_BYTES:
-            return False
-        return marker.read_bytes() == _marker_text(folder)
-    except OSError:
-        return False
+    return has_marker(folder, BUILD_MARKER, _marker_text(folder))
 
 
 class OutClaim:
