@@ -177,7 +177,7 @@ def quiet_third_party_logs() -> None:
 
 def emit_json(obj: Any) -> None:
     """One strict JSON object on stdout (NaN and infinities as null, as in manifest.json)."""
-    from .exporter.bundle.manifest import finite
+    from .exporter.bundle.manifest_io import finite
     sys.stdout.write(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
@@ -633,7 +633,7 @@ def bench_cmd(
     if vs_torch:
         if not target.is_dir():
             raise UserInputError("--vs-torch needs a bundle (it holds the checkpoint to run); pass the bundle directory")
-        from .exporter.bundle.manifest import read_manifest
+        from .exporter.bundle.manifest_io import read_manifest
         from .models.loaders import reload_model
         recorded = read_manifest(target).model
         original = reload_model(recorded.source, recorded, entry_point=model, program=program)
@@ -652,7 +652,7 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
-    from .exporter.bundle.manifest import check_recordable, record_bundle_file
+    from .exporter.bundle.on_disk import check_recordable, record_bundle_file
     from .kernel.sealed import refuse_unless_replaceable, seal_json, write_sealed
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
@@ -706,30 +706,22 @@ def sweep_cmd(
     retried once) and never stops the others. Exit 1 if any job failed.
     """
     from .exporter.formats import parse_formats
-    from .kernel.sealed import refuse_unless_replaceable, seal_json, seal_text, write_sealed
-    from .exporter.sweep.run import read_plan, run_sweep, zoo_plan
+    from .kernel.sealed import refuse_unless_replaceable, seal_json, write_sealed
+    from .exporter.sweep.plan import KEEP_RESULTS, read_plan, write_zoo_plan
+    from .exporter.sweep.run import run_sweep
     from .exporter.report.views import sweep_view
     quiet_third_party_logs()
-    keep_results = "move it away, or name another file with --results"
     if zoo is not None:
         if plan is not None or out_dir is None:
             raise UserInputError("--zoo takes --out DIR (where the plan and bundles go) and no PLAN")
-        if not out_dir.parent.is_dir():
-            raise UserInputError(f"cannot write {out_dir}: {out_dir.parent} does not exist; create it first")
-        text = seal_text(zoo_plan(zoo, out_dir, parse_formats(formats) if formats else None))
-        plan, dest = out_dir / "sweep.toml", results or out_dir / "sweep.json"
-        if out_dir.is_dir() or out_dir.is_symlink():
-            refuse_unless_replaceable(plan, f"run it with 'bsconv-export sweep {plan}', or move it away")
-            refuse_unless_replaceable(dest, keep_results)
-        out_dir.mkdir(exist_ok=True)
-        write_sealed(plan, text, f"run it with 'bsconv-export sweep {plan}', or move it away")
+        plan, dest = write_zoo_plan(zoo, out_dir, parse_formats(formats) if formats else None, results)
     elif plan is None:
         raise UserInputError("name a PLAN.toml, or --zoo PATTERN --out DIR")
     elif out_dir is not None or formats is not None:
         raise UserInputError("--out and --formats go with --zoo; a plan says them per job")
     jobs = read_plan(plan)
     dest = results or Path(plan).parent / "sweep.json"
-    refuse_unless_replaceable(dest, keep_results)   # before the jobs run, not after
+    refuse_unless_replaceable(dest, KEEP_RESULTS)   # before the jobs run, not after
 
     def progress(row: dict, done: int, total: int) -> None:
         verdict = row.get("verdict") or "failed"
@@ -740,7 +732,7 @@ def sweep_cmd(
 
     signal.signal(signal.SIGTERM, _terminate_cleanly)   # unwinds like Ctrl-C: the workers are ended too
     result = run_sweep(jobs, scheduler=scheduler, workers=workers, resume=resume, progress=progress)
-    write_sealed(dest, seal_json(result.to_dict()), keep_results)
+    write_sealed(dest, seal_json(result.to_dict()), KEEP_RESULTS)
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -1,5 +1,6 @@
 """Helpers shared by the tests that plant faults in bundles."""
-from bsconv_export.exporter.bundle.manifest import entry_digest, read_manifest, write_manifest
+from bsconv_export.exporter.bundle.on_disk import entry_digest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest, write_manifest
 from bsconv_export.exporter.kit.records import path_sha256
 
 

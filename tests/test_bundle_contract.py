@@ -12,7 +12,8 @@ import pytest
 from bsconv_export.exporter.bundle import manifest as manifest_module
 from bsconv_export.exporter.formats import FORMATS
 from bsconv_export.exporter.formats.onnx.export import CONTRACT_KEYS
-from bsconv_export.exporter.bundle.manifest import SCHEMA_FILE, finite, manifest_json, read_manifest
+from bsconv_export.exporter.bundle.manifest import SCHEMA_FILE
+from bsconv_export.exporter.bundle.manifest_io import finite, manifest_json, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "bundle.md").read_text()

@@ -10,7 +10,7 @@ from torch import nn
 
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.check.run import CheckOptions, Reference, check_inputs, compare, run_check, verdict
-from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from helpers import rehash
 from bsconv_export.exporter.kit.tolerances import Tolerance
 from bsconv_export.exporter.kit.options import ExportOptions

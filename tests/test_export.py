@@ -9,7 +9,7 @@ import torch
 
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.formats import FORMATS, default_formats
-from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.check.run import CheckOptions, Reference, compare, run_check, verdict
 from bsconv_export.exporter.kit.options import ExportOptions
-from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from bsconv_export.exporter.kit.records import Status
 from bsconv_export.exporter.kit.tolerances import DEFAULT_TOLERANCES
 from bsconv_export.models.checkpoint import resolve_model

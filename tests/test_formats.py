@@ -78,7 +78,7 @@ def test_help_does_not_import_heavy_backends():
 
 
 def test_the_manifest_records_every_option_and_reads_the_schema_3_fields_as_options(shared_bundle):
-    from bsconv_export.exporter.bundle.manifest import manifest_from_dict
+    from bsconv_export.exporter.bundle.manifest_io import manifest_from_dict
     d = json.loads((shared_bundle("onnx-ort-coreml") / "manifest.json").read_text())
     assert d["schema_version"] == 4
     assert d["export"]["options"]["coreml_input"] == "tensor" and d["export"]["options"]["keep_fp32"] == []

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bundle.manifest import _schema_validator
+from bsconv_export.exporter.bundle.manifest_io import _schema_validator
 
 from test_hostile import bundle  # noqa: F401 - a fixture
 
@@ -91,7 +91,8 @@ def _apply(d: dict, key: str, how: str, value):
 @pytest.mark.slow
 @pytest.mark.parametrize("section", ["artifact", "check record"])
 def test_every_field_removed_null_or_mistyped_is_never_a_traceback(tmp_path, bundle, section):
-    from bsconv_export.exporter.sweep.run import Job, already_passed
+    from bsconv_export.exporter.sweep.plan import Job
+    from bsconv_export.exporter.sweep.run import already_passed
     image = tmp_path / "digit.png"
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8), "RGB").save(image)
     base = manifest(bundle)

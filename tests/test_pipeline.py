@@ -151,7 +151,7 @@ def test_a_killed_worker_is_a_failed_record_not_a_hang(tmp_path, shipped):
 def test_a_worker_that_dies_is_replaced_and_its_job_is_a_failed_record(tmp_path, shared_bundle):
     """The pool on its own: a job whose worker is killed comes back failed; the next job runs on a new worker."""
     from bsconv_export.exporter.formats import complete_options
-    from bsconv_export.exporter.bundle.manifest import read_manifest
+    from bsconv_export.exporter.bundle.manifest_io import read_manifest
     from bsconv_export.exporter.kit.prepare import example_input
     from bsconv_export.exporter.export.workers import StageJob, StagePool
     bundle = shared_bundle("every-format")

@@ -158,7 +158,7 @@ def test_a_third_party_plugin_never_displaces_a_built_in_nor_takes_a_commands_fl
 def test_a_plugin_declares_a_precision_with_its_own_gate(plugin, tmp_path, shipped):
     """A new precision is local to its plugin: the row names it, the plugin declares its gate and strictness,
     and the check, the content rule and the manifest's schema take it from there."""
-    from bsconv_export.exporter.bundle.manifest import read_manifest
+    from bsconv_export.exporter.bundle.manifest_io import read_manifest
     from bsconv_export.exporter.check.run import CheckOptions
     from bsconv_export.exporter.export.run import export_bundle
     from bsconv_export.exporter.kit.options import ExportOptions

@@ -24,7 +24,7 @@ from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.kit.capture import capture_program
 from bsconv_export.exporter.check.run import CheckOptions, run_check
 from bsconv_export.exporter.kit.options import ExportOptions
-from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from bsconv_export.exporter.kit.prepare import example_input, prepare_for_export
 from bsconv_export.exporter.kit.records import Status
 from bsconv_export.models.program import ProgramError, load_program

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from bsconv_export.cli import app
 from bsconv_export.exporter.formats import FORMATS
-from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest
 
 from test_zoo_check import realistic_statistics
 

@@ -21,7 +21,7 @@ from bsconv_export.cli import app
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.check.run import CheckOptions
 from bsconv_export.exporter.kit.options import ExportOptions
-from bsconv_export.exporter.bundle.manifest import read_manifest
+from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from bsconv_export.exporter.bundle.claim import OutClaim
 from bsconv_export.models import UserInputError
 from bsconv_export.models.checkpoint import DEFAULT_CHECKPOINT
@@ -380,7 +380,7 @@ def test_out_onto_a_file_a_missing_folder_or_a_symlink(tmp_path, bundle):
 def test_a_full_disk_is_one_line_not_a_traceback(bundle, monkeypatch):
     import errno
 
-    from bsconv_export.exporter.bundle import manifest as man
+    from bsconv_export.exporter.bundle import manifest_io as man
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(bundle / "manifest.json"))

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bsconv_export.cli import app
-from bsconv_export.exporter.bundle.manifest import entry_digest
+from bsconv_export.exporter.bundle.on_disk import entry_digest
 
 from test_hostile import bundle, snapshot  # noqa: F401 - bundle is a fixture
 

@@ -66,9 +66,10 @@ class EmulatedRunner(Runner):
     #: the runtime the worker loads, for the record's label
     runtime: str = "runtime"
 
-    def __init__(self, path, *, cpu: str = DEFAULT_CPUS[1], threads: int | None = 1, **kw):
-        super().__init__(path, threads=threads or 1, **kw)
-        self.cpu = cpu
+    def __init__(self, path, *, provider: str = "cpu", threads: int | None = 1, spinning: bool = True,
+                 cpu: str | None = None):
+        super().__init__(path, provider=provider, threads=threads or 1, spinning=spinning,
+                         cpu=cpu or DEFAULT_CPUS[1])
         self.facts: dict = {}
         self._proc: subprocess.Popen | None = None
         self._tmp: str | None = None

@@ -59,7 +59,9 @@ class Target:
 def resolve_targets(path: str | Path):
     """A bundle's benchmarkable artifacts (the format table decides), or one artifact file;
     plus the bundle's manifest (None for a file)."""
-    from ..bundle.manifest import MAX_ARTIFACT_BYTES, changed_since_export, inside, read_manifest
+    from ..bundle.manifest import MAX_ARTIFACT_BYTES
+    from ..bundle.on_disk import changed_since_export, inside
+    from ..bundle.manifest_io import read_manifest
     path = Path(path)
     if path.is_dir() and path.suffix not in artifact_suffixes():
         manifest = read_manifest(path)

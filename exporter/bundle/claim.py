@@ -32,7 +32,9 @@ from pathlib import Path
 from ...kernel.errors import UserInputError
 from ...kernel.owned import has_marker
 from ...kernel.safe_io import current_umask
-from .manifest import BUILD_MARKER, MANIFEST, TOOL_FILES, matches, read_manifest
+from .manifest import BUILD_MARKER, MANIFEST, TOOL_FILES
+from .manifest_io import read_manifest
+from .on_disk import matches
 from ...kernel.safe_io import is_regular
 
 LOCK_MARKER = b"bsconv-export lock\n"

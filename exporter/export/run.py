@@ -26,14 +26,20 @@ from ...models.checkpoint import LoadedCheckpoint
 from ...kernel import limits
 from ...kernel.errors import UserInputError
 from ...models.profile import profile_model
-from ..check.run import CheckOptions, Shared, check_inputs, inputs_digest, run_check, torch_reference
+from ..check.inputs import check_inputs
+from ..check.reference import torch_reference
+from ..check.run import CheckOptions, PriorWork, run_check
 from ..kit.context import ExportContext
 from ..formats import (complete_options, default_formats, plan, recorded_options, reproduce_command, tool_versions,
                        validate_options)
-from ..bundle.manifest import ExportInfo, Manifest, ModelInfo, inventory, write_manifest
+from ..bundle.manifest import ExportInfo, Manifest, ModelInfo
+from ..bundle.on_disk import inventory
+from ..bundle.manifest_io import write_manifest
 from ..bundle.claim import OutClaim
 from ..kit.options import ExportOptions
-from .schedule import record_own_work, run_stages
+from .cache_keys import check_key, source_key
+from .schedule import run_stages
+from .stage_timings import record_own_work
 from ..kit.prepare import example_input, prepare_for_export
 from ..kit.records import ArtifactRecord, Status
 from .stagecache import StageCache
@@ -101,18 +107,6 @@ def export_threads() -> int:
     return max(1, min(torch.get_num_threads(), usable_cores()))
 
 
-def source_key(loaded: LoadedCheckpoint, size: int) -> str | None:
-    """What the capture depends on, for its cache key: the source, the checkpoint's or program file's
-    content; None for a source that runs the user's code (that code can change under any name)."""
-    if loaded.source.runs_user_code:
-        return None
-    from ..kit.records import path_sha256
-    from .stagecache import digest
-    files = {str(p): path_sha256(Path(p)) for p in loaded.source.input_files(loaded) if Path(p).is_file()}
-    return digest({"source": loaded.source.to_dict(), "arch": loaded.arch, "checkpoint_sha256": loaded.sha256,
-                   "untrained": loaded.untrained, "files": sorted(files.values()), "size": size})
-
-
 def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: ExportOptions = ExportOptions(),
                   progress: Callable[[str, ArtifactRecord | None], None] | None = None,
                   check: CheckOptions | None = None,
@@ -144,7 +138,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
         tmp = claim.building_dir()
         try:
             planned = plan(opts)
-            shared = Shared()
+            shared = PriorWork()
             verify, references = _check_ahead(loaded, spec, opts, planned, check, Path(scratch), shared)
             prepared = prepare_for_export(loaded.model)
             profile = profile_model(loaded.model, size)
@@ -196,7 +190,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
 class _References:
     """The check's PyTorch references, computed in a thread while the stage workers run."""
 
-    def __init__(self, model, inputs, half: bool, shared: Shared):
+    def __init__(self, model, inputs, half: bool, shared: PriorWork):
         self.model, self.inputs, self.half, self.shared = model, inputs, half, shared
         self.thread = None
         self.seconds = 0.0
@@ -219,7 +213,7 @@ class _References:
         except Exception:  # noqa: BLE001 - the check computes them itself, and reports what fails
             return
         self.seconds = time.thread_time() - t0
-        self.shared.reference = (inputs_digest(self.inputs), self.half, ref)
+        self.shared.reference = (self.inputs.digest(), self.half, ref)
 
     def result(self) -> None:
         if self.thread is not None:
@@ -227,7 +221,7 @@ class _References:
 
 
 def _check_ahead(loaded, spec, opts: ExportOptions, planned, check: CheckOptions | None, scratch: Path,
-                 shared: Shared):
+                 shared: PriorWork):
     """The check's inputs as the planned files will need them, written for the stage workers to run
     each new file on; and the references, to compute while the stages run. (None, None) without a check
     or with user data (read once, by the check)."""
@@ -243,21 +237,13 @@ def _check_ahead(loaded, spec, opts: ExportOptions, planned, check: CheckOptions
     return verify, _References(loaded.model, inputs, any(r.half_reference for r in rules), shared)
 
 
-def _check_key(run, check: CheckOptions, target_name: str, sha256: str, digest_: str) -> str:
-    from ..formats import tool_versions
-    from .stagecache import code_digest, digest, platform_facts
-    return digest({"file": target_name, "sha256": sha256, "program": run.program_sha256, "inputs": digest_,
-                   "options": check.user_options(), "on": list(check.on), "localize": check.localize,
-                   "versions": tool_versions(), "code": code_digest(), "platform": platform_facts()})
-
-
 def _earlier(cache: StageCache, run, check: CheckOptions):
     """The stage cache's verdicts on a reused file (same file, program, inputs, options, versions)."""
     def earlier(target, sha256: str, digest_: str):
         hit = run.hits.get(target.fmt.name)
         if hit is None or hit.record.sha256 != sha256 or run.program_sha256 is None:
             return None
-        return cache.checks(hit, _check_key(run, check, target.name, sha256, digest_))
+        return cache.checks(hit, check_key(run, check, target.name, sha256, digest_))
     return earlier
 
 
@@ -275,7 +261,7 @@ def _keep(cache: StageCache, run, manifest: Manifest, bundle: Path, check: Check
         try:
             from ..check.files import file_facts
             from ..formats import FORMATS
-            cache.store(key, record, bundle, _check_key(run, check, record.path, record.sha256, digest_), records,
+            cache.store(key, record, bundle, check_key(run, check, record.path, record.sha256, digest_), records,
                         manifest.check.reference_error, list(file_facts(FORMATS[record.format], bundle / record.path)))
         except (OSError, ValueError):
             pass    # a full or read-only cache costs the next export time, never this one's result

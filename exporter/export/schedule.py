@@ -14,32 +14,22 @@ See docs/pipeline.md.
 from __future__ import annotations
 
 import io
-import json
 import os
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ...kernel.errors import UserInputError
-from ...kernel.safe_io import loads_json, read_regular
 from ...kernel import machine
 from ..formats import Format
 from ..kit.context import run_stage
 from ..kit.records import ArtifactRecord, Status, path_sha256
-from .stagecache import Hit, StageCache, digest
-from .workers import Replay, StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
+from .cache_keys import stage_key
+from .stage_timings import OWN_WORK, StageTimings
+from .stagecache import Hit, StageCache
+from ..check.replay import Replay
+from .workers import StageJob, StagePool, VerifyJob, peak_mib, reset_peak, verify_artifact
 
-STATS_FILE = "stats.json"
-MAX_STATS_BYTES = 1 << 20
 JOBS_ENV = "BSCONV_EXPORT_JOBS"
-#: the stats row of what this process does beside its stages (the check's references)
-OWN_WORK = "(references)"
-#: measurements kept per stage and shape
-KEPT = 5
-#: a stage with no measurement yet is assumed to need this much memory (MiB) beside the others
-DEFAULT_PEAK_MIB = 1536.0
 
 Progress = Callable[[str, "ArtifactRecord | None"], None]
 
@@ -83,68 +73,6 @@ def save_program(ctx, scratch: Path) -> Path | None:
     return path
 
 
-class Stats:
-    """Each stage's measured seconds and peak memory, per model shape (``stats.json`` in the stage cache):
-    the scheduler's estimates are the medians of the last :data:`KEPT` measurements (one run's timing,
-    taken beside other stages or alone, would tip the deal back and forth). Without a stage cache folder
-    (``--no-cache``, or none made yet) nothing is read or written: every estimate is the default."""
-
-    def __init__(self, folder: Path | None):
-        self.path = folder / STATS_FILE if folder is not None else None
-        self.data = {}
-        if self.path is None:
-            return
-        try:
-            data = loads_json(read_regular(self.path, "the stage timings", max_bytes=MAX_STATS_BYTES,
-                                           follow_links=False), str(self.path), "it is rewritten")
-            self.data = data if isinstance(data, dict) else {}
-        except UserInputError:
-            self.data = {}
-
-    def _row(self, fmt: str, shape: str) -> dict:
-        row = self.data.get(f"{fmt}|{shape}")
-        return row if isinstance(row, dict) else {}
-
-    def _values(self, fmt: str, shape: str, key: str) -> list[float]:
-        v = self._row(fmt, shape).get(key)
-        return [float(x) for x in v if isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0] \
-            if isinstance(v, list) else []
-
-    def seconds(self, fmt: str, shape: str) -> float:
-        values = self._values(fmt, shape, "seconds")
-        return statistics.median(values) if values else 0.0
-
-    def peak_mib(self, fmt: str, shape: str) -> float:
-        values = [v for v in self._values(fmt, shape, "peak_mib") if v > 0]
-        return max(values) if values else DEFAULT_PEAK_MIB
-
-    def record(self, fmt: str, shape: str, seconds: float, peak_mib: float | None) -> None:
-        row = {"seconds": (self._values(fmt, shape, "seconds") + [round(seconds, 3)])[-KEPT:]}
-        peaks = self._values(fmt, shape, "peak_mib") + ([float(peak_mib)] if peak_mib else [])
-        if peaks:
-            row["peak_mib"] = peaks[-KEPT:]
-        self.data[f"{fmt}|{shape}"] = row
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        try:   # a new file renamed over the old: never written through a link or into a FIFO
-            tmp = self.path.with_name(f".{STATS_FILE}.{os.getpid()}.{time.monotonic_ns()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.data, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass   # estimates only: a read-only cache costs scheduling quality, nothing else
-
-
-def record_own_work(cache: StageCache | None, shape: tuple[int, ...], seconds: float) -> None:
-    """Remember how long this process's own work beside the stages took (the next deal counts it)."""
-    stats = Stats(cache.root if cache is not None else None)
-    stats.record(OWN_WORK, "x".join(map(str, shape)), seconds, None)
-    stats.save()
-
-
 def available_mib() -> float:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -167,7 +95,7 @@ def run_stages(ctx, planned: list[Format], *, jobs: int | None = None, cache: St
     slots, threads = plan_workers(jobs, len(rest))
     side_by_side = slots > 1 and len(rest) > 1 and not ctx.options.legacy_exporter   # the tracer needs the module
     shape = "x".join(map(str, ctx.example.shape))
-    stats = Stats(cache.root if cache is not None else None)
+    stats = StageTimings(cache.root if cache is not None else None)
     pool = None
     dealt = deal(rest, slots, stats, shape)
 
@@ -235,7 +163,7 @@ def _row(name: str) -> Format:
     return FORMATS[name]
 
 
-def deal(stages: list[Format], slots: int, stats: Stats, shape: str) -> list[list[str]]:
+def deal(stages: list[Format], slots: int, stats: StageTimings, shape: str) -> list[list[str]]:
     """The stages dealt out to the slots (0: this process; then each worker), longest first to the least
     loaded (by their last measured seconds): each worker imports its stages' plugins ahead, and a
     stage waits for its slot unless a worker is idle while this process has others queued."""
@@ -273,22 +201,6 @@ def _measured(fmt: Format, ctx) -> ArtifactRecord:
     return record
 
 
-def stage_key(fmt: Format, ctx, identity: str) -> str:
-    """Everything ``fmt``'s file depends on (see exporter.stagecache): ``identity`` is the program's
-    sha256 (the capture's own key: the model source's)."""
-    from ..formats import tool_versions
-    from ..kit.options import PIPELINE_OPTIONS
-    from .stagecache import SCHEMA, code_digest, option_value, platform_facts
-    opts = ctx.options
-    names = [*(o.name for o in PIPELINE_OPTIONS), *fmt.options]
-    return digest({"schema": SCHEMA, "format": fmt.name, "program": identity, "arch": ctx.arch,
-                   "spec": ctx.spec.to_dict(), "checkpoint_sha256": ctx.checkpoint_sha256,
-                   "example_shape": list(ctx.example.shape), "batch": opts.batch, "dynamic_batch": opts.dynamic_batch,
-                   "options": {n: option_value(getattr(opts, n)) for n in names},
-                   "requires": {r: ctx.records[r].sha256 for r in fmt.requires},
-                   "versions": tool_versions([fmt.name]), "code": code_digest(), "platform": platform_facts()})
-
-
 def _one(fmt: Format, ctx, run: StageRun, cache, identity, progress) -> None:
     """A stage here: from the cache when its key hits, else run."""
     if progress:
@@ -315,7 +227,7 @@ def _from_cache(fmt: Format, ctx, run: StageRun, cache, identity) -> ArtifactRec
 
 
 def _side_by_side(rest: list[Format], ctx, run: StageRun, cache, pool: "StagePool", dealt: list[list[str]],
-                  stats: Stats, shape: str, program: Path, progress, verify: VerifyJob | None,
+                  stats: StageTimings, shape: str, program: Path, progress, verify: VerifyJob | None,
                   verify_capture: Format | None) -> None:
     """This process is one slot (it has torch loaded already: its stages run in one thread beside this
     loop), each worker another; a ready stage goes to the slot it was dealt — or, while this process is

@@ -29,28 +29,24 @@ and ``stats.json`` are read bounded, as regular files only (a FIFO never blocks)
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from ...kernel.errors import UserInputError
 from ...kernel.safe_io import is_regular, read_regular
 from ...kernel.backends import built_aside, cache_root
 from ...kernel.owned import tool_folder
 from ..kit.records import ArtifactRecord, CheckRecord, Status, path_sha256
+from .cache_keys import SCHEMA
 
 ENTRY = "entry.json"
 FILES = "files"
-SCHEMA = 1
 MAX_ENTRY_BYTES = 4 << 20
 MAX_CHECKS_PER_ENTRY = 8
 DEFAULT_MAX_BYTES = 4 << 30
@@ -71,40 +67,6 @@ def owned_root(*, create: bool) -> Path | None:
     exist and ``create`` is false."""
     return tool_folder(stage_cache_root(), WHAT, DIR_ENV if os.environ.get(DIR_ENV) else "BSCONV_EXPORT_CACHE",
                        create=create)
-
-
-def digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """This tool's own code and data (an editable install changes without a version bump)."""
-    root = Path(__file__).resolve().parents[2]
-    h = hashlib.sha256()
-    paths = [root / "cli.py", *sorted(p for d in ("exporter", "kernel", "models") for p in (root / d).rglob("*")
-                                      if p.is_file() and "__pycache__" not in p.parts)]
-    for p in paths:
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode() + b"\0")
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def platform_facts() -> dict[str, Any]:
-    from ...kernel.machine import ISA_FLAGS, _cpuinfo
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
-    return {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-            "cpu": info.get("model name") or platform.processor(), "isa": sorted(f for f in ISA_FLAGS if f in flags)}
-
-
-def option_value(value: Any) -> Any:
-    """An option's value as a key sees it: a file an option names by path counts by its content."""
-    if isinstance(value, str) and value and os.path.isfile(value):
-        return {"file_sha256": path_sha256(Path(value))}
-    return value
 
 
 def max_bytes() -> int:
@@ -175,7 +137,7 @@ class StageCache:
         """The cached files of ``fmt`` copied into ``workdir`` and re-hashed, with their record; None on a
         miss (a bad entry is deleted: then the stage runs)."""
         from ...kernel.errors import UserInputError
-        from ..bundle.manifest import artifact_from_dict
+        from ..bundle.manifest_io import artifact_from_dict
         d = self._read(key)
         if d is None:
             return None
@@ -221,7 +183,7 @@ class StageCache:
     def checks(self, hit: Hit, check_key: str) -> tuple[list[CheckRecord], dict] | None:
         """The check records stored with ``hit`` under ``check_key``, marked reused (None: not stored)."""
         from ...kernel.errors import UserInputError
-        from ..bundle.manifest import check_records_from_list
+        from ..bundle.manifest_io import check_records_from_list
         stored = (hit.entry.get("checks") or {}).get(check_key) if isinstance(hit.entry.get("checks"), dict) else None
         if not isinstance(stored, dict):
             return None

@@ -12,19 +12,13 @@ input found inside a stage comes back as such and stops the export; a worker tha
 job.
 
 With :class:`VerifyJob`, the worker then runs the new file through every host runner of
-its kind on the check's inputs and returns a :class:`Replay` per runner: what the loaded
-artifact declared (names, shape, labels, metadata), its outputs, or why it could not run.
-The check (in the parent) holds the replay to the same rules as a runner it loaded itself
-— a replay answers only for the file hash and the inputs it ran on, so a changed file or
-other inputs run afresh. Each job's peak resident memory is measured (``VmHWM``, reset
+its kind on the check's inputs and returns a :class:`~exporter.check.replay.Replay` per runner,
+which the check (in the parent) holds to the same rules as a runner it loaded itself. Each job's peak resident memory is measured (``VmHWM``, reset
 before the job) and returned with its record.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..kit.records import ArtifactRecord, Status
-from ..runners import Runner, RunnerUnavailable, UnsupportedOp
+from ..check.replay import Replay
 
 
 @dataclass
@@ -62,15 +56,10 @@ class StageJob:
 @dataclass
 class StageResult:
     record: ArtifactRecord
-    replays: list["Replay"] = field(default_factory=list)
+    replays: list[Replay] = field(default_factory=list)
     peak_mib: float | None = None
     user_error: str | None = None      # bad input found inside the stage: the export stops
     facts: tuple | None = None         # what the new file says (bundle_files.file_facts), read where its plugin is loaded
-
-
-def inputs_digest(x: np.ndarray) -> str:
-    x = np.ascontiguousarray(x, np.float32)
-    return hashlib.sha256(repr((x.shape, str(x.dtype))).encode() + x.tobytes()).hexdigest()
 
 
 # --- the worker side -----------------------------------------------------------------------
@@ -134,7 +123,7 @@ def run_job(job: StageJob) -> StageResult:
     return StageResult(record=record, replays=replays, facts=facts)
 
 
-def verify_artifact(fmt, record: ArtifactRecord, job: StageJob) -> list["Replay"]:
+def verify_artifact(fmt, record: ArtifactRecord, job: StageJob) -> list[Replay]:
     """Every host runner of the row's kind over the check's inputs, as replays for the parent's check."""
     from ..check.files import file_facts, judged_precision
     from ..formats import precision_rule, runners_for
@@ -145,7 +134,8 @@ def verify_artifact(fmt, record: ArtifactRecord, job: StageJob) -> list["Replay"
     precision, _ = judged_precision(fmt, content, record.path)
     if not precision_rule(precision).reduced and len(fp32_rows):
         x = x[fp32_rows]
-    return [Replay.recorded(cls, path, record.sha256, x, job.verify, job.threads) for cls in runners_for(fmt.kind)]
+    return [Replay.recorded(cls, path, record.sha256, x, job.verify.spec, job.verify.export_shape, job.threads)
+            for cls in runners_for(fmt.kind)]
 
 
 def reset_peak() -> bool:
@@ -166,100 +156,6 @@ def peak_mib() -> float | None:
     except OSError:
         pass
     return None
-
-
-# --- replays: a runner's run, carried back to the check --------------------------------------
-
-_ERRORS = {"unavailable": RunnerUnavailable, "unsupported": UnsupportedOp}
-
-
-class Replay(Runner):
-    """What one runner saw of one file on one set of inputs, in a worker, replayed to the check."""
-
-    def __init__(self, cls: type[Runner], path: Path, sha256: str | None):
-        super().__init__(path, spinning=False)
-        self.cls = cls
-        self.name = cls.name
-        self.kinds = cls.kinds
-        self.metadata_keys = cls.metadata_keys
-        self.sha256 = sha256
-        self.runner_label = cls.name
-        self.unavailable: str | None = None
-        self.error: tuple[str, str, str] | None = None     # (kind, type name, message) raised by load or run
-        self.x_digest = ""
-        self.outputs: dict[str, np.ndarray] = {}
-        self.replayed_seconds = 0.0
-        self.found_labels: list[str] | None = None
-        self.found_metadata: dict[str, str] | None = None
-        self.declared: str | None = None
-        self.declared_for: list[int] = []
-
-    @classmethod
-    def recorded(cls, runner_cls: type[Runner], path: Path, sha256: str | None, x: np.ndarray, verify: VerifyJob,
-                 threads: int) -> "Replay":
-        from ..runners import infer_batched
-        rep = cls(runner_cls, path, sha256)
-        runner = runner_cls(path, threads=threads, spinning=False)
-        runner.input_spec = verify.spec
-        rep.runner_label = runner.label()
-        rep.unavailable = runner.unavailable_reason()
-        if rep.unavailable:
-            return rep
-        rep.x_digest = inputs_digest(x)
-        t0 = time.perf_counter()
-        try:
-            with runner:
-                rep.input_names, rep.output_names = list(runner.input_names), list(runner.output_names)
-                rep.input_shape = tuple(runner.input_shape or ())
-                rep.found_labels = runner.labels()
-                rep.found_metadata = runner.metadata()
-                rep.declared_for = list(verify.export_shape)
-                rep.declared = runner.declared_problem(list(verify.export_shape))
-                rep.outputs = {k: np.asarray(v) for k, v in infer_batched(runner, x).items()}
-        except (RunnerUnavailable, UnsupportedOp) as e:
-            rep.error = ("unavailable" if isinstance(e, RunnerUnavailable) else "unsupported", type(e).__name__, str(e))
-        except Exception as e:  # noqa: BLE001 - replayed as the same failure the check would have recorded
-            rep.error = ("other", type(e).__name__, str(e) or "".join(traceback.format_exception_only(e)).strip())
-        rep.replayed_seconds = time.perf_counter() - t0
-        return rep
-
-    def answers(self, sha256: str | None, x: np.ndarray) -> bool:
-        """Whether this replay is the run of that file on exactly these inputs."""
-        return self.unavailable is None and sha256 == self.sha256 and self.x_digest == inputs_digest(x)
-
-    def label(self) -> str:
-        return self.runner_label
-
-    def unavailable_reason(self) -> str | None:
-        return self.unavailable
-
-    def load(self) -> "Replay":
-        if self.error is not None:
-            kind, name, message = self.error
-            error = _ERRORS.get(kind) or type(name, (RuntimeError,), {})
-            raise error(message)
-        return self
-
-    def labels(self) -> list[str] | None:
-        return self.found_labels
-
-    def metadata(self) -> dict[str, str] | None:
-        return self.found_metadata
-
-    def declared_problem(self, input_shape: list[int]) -> str | None:
-        if list(input_shape) != self.declared_for:
-            raise RuntimeError("replayed for another input shape")
-        return self.declared
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (x,) = inputs.values()
-        if inputs_digest(x) != self.x_digest:
-            raise RuntimeError("replayed for other inputs")
-        return self.outputs
-
-    def first_divergence(self, model, x, atol: float) -> dict | None:
-        with self.cls(self.path, threads=1, spinning=False) as runner:
-            return runner.first_divergence(model, x, atol)
 
 
 # --- the parent side: a pool of workers ------------------------------------------------------

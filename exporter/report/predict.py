@@ -22,7 +22,9 @@ from ...models.registry import InputSpec
 from ...kernel.safe_io import read_regular
 
 from ...kernel.contract import OUTPUT_NAME
-from ..bundle.manifest import Manifest, inside, read_manifest
+from ..bundle.manifest import Manifest
+from ..bundle.on_disk import inside
+from ..bundle.manifest_io import read_manifest
 from ..kit.records import path_sha256
 from ..runners import RunnerUnavailable, infer_batched
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from ...kernel.errors import UserInputError
 
 from ..bench.result import BenchResult
-from ..bundle.manifest import changed_since_export, check_recordable, read_manifest, record_bundle_file
+from ..bundle.on_disk import changed_since_export, check_recordable, record_bundle_file
+from ..bundle.manifest_io import read_manifest
 from ...kernel.sealed import refuse_unless_replaceable, seal_png, seal_text, write_sealed
 from .views import bench_view, bundle_view, check_view, html_table, markdown
 

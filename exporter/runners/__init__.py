@@ -56,13 +56,24 @@ class Runner(ABC):
     metadata_keys: tuple[str, ...] = ()
 
     def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, cpu: str | None = None):
+        """The one constructor every runner has (the check, bench and the stage workers call it so):
+        ``provider`` an execution provider (runners with ``per_provider``), ``threads`` the runtime's
+        pool, ``cpu`` the emulated CPU model for a runner whose ``target`` is not the host (host
+        runners ignore it)."""
         self.path = Path(path)
         self.provider = provider
         #: threads for the runtime's pool (None: its default); ``spinning=False`` keeps an idle pool
         #: from busy-waiting between runs (the check and paired timings choose that)
         self.threads = threads
         self.spinning = spinning
+        self.cpu = cpu
+
+    @classmethod
+    def prepare(cls, kit, progress) -> None:
+        """For a runner whose ``target`` is emulated: add what it needs to that target's kit
+        (``bsconv-export setup arm64`` calls it with the kit and a progress callback). Default: nothing."""
+        return None
 
     def metadata(self) -> dict[str, str] | None:
         """After ``load``: the key/value metadata the artifact carries for apps (None: the format has none)."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ....kernel.errors import UserInputError
+from ...kit import Option, UserInputError, pixel_normalization
 from .. import Format, Plugin
-from ....kernel.contract import pixel_normalization
-from ...kit.options import Option
 from .backend import import_coremltools
 from .export import COREML_NAME, export_coreml
 from .fp16 import COREML_FP16_NAME, export_coreml_fp16

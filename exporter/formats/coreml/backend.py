@@ -15,7 +15,7 @@ def import_coremltools():
     first import and a process that converts or interprets CoreML does not pay for it (a process that
     also lowers a ``.pte`` imports it there).
     """
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     first = "coremltools" not in sys.modules
     hidden = sys.modules.get("executorch")
     if first:

@@ -29,10 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ....kernel import __version__
-from ...kit.context import ExportContext
-from ....kernel.contract import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME, pixel_normalization
-from ...kit.records import ArtifactRecord, Status
+from ...kit import (ArtifactRecord, ExportContext, INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME, Status, __version__,
+                   pixel_normalization)
 from .backend import import_coremltools
 
 COREML_NAME = "model.mlpackage"
@@ -75,7 +73,7 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
         pipeline.append_pass("compression::palettize_weights")
         pipeline.set_options("compression::palettize_weights", {"config": OptimizationConfig(
             global_config=OpPalettizerConfig(mode="kmeans", nbits=palettize_bits, weight_threshold=512))})
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ...kit.context import ExportContext
-from ...kit.records import ArtifactRecord, Status
+from ...kit import ArtifactRecord, ExportContext, Status
 from .export import DEPLOYMENT_TARGET, convert_coreml, mil_op_histogram, save_reproducibly, validate_spec
 
 COREML_FP16_NAME = "model.fp16.mlpackage"

@@ -18,9 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ....models.registry import InputSpec
-from ....kernel.contract import pixel_normalization
-from ...runners import Runner, RunnerUnavailable, UnsupportedOp
+from ...kit import InputSpec, Runner, RunnerUnavailable, UnsupportedOp, pixel_normalization
 
 
 def _pads(pad_type: str, pad, x_hw, k_hw, strides, dilations) -> list[tuple[int, int]]:

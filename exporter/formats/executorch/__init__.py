@@ -4,7 +4,7 @@ and nowhere else."""
 from __future__ import annotations
 
 from .. import Format, Plugin
-from ...kit.calibration import validate_calibration
+from ...kit import validate_calibration
 from .export import PTE_INT8_NAME, PTE_NAME, export_pte, export_pte_int8, import_lowering
 from .arm64 import PteArm64Runner
 from .runner import ExecuTorchRunner

@@ -16,11 +16,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ....kernel.errors import UserInputError
-from ...arm64 import EmulatedRunner
-from ....kernel.backends import built_aside
-from ....kernel.kit_files import record_files, verify_files
-from ...arm64.kit import WHEEL_PLATFORMS, find_kit, missing_reason
+from ...kit import (EmulatedRunner, UserInputError, WHEEL_PLATFORMS, built_aside, find_kit, missing_reason,
+                   record_files, verify_files)
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "arm64_runner.cpp"

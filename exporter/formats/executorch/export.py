@@ -21,10 +21,7 @@ import time
 import numpy as np
 import torch
 
-from ...kit.capture import op_counts
-from ...kit.context import ExportContext
-from ....kernel.limits import MAX_BATCH
-from ...kit.records import ArtifactRecord, Status
+from ...kit import ArtifactRecord, ExportContext, MAX_BATCH, Status, op_counts
 from .backend import abi_hint
 
 PTE_NAME = "model.pte"
@@ -37,7 +34,7 @@ class ExecuTorchUnavailable(RuntimeError):
 
 def import_lowering():
     """``(to_edge_transform_and_lower, XnnpackPartitioner)``, imported quietly, or a clear error."""
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     try:
         with quiet_logs():
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -68,7 +65,7 @@ def delegation(edge_program) -> dict:
 
 def lower_to_pte(program) -> tuple[bytes, dict]:
     """The ``.pte`` bytes of ``program`` lowered to XNNPACK, and its delegation summary."""
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     lower, partitioner = import_lowering()
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         edge = lower(program, partitioner=[partitioner()])
@@ -101,7 +98,7 @@ def quantize_program(program, x, batch: int):
     """The program's module quantised for XNNPACK: ExecuTorch's XNNPACK quantizer (int8, symmetric,
     per-channel weights, per-tensor activations), calibrated by running ``x`` through the observed
     module ``batch`` samples at a time."""
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     try:
         with quiet_logs():
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -119,7 +116,7 @@ def quantize_program(program, x, batch: int):
 
 
 def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
-    from ...kit.calibration import calibration_data
+    from ...kit import calibration_data
     t0 = time.perf_counter()
     x, _, origin = calibration_data(ctx)
     batch = int(ctx.example.shape[0]) if not ctx.options.dynamic_batch else 1

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
-from ...runners import Runner, RunnerUnavailable
+from ...kit import INPUT_NAME, OUTPUT_NAME, Runner, RunnerUnavailable
 
 
 @functools.lru_cache(maxsize=1)
 def _runtime():
     """``(Runtime.get(), Verification)``, or the reason ExecuTorch cannot run here."""
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     try:
         with quiet_logs():
             from executorch.runtime import Runtime, Verification
@@ -54,7 +53,7 @@ class ExecuTorchRunner(Runner):
         program = runtime.load_program(str(self.path), verification=verification.InternalConsistency)
         if "forward" not in program.method_names:
             raise ValueError(f"the .pte has no 'forward' method (methods: {sorted(program.method_names)})")
-        from ....kernel.quiet import quiet_native_stderr
+        from ...kit import quiet_native_stderr
         with quiet_native_stderr():  # XNNPACK's thread pool logs CPU probing on its first start
             self.method = program.load_method("forward")
         meta = self.method.metadata

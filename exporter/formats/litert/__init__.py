@@ -11,9 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ....kernel.errors import UserInputError
-from ....kernel import __version__
-from ...kit.records import ArtifactRecord, Status
+from ...kit import ArtifactRecord, Status, UserInputError, __version__
 from .. import Format, Plugin
 from . import converter
 from .arm64 import LiteRtArm64Runner
@@ -51,7 +49,7 @@ def _op_counts(data: bytes) -> dict[str, int]:
 def export_tflite(ctx) -> ArtifactRecord:
     """model.pt2 (the bundle's own, just written) through the converter subprocess, then the
     contract's names, TFLITE_METADATA, our metadata and the label file."""
-    from ....kernel.contract import pixel_normalization
+    from ...kit import pixel_normalization
     from .tflite_file import finish
     t0 = time.perf_counter()
     pt2 = ctx.workdir / ctx.records["pt2"].path

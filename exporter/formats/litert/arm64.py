@@ -1,7 +1,7 @@
 """A .tflite on LiteRT's aarch64 build with XNNPACK, under QEMU."""
 from pathlib import Path
 
-from ...arm64 import EmulatedRunner
+from ...kit import EmulatedRunner
 
 
 class LiteRtArm64Runner(EmulatedRunner):

@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ....kernel.errors import UserInputError
-from ....kernel.backends import built_aside, cache_root
-from ....kernel.kit_files import record_files, verify_files
+from ...kit import UserInputError, built_aside, cache_root, record_files, verify_files
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runners import Runner, RunnerUnavailable
-from ....kernel.contract import pixel_normalization
+from ...kit import Runner, RunnerUnavailable, pixel_normalization
 from .tflite_file import OUR_METADATA, TFLITE_METADATA, metadata_entries, packed_labels, read_model_metadata
 
 MAX_TFLITE_BYTES = 2 << 30
@@ -40,11 +39,11 @@ class LiteRtRunner(Runner):
             raise RunnerUnavailable(reason)
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        from ....kernel.safe_io import read_regular
+        from ...kit import read_regular
         data = read_regular(self.path, "the .tflite", max_bytes=MAX_TFLITE_BYTES)
         self._entries = metadata_entries(data)
-        from ....kernel.machine import usable_cores
-        from ....kernel.quiet import quiet_native_stderr
+        from ...kit import usable_cores
+        from ...kit import quiet_native_stderr
         # LiteRT's own default is one thread; onnxruntime's is every physical core. An app chooses
         # its count; unless told, take the usable cores, as onnxruntime does, so the two compare.
         threads = self.threads or usable_cores()
@@ -115,7 +114,7 @@ class LiteRtRunner(Runner):
         return {name: self.interpreter.get_tensor(i).copy() for name, i in zip(self.output_names, self._out)}
 
     def settings(self) -> dict:
-        from ....kernel.machine import usable_cores
+        from ...kit import usable_cores
         return {"num_threads": self.threads or f"{usable_cores()} (the usable cores; LiteRT's own default is 1)",
                 "op_resolver": self.resolver}
 

@@ -25,7 +25,7 @@ import zipfile
 
 import flatbuffers
 
-from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
+from ...kit import INPUT_NAME, OUTPUT_NAME
 
 TFLITE_METADATA = "TFLITE_METADATA"
 OUR_METADATA = "bsconv_export"

@@ -7,8 +7,7 @@ onnxconverter-common are imported in this folder and nowhere else.
 from __future__ import annotations
 
 from .. import Format, Plugin
-from ...kit.calibration import validate_calibration
-from ...kit.options import Option
+from ...kit import Option, validate_calibration
 from .export import ONNX_NAME, export_onnx, validate_onnx, warm_exporter
 from .facts import onnx_facts
 from .fp16 import FP16_NAME, export_fp16

@@ -1,7 +1,7 @@
 """The ONNX family (.onnx, simplified, int8, fp16, .ort) on onnxruntime's aarch64 build, under QEMU."""
 from pathlib import Path
 
-from ...arm64 import EmulatedRunner
+from ...kit import EmulatedRunner
 
 
 class OnnxArm64Runner(EmulatedRunner):

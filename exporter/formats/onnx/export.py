@@ -28,12 +28,8 @@ import numpy as np
 import onnx
 import torch
 
-from ....kernel.errors import UserInputError
+from ...kit import ArtifactRecord, ExportContext, INPUT_NAME, OUTPUT_NAME, Status, UserInputError, __version__
 
-from ....kernel import __version__
-from ...kit.context import ExportContext
-from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
-from ...kit.records import ArtifactRecord, Status
 
 ONNX_NAME = "model.onnx"
 MIN_OPSET = 11          # the TorchScript exporter's oldest useful opset
@@ -54,7 +50,7 @@ def _tiny_model(opset: int) -> bytes:
 @functools.lru_cache(maxsize=1)
 def newest_runnable_opset() -> int:
     """The newest opset both the exporter writes and the installed onnxruntime loads."""
-    from ....kernel.backends import onnxruntime
+    from ...kit import onnxruntime
     ort = onnxruntime()
     for opset in range(min(TORCH_MAX_OPSET, onnx.defs.onnx_opset_version()), MIN_OPSET - 1, -1):
         try:
@@ -147,7 +143,7 @@ def export_onnx(ctx: ExportContext) -> ArtifactRecord:
 
 
 def _dynamo_onnx(ctx: ExportContext) -> onnx.ModelProto:
-    from ....kernel.quiet import quiet_logs
+    from ...kit import quiet_logs
     program = ctx.program()
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         onnx_program = torch.onnx.export(program, (ctx.example,), input_names=[INPUT_NAME],
@@ -230,7 +226,7 @@ def io_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 def run_onnx(path_or_bytes, x: np.ndarray) -> np.ndarray:
     """One CPU inference, for the stages' own sanity checks."""
-    from ....kernel.backends import onnxruntime
+    from ...kit import onnxruntime
     ort = onnxruntime()
     src = str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])

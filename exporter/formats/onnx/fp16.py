@@ -9,8 +9,7 @@ import time
 
 import onnx
 
-from ...kit.context import ExportContext
-from ...kit.records import ArtifactRecord, Status
+from ...kit import ArtifactRecord, ExportContext, Status
 from .export import onnx_source, op_histogram, opset_of
 
 FP16_NAME = "model.fp16.onnx"

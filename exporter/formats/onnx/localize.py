@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from ...kit.prepare import prepare_for_export
+from ...kit import prepare_for_export
 
 _LEAF_BLOCKS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity)
 
@@ -45,7 +45,7 @@ def _block_outputs(model: nn.Module, x: np.ndarray) -> list[tuple[str, np.ndarra
 
 
 def _onnx_values(path: Path, x: np.ndarray, threads: int | None = None) -> tuple[list[tuple[str, str]], dict[str, np.ndarray]]:
-    from ....kernel.backends import onnxruntime
+    from ...kit import onnxruntime
     ort = onnxruntime()
     model = onnx.load(path)
     nodes = [(n.name, out) for n in model.graph.node for out in n.output if out]

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...kit.stats import bootstrap_ci
+from ...kit import bootstrap_ci
 
 #: a path component that names a repeated unit (MobileNet/ResNet ``unitN``, timm ``blocksN``, ``layerN``)
 UNIT = re.compile(r"(unit|block|blocks|layer)\d+$")
@@ -261,8 +261,8 @@ def profile_groups(path: Path, x: np.ndarray, groups: GraphGroups, threads: int 
 
     import onnx
 
-    from ....kernel.contract import INPUT_NAME
-    from ....kernel.backends import onnxruntime
+    from ...kit import INPUT_NAME
+    from ...kit import onnxruntime
     ort = onnxruntime()
     with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
@@ -311,7 +311,7 @@ def profile_groups(path: Path, x: np.ndarray, groups: GraphGroups, threads: int 
 
 def logits(path: Path, x: np.ndarray, batch: int, threads: int | None = None) -> np.ndarray:
     """``path``'s outputs on ``x``, ``batch`` samples at a time, on onnxruntime's CPU provider."""
-    from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
+    from ...kit import INPUT_NAME, OUTPUT_NAME
     from .runner import OnnxRunner
     with OnnxRunner(path, "cpu", threads=threads, spinning=False) as runner:
         return np.concatenate([runner.infer({INPUT_NAME: x[i:i + batch]})[OUTPUT_NAME]

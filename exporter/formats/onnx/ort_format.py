@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ...kit.context import ExportContext
-from ...kit.records import ArtifactRecord, Status
+from ...kit import ArtifactRecord, ExportContext, Status
 from .export import onnx_source, opset_of
 
 ORT_NAME = "model.ort"

@@ -35,14 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ....kernel.errors import UserInputError
+from ...kit import (ArtifactRecord, DEFAULT_TOLERANCES, ExportContext, INPUT_NAME, Status, UserInputError,
+                   calibration_data, gate_data)
 
-from ...kit.calibration import calibration_data, gate_data
-from ...kit.context import ExportContext
-from ....kernel.contract import INPUT_NAME
-from ...kit.tolerances import DEFAULT_TOLERANCES
 from .export import keep_contract_metadata, onnx_source, op_histogram, opset_of
-from ...kit.records import ArtifactRecord, Status
 
 INT8_NAME = "model.int8.onnx"
 
@@ -228,7 +224,7 @@ def interleaved_latencies(paths: dict[str, Path], x: np.ndarray, budget_s: float
     provider as an app runs it, on the export's ``threads`` (thread spinning on — worth ~35 % to fp32 and
     little to int8 on a 2-core AVX2 CPU, so timing without it would favour int8). Blocks, not
     single runs: a session's spinning threads slow the next session's first run."""
-    from ....kernel.backends import onnxruntime
+    from ...kit import onnxruntime
     ort = onnxruntime()
     sessions = {}
     for name, p in paths.items():

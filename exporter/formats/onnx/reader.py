@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....kernel.errors import UserInputError
-from ....kernel.contract import INPUT_NAME
+from ...kit import INPUT_NAME, UserInputError
 
 
 def _reader_base():

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ....kernel.backends import onnxruntime
-from ...runners import Runner, RunnerUnavailable
+from ...kit import Runner, RunnerUnavailable, onnxruntime
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider", "coreml": "CoreMLExecutionProvider",
@@ -75,8 +74,8 @@ class OnnxRunner(Runner):
 
     def labels(self) -> list[str] | None:
         """The ``labels`` metadata (a JSON list), or None when the file carries none."""
-        from ....kernel.errors import UserInputError
-        from ....kernel.safe_io import loads_json
+        from ...kit import UserInputError
+        from ...kit import loads_json
         text = (self.metadata() or {}).get("labels")
         if text is None:
             return None

@@ -12,9 +12,9 @@ import time
 
 import onnx
 
-from ...kit.context import ExportContext
+from ...kit import FP32_ATOL as CHECK_ATOL, FP32_RTOL_MAX as CHECK_RTOL
+from ...kit import ArtifactRecord, ExportContext, Status
 from .export import keep_contract_metadata, op_histogram, opset_of
-from ...kit.records import ArtifactRecord, Status
 
 SIM_NAME = "model.sim.onnx"
 # onnxsim's own check compares outputs on random inputs. Its default (atol 1e-5,
@@ -22,7 +22,6 @@ SIM_NAME = "model.sim.onnx"
 # logits reach ~10 (seen on untrained MobileNetV2 w1: 1 run in 3). It is only a
 # guard against a broken rewrite: the check stage holds the simplified file to the
 # real fp32 rule afterwards, so this uses the check's loosest fp32 bound.
-from ...kit.tolerances import FP32_ATOL as CHECK_ATOL, FP32_RTOL_MAX as CHECK_RTOL  # noqa: E402
 
 
 def simplify_onnx(ctx: ExportContext) -> ArtifactRecord:

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ....kernel.contract import INPUT_NAME, OUTPUT_NAME
-from ...runners import Runner
+from ...kit import INPUT_NAME, OUTPUT_NAME, Runner
 
 
 class TorchProgramRunner(Runner):
@@ -23,7 +22,7 @@ class TorchProgramRunner(Runner):
     def load(self) -> "TorchProgramRunner":
         import torch
 
-        from ....models.program import load_program
+        from ...kit import load_program
         program, _ = load_program(self.path)
         spec = program.graph_signature.user_inputs
         if len(spec) != 1 or len(program.graph_signature.user_outputs) != 1:

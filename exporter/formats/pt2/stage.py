@@ -12,8 +12,7 @@ import time
 
 import torch
 
-from ...kit.context import ExportContext
-from ...kit.records import ArtifactRecord, Status
+from ...kit import ArtifactRecord, ExportContext, Status
 
 PT2_NAME = "model.pt2"
 
