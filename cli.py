@@ -7,26 +7,24 @@ stderr. Exit codes: 0 success, 1 a stage failed, 2 bad usage or bad input.
 from __future__ import annotations
 
 import errno
-import functools
-import inspect
 import json
-import logging
 import os
 import signal
 import sys
-import typing
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 from typer.core import TyperGroup
 
+from .exporter.export.command_options import csv_values, parse_threads, with_format_options, with_model_options
+from .exporter.formats import formats_help
+from .exporter.report.console import (COLOUR, emit_json, err, human, out, print_bundle_table, print_check_table,
+                                      quiet_third_party_logs, show)
 from .kernel.errors import StageError, UserInputError
 from .models.registry import DEFAULT_ARCH
-from .exporter.formats import formats_help
 
 #: errno values that mean "the environment refused" (a full disk, a read-only folder), not a bug
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EISDIR,
@@ -68,125 +66,6 @@ app = typer.Typer(cls=ErrorPolicy, help=__doc__.split("\n\n")[0], no_args_is_hel
                   pretty_exceptions_enable=False)
 
 
-def _log_width(stream) -> int | None:
-    """Not a terminal (a CI log, a pipe): rich would squeeze tables to 80 columns and cut the numbers
-    a CI reader needs to "m…"; give them room instead (COLUMNS still wins where it is set)."""
-    return None if stream.isatty() or os.environ.get("COLUMNS") else 200
-
-
-out = Console(soft_wrap=True, width=_log_width(sys.stdout))
-err = Console(stderr=True, soft_wrap=True, width=_log_width(sys.stderr))
-COLOUR = {"ok": "green", "failed": "red", "skipped": "yellow", "unverified": "red", "passed": "green"}
-
-ARCH_HELP = "Architecture name (see 'bsconv-export models'). Omit it, and --checkpoint, for the shipped trained model."
-CKPT_HELP = "Checkpoint file: .pt/.pth state_dict (raw, {'model_state_dict': ...}, {'state_dict': ...}) or .safetensors."
-# The three model sources, the same options on every command that takes a model (see models/source.py).
-MODEL_OPT = typer.Option(None, "--model", help="Your own network: package.module:factory, a function returning an nn.Module. "
-                         "This IMPORTS AND RUNS that Python code (the current folder is importable). Weights from "
-                         "--checkpoint, or from the factory itself; needs an input spec.")
-MODEL_ARG_OPT = typer.Option([], "--model-arg", help="key=value passed to the --model factory (repeatable); values are "
-                             "read as Python literals (2, 0.5, True, 'x') where they parse, else as text.")
-PROGRAM_OPT = typer.Option(None, "--program", help="An ExportedProgram saved by torch.export.save (.pt2), loaded "
-                           "without unpickling or running code from it; needs an input spec.")
-SPEC_OPT = typer.Option(None, "--input-spec", help="JSON input spec for --model/--program: size, channels, mean, std, "
-                        "value_range, color_order, labels, num_classes.")
-MEAN_OPT = typer.Option(None, "--mean", help="--model/--program: per-channel mean the app subtracts, e.g. 0.485,0.456,0.406.")
-STD_OPT = typer.Option(None, "--std", help="--model/--program: per-channel std the app divides by.")
-LABELS_OPT = typer.Option(None, "--labels", help="--model/--program: text file, one class label per line.")
-
-
-def _extend(command, extra: list[inspect.Parameter], into: str, first: bool = False):
-    """``command`` with ``extra`` parameters in its signature (typer reads them from there); their
-    values reach it as one dict, keyword ``into``."""
-    sig = inspect.signature(command)
-    hints = typing.get_type_hints(command)
-    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != into]
-    params = [*extra, *own] if first else [*own, *extra]
-    names = [p.name for p in extra]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        return command(**{k: v for k, v in kwargs.items() if k not in names},
-                       **{into: {k: kwargs[k] for k in names}})
-
-    wrapper.__signature__ = sig.replace(parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params])
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper
-
-
-def _param(name: str, annotation, default) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-
-
-def with_model_options(command):
-    """The model options every command that takes a model shares (see models/source.py), declared
-    once: ``command`` receives them as ``model_options`` (request_from_options' keywords)."""
-    return _extend(command, [
-        _param("arch", Optional[str], typer.Argument(None, help=ARCH_HELP)),
-        _param("checkpoint", Optional[Path], typer.Option(None, "--checkpoint", "-c", help=CKPT_HELP)),
-        _param("model", Optional[str], MODEL_OPT), _param("model_arg", list[str], MODEL_ARG_OPT),
-        _param("program", Optional[Path], PROGRAM_OPT), _param("input_spec", Optional[Path], SPEC_OPT),
-        _param("mean", Optional[str], MEAN_OPT), _param("std", Optional[str], STD_OPT),
-        _param("labels", Optional[Path], LABELS_OPT)], "model_options", first=True)
-
-
-def with_format_options(command):
-    """Give ``command`` one parameter per declared export option (the pipeline's and every format
-    plugin's, see exporter/kit/options.py), passed to it as ``format_options``: the options the user
-    gave, by name, each as its declaration reads it."""
-    from .exporter.formats import declared_options
-    declared = declared_options()
-    extra = []
-    for o in declared.values():
-        help_ = o.help + (f" One of: {', '.join(map(str, o.choices))}." if o.choices and o.type is not bool else "")
-        if o.type is bool:
-            annotation, default = bool, False
-        elif o.repeatable:
-            annotation, default = list[o.type], []
-        else:
-            annotation, default = Optional[o.type], None
-        extra.append(_param(o.name, annotation, typer.Option(default, o.flag, help=help_)))
-
-    def given(values: dict) -> dict:
-        out = {}
-        for name, value in values.items():
-            o = declared[name]
-            if o.type is bool:
-                if value:
-                    out[name] = not o.default   # the flag flips the default ("--no-simplify")
-            elif o.repeatable:
-                if value:
-                    out[name] = tuple(value)
-            elif value is not None:
-                out[name] = value
-        return out
-
-    @functools.wraps(command)
-    def convert(**kwargs):
-        return command(**{**kwargs, "format_options": given(kwargs["format_options"])})
-
-    return _extend(convert, extra, "format_options")
-
-
-def quiet_third_party_logs() -> None:
-    # coremltools and onnxruntime's tools log version notices and Linux-only runtime
-    # warnings at import; they say nothing about this run.
-    for name in ("coremltools", "ort_format_model", "ort_format_model.utils"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def emit_json(obj: Any) -> None:
-    """One strict JSON object on stdout (NaN and infinities as null, as in manifest.json)."""
-    from .exporter.bundle.manifest_io import finite
-    sys.stdout.write(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
-
-
-def human(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}T"
 
 
 @app.command("models")
@@ -549,52 +428,6 @@ def predict_cmd(
         print(json.dumps(p.to_dict()), flush=True)
 
 
-def show(view, title_style: str = "", status_colour: bool = True) -> None:
-    """Draw a :class:`~exporter.views.View` (the same one ``report`` writes) with rich."""
-    title = escape(view.title)
-    for word, colour in COLOUR.items():   # the verdict word in the title, coloured
-        title = title.replace(f": {word}", f": [{colour}]{word}[/{colour}]")
-    title = title.replace(": FAILED", ": [red]FAILED[/red]")
-    out.print(f"[{title_style}]{title}[/{title_style}]" if title_style else title, highlight=False)
-    table = Table(*[Column(h, no_wrap=i < 2) for i, h in enumerate(view.head)])
-    for row, status in zip(view.rows, view.status or [""] * len(view.rows)):
-        cells = [escape(c) for c in row]
-        if status_colour and status in COLOUR and "status" in view.head:
-            i = view.head.index("status")
-            cells[i] = f"[{COLOUR[status]}]{cells[i]}[/{COLOUR[status]}]"
-        table.add_row(*cells)
-    out.print(table)
-    for note in view.notes:
-        out.print(note, highlight=False)
-
-
-def print_check_table(report) -> None:
-    from .exporter.report.views import check_view
-    show(check_view(report))
-
-
-def print_bundle_table(manifest, bundle: Path) -> None:
-    from .exporter.report.views import bundle_view
-    show(bundle_view(manifest, bundle))
-
-
-def parse_threads(text: str, cores: int) -> int | str | None:
-    """--threads: 'default' (None), 'auto', or a count from 1 to the usable cores."""
-    if text in ("default", "auto"):
-        return None if text == "default" else "auto"
-    if not text.isdigit() or not 1 <= int(text) <= cores:
-        raise UserInputError(f"--threads must be 1..{cores} (the usable cores), 'auto' or 'default', not {text!r}")
-    return int(text)
-
-
-def _csv(text: str, cast=str) -> tuple:
-    try:
-        items = tuple(cast(t.strip()) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise UserInputError(f"cannot read {text!r} as a comma-separated list") from None
-    if not items:
-        raise UserInputError("an empty list was given")
-    return items
 
 
 @app.command("bench")
@@ -617,17 +450,17 @@ def bench_cmd(
     A bundle's .pte is also interleaved with its ONNX file on onnxruntime (ABBA pairs in one
     process) and the paired ratio printed: quote that ratio, not two separate medians.
     """
-    from .exporter.bench.bench import BenchOptions, run_bench, usable_cores
+    from .exporter.bench.bench import BenchOptions, usable_cores
     from .kernel.limits import check_batch, check_finite
     n_threads = parse_threads(threads, usable_cores())
-    batches = _csv(batch, int)
+    batches = csv_values(batch, int)
     for b in batches:
         check_batch(b)
     if duration is not None and iters is not None:
         raise UserInputError("--duration and --iters exclude each other: --iters times exactly that many runs; "
                              "drop one of them")
     duration = 5.0 if duration is None else check_finite(duration, "--duration", 0.1)
-    opts = BenchOptions(providers=_csv(providers), batches=batches, threads=n_threads, warmup=warmup,
+    opts = BenchOptions(providers=csv_values(providers), batches=batches, threads=n_threads, warmup=warmup,
                         duration=duration, iters=iters, vs_torch=vs_torch)
     original = None
     if vs_torch:
@@ -652,26 +485,9 @@ def bench_cmd(
             err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
                       highlight=False)
 
-    from .exporter.bundle.on_disk import check_recordable, record_bundle_file
-    from .kernel.sealed import refuse_unless_replaceable, seal_json, write_sealed
-    if out_file is not None and not out_file.parent.is_dir():
-        raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
-    from .exporter.formats import artifact_suffixes
-    is_bundle = target.is_dir() and target.suffix not in artifact_suffixes()
-    dest = out_file or (target / "bench.json" if is_bundle else None)
-    into_bundle = is_bundle and dest.parent.resolve() == target.resolve()
-    keep = "move it away, or name another file with --out"
-    if into_bundle:
-        check_recordable(target, dest.name)   # before minutes of timing, not after
-    elif dest is not None:
-        refuse_unless_replaceable(dest, keep)
-    results = run_bench(target, opts, original, progress)
+    from .exporter.bench.bench import run_bench_and_save
+    results, dest = run_bench_and_save(target, opts, original, progress, out_file)
     timed = any(r["status"] == "ok" for r in results["results"])
-    if dest and timed:   # a run that timed nothing never replaces results
-        if into_bundle:   # ours: --force may replace it with the bundle
-            record_bundle_file(target, dest.name, json.dumps(results, indent=1) + "\n")
-        else:
-            write_sealed(dest, seal_json(results), keep)
     if as_json:
         emit_json(results)
         raise typer.Exit(0 if timed else 1)

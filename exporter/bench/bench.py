@@ -315,3 +315,35 @@ def pair_with_baseline(targets: list[Target], results: list[dict], opts: BenchOp
         if progress:
             progress({**pair, "paired": True})
     return out
+
+
+def run_bench_and_save(target: Path, opts: BenchOptions, torch_model=None,
+                       progress: Callable[[dict], None] | None = None,
+                       out_file: Path | None = None) -> tuple[dict, Path | None]:
+    """:func:`run_bench`, its results kept: in ``out_file``, else a bundle's ``bench.json`` (recorded in
+    its manifest, so ``--force`` may replace it with the bundle); a lone artifact without ``out_file``
+    keeps nothing. Where they go is settled before minutes of timing: a user's file there (outside a
+    bundle: one this tool did not seal) is refused. A run that timed nothing replaces nothing.
+    Returns (results, where they were written or None)."""
+    import json
+
+    from ...kernel.sealed import refuse_unless_replaceable, seal_json, write_sealed
+    from ..bundle.on_disk import check_recordable, record_bundle_file
+    if out_file is not None and not out_file.parent.is_dir():
+        raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
+    is_bundle = target.is_dir() and target.suffix not in artifact_suffixes()
+    dest = out_file or (target / "bench.json" if is_bundle else None)
+    into_bundle = is_bundle and dest.parent.resolve() == target.resolve()
+    keep = "move it away, or name another file with --out"
+    if into_bundle:
+        check_recordable(target, dest.name)
+    elif dest is not None:
+        refuse_unless_replaceable(dest, keep)
+    results = run_bench(target, opts, torch_model, progress)
+    if dest is None or not any(r["status"] == "ok" for r in results["results"]):
+        return results, None
+    if into_bundle:
+        record_bundle_file(target, dest.name, json.dumps(results, indent=1) + "\n")
+    else:
+        write_sealed(dest, seal_json(results), keep)
+    return results, dest
