@@ -70,50 +70,50 @@ $(JS_CLIENT)/node_modules/.installed: $(JS_CLIENT)/package.json $(JS_CLIENT)/pac
 test-zoo: $(STAMP) setup-litert
 	$(PY) tests/zoo_plan.py --out $(BUILD)/zoo
 	$(VENV)/bin/bsconv-export sweep $(BUILD)/zoo/sweep.toml --resume
-	$(PY) -m pytest -q -n auto -m zoo tests/test_reference.py tests/test_zoo.py tests/test_sources.py
+	$(PY) -m pytest -q -n auto -m zoo tests/contract/test_reference.py tests/unit/test_zoo.py tests/e2e/test_sources.py
 
 train: $(STAMP)
 	$(VENV)/bin/bsconv-export train --force --out models/checkpoints/digits_cifar_mobilenetv2_w1d4_bsconvs_p1d6.pt
 
 bench-export: $(STAMP)
-	$(PY) tests/bench_export.py
+	$(PY) tests/benchmarks/bench_export.py
 
 # --jobs 2 against --jobs 1 (paired, alternating), the whole process tree's memory, and an unchanged
 # re-export from the stage cache: docs/pipeline.md
 bench-pipeline: $(STAMP)
-	$(PY) tests/bench_pipeline.py
+	$(PY) tests/benchmarks/bench_pipeline.py
 
 bench-latency: $(STAMP)
-	$(PY) tests/bench_latency.py
+	$(PY) tests/benchmarks/bench_latency.py
 
 bench-pte: $(STAMP)
-	$(PY) tests/bench_pte.py
+	$(PY) tests/benchmarks/bench_pte.py
 
 bench-litert: $(STAMP) setup-litert
-	$(PY) tests/bench_litert.py
+	$(PY) tests/benchmarks/bench_litert.py
 
 bench-sweep: $(STAMP)
-	$(PY) tests/bench_sweep.py
+	$(PY) tests/benchmarks/bench_sweep.py
 
 # OpenVINO beside our files, for this benchmark only (never a product dependency). --no-deps leaves
 # out openvino-telemetry: with it, `import openvino` sends a Google Analytics event; without it,
 # OpenVINO falls back to its own no-op stub (checked with strace: no connect).
 bench-compare: $(STAMP)
 	$(PY) -m pip install -q --no-deps -c constraints.txt openvino
-	$(PY) tests/bench_compare.py
+	$(PY) tests/benchmarks/bench_compare.py
 
 bench-gate: $(STAMP)
-	$(PY) tests/bench_gate.py
+	$(PY) tests/benchmarks/bench_gate.py
 
 bench-reduced: $(STAMP)
-	$(PY) tests/bench_reduced.py
+	$(PY) tests/benchmarks/bench_reduced.py
 
 # The check's reduced-precision scale gates over correct exports, and the smallest faults they catch.
 bench-scale-gates: $(STAMP)
-	$(PY) tests/bench_scale_gates.py
+	$(PY) tests/benchmarks/bench_scale_gates.py
 
 bench-thresholds: $(STAMP)
-	$(PY) tests/bench_thresholds.py
+	$(PY) tests/benchmarks/bench_thresholds.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

@@ -1,4 +1,4 @@
-"""In-process plugins for tests/test_plugins.py, found through a test entry point (``toy_plugins:NAME``)."""
+"""In-process plugins for tests/contract/test_plugins.py, found through a test entry point (``toy_plugins:NAME``)."""
 from bsconv_export.exporter.formats import Format, Plugin, preferred
 from bsconv_export.exporter.kit.options import Option
 from bsconv_export.exporter.kit.tolerances import Precision, Tolerance

@@ -1,7 +1,7 @@
 """Write the whole-zoo sweep plan `make test-zoo` runs (not a test).
 
 For every zoo name matching ``--pattern``: the seeded architecture with realistic BatchNorm
-statistics (tests/test_zoo_check.py: running it in training mode over inputs drawn with another
+statistics (tests/e2e/test_zoo_check.py: running it in training mode over inputs drawn with another
 seed than the check's), saved as a checkpoint under ``OUT/checkpoints`` (kept when it exists, so
 ``sweep --resume`` recognises the bundles that passed), and one job exporting it to every fp32
 format with the check. Then: ``bsconv-export sweep OUT/sweep.toml --resume``.

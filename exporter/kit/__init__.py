@@ -1,8 +1,8 @@
 """The plugin kit: everything a format plugin may import from this tool, in one place (docs/plugins.md,
 *What a plugin imports*, lists the same names, section by section; a test holds the two equal).
 
-A plugin imports ``Format`` and ``Plugin`` from :mod:`bsconv_export.exporter.formats` and everything
-else from here::
+A plugin imports ``Format``, ``Plugin`` and ``preferred`` from :mod:`bsconv_export.exporter.formats` and
+everything else from here::
 
     from bsconv_export.exporter.formats import Format, Plugin
     from bsconv_export.exporter.kit import ArtifactRecord, ExportContext, Option, Runner, Status

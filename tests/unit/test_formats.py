@@ -14,13 +14,18 @@ import pytest
 from bsconv_export.exporter.formats import FORMATS, complete_options, plugins, reproduce_command, runners_for
 from bsconv_export.exporter.kit.options import ExportOptions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_row_is_verified_and_timed_by_registered_runners():
+    timed = 0
     for f in FORMATS.values():
         assert runners_for(f.kind), f"{f.name}: no runner verifies kind {f.kind}"
         assert all(r in FORMATS for r in f.requires)
+        if f.benchmark:   # a row bench times has a runner that times its kind
+            assert runners_for(f.kind, purpose="time"), f"{f.name}: bench times it, but no runner times kind {f.kind}"
+            timed += 1
+    assert timed >= 5, "fewer rows are timed than the built-ins alone: the table is broken"
 
 
 def test_options_are_validated_and_reproduced_from_the_table(tmp_path):

@@ -18,7 +18,7 @@ from bsconv_export.exporter.arm64 import kit
 from bsconv_export.exporter.formats import tolerance_for
 from bsconv_export.exporter.kit.tolerances import FP16_ARITHMETIC_CPUS
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("bsconv-export"))
 ENV = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
 def _kit_missing() -> str | None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from bsconv_export.cli import app
 from bsconv_export.models.checkpoint import save_checkpoint
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 runner = CliRunner()
 

@@ -1,7 +1,7 @@
 """torch.export at the centre: the capture, model.pt2 and its safe loader, the ExecuTorch .pte.
 
 The shipped model's bundle with every default format, checked, is built once per
-run and shared with tests/test_export.py (conftest's ``shared_bundle``); the
+run and shared with tests/e2e/test_export.py (conftest's ``shared_bundle``); the
 tests here copy it before changing anything. ExecuTorch's lowering takes ~15 s
 per model on 2 cores, so this module lowers the digits model three more times:
 a fresh-process export for byte identity, a planted fault, and the int8 .pte.

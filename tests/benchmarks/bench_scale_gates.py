@@ -1,13 +1,13 @@
 """Measure the reduced-precision scale gates on correct exports: how much of each bound they use.
 
 For every model of the zoo sample (one per flavour × family × variant, at native size, seeded
-weights with realistic BatchNorm statistics, as tests/test_zoo_check.py makes them) and for the
+weights with realistic BatchNorm statistics, as tests/e2e/test_zoo_check.py makes them) and for the
 shipped digits model: export ONNX, fp16 and int8 (random calibration, uniform plan: the
 measurement is of the gates, not the plan), check them, and print per artifact the logit slope,
 the per-class bias and the fp16 error against PyTorch fp16's own, each as a share of its bound.
 A correct export must stay well under 1 on every one; the worst case goes in docs/check.md.
 
-    .venv/bin/python tests/bench_scale_gates.py [--models N] [--out results.jsonl]
+    .venv/bin/python tests/benchmarks/bench_scale_gates.py [--models N] [--out results.jsonl]
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

@@ -19,7 +19,7 @@ from bsconv_export.exporter.bundle.manifest_io import _schema_validator
 from test_hostile import bundle  # noqa: F401 - a fixture
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args):
@@ -75,9 +75,11 @@ WRONG = {str: 7, int: "7", float: "x", bool: "yes", list: {"a": 1}, dict: [1], t
 
 
 def _mutations(row: dict):
+    """Every field removed, made null (where it is not null already) and given a value of another type."""
     for key, value in row.items():
         yield key, "removed", None
-        yield key, "null", None
+        if value is not None:
+            yield key, "null", None
         yield key, "wrong type", WRONG.get(type(value), 3.5)
 
 
@@ -101,6 +103,7 @@ def test_every_field_removed_null_or_mistyped_is_never_a_traceback(tmp_path, bun
     for key, how, value in _mutations(row_of(base)):
         d = json.loads(json.dumps(base))
         _apply(row_of(d), key, how, value)
+        assert d != base, (key, how)   # every mutation changes the manifest: none is silently a no-op
         put(bundle, d)
         written = (bundle / "manifest.json").read_bytes()
         commands = [("report", bundle, "--out", tmp_path / "r.md"), ("predict", bundle, image),

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 STATS_SEED = 12345   # the check draws with seed 0
 # make test's sample leaves the .pte out (ExecuTorch's lowering takes ~15 s per model on 2 cores;
-# tests/test_export.py lowers one model per family); the whole-zoo sweep takes every fp32 format.
+# tests/e2e/test_export.py lowers one model per family); the whole-zoo sweep takes every fp32 format.
 SAMPLE_FORMATS = ("pt2", "onnx", "ort", "coreml")
 FP32_FORMATS = tuple(f.name for f in FORMATS.values() if f.selectable and f.precision == "fp32")
 

@@ -15,7 +15,7 @@ from bsconv_export.exporter.formats.onnx.export import CONTRACT_KEYS
 from bsconv_export.exporter.bundle.manifest import SCHEMA_FILE
 from bsconv_export.exporter.bundle.manifest_io import finite, manifest_json, read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "bundle.md").read_text()
 SCHEMA = json.loads((ROOT / "exporter" / "bundle" / SCHEMA_FILE).read_text())
 

@@ -21,7 +21,7 @@ from test_zoo_check import realistic_statistics
 # exports many formats or models: make test-all, not the fast tier
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("bsconv-export"))
 FP32 = ",".join(f.name for f in FORMATS.values() if f.selectable and f.precision == "fp32")
 runner = CliRunner()

@@ -96,13 +96,13 @@ def test_ort_format_runs_the_held_out_digits_like_torch(shipped_bundle, shipped)
 
 
 # Structure (no BN/Identity/shape nodes, metadata, hashes) on one model per family; that every
-# family exports and passes the check at native size is tests/test_zoo_check.py's job.
+# family exports and passes the check at native size is tests/e2e/test_zoo_check.py's job.
 SPREAD = ["mobilenetv1_w1d4_bsconvu", "cifar_mobilenetv2_w1d2_bsconvs_p1d6", "cifar_mobilenetv3_large_w1d2_bsconvu",
           "mobilenetv3_small_w7d20_bsconvs_p1d6"]
 
 
 # ExecuTorch's lowering costs ~15 s a model, so make test lowers one V3 here (its squeeze-excitation
-# blocks leave layout copies outside XNNPACK) and the digits V2 in tests/test_program.py.
+# blocks leave layout copies outside XNNPACK) and the digits V2 in tests/e2e/test_program.py.
 WITH_PTE = {"mobilenetv3_small_w7d20_bsconvs_p1d6"}
 
 
@@ -120,8 +120,8 @@ def test_zoo_spread_exports_to_every_format(tmp_path, arch):
     assert m.verdict == "unverified"  # exported without the check: not passed
 
 
-# Byte identity across exports: tests/test_program.py (a fresh process against the shared bundle).
-# Dynamic batch at a custom size: tests/test_program.py::test_dynamic_batch_bundle_runs_any_batch.
+# Byte identity across exports: tests/e2e/test_program.py (a fresh process against the shared bundle).
+# Dynamic batch at a custom size: tests/e2e/test_program.py::test_dynamic_batch_bundle_runs_any_batch.
 
 
 def test_coreml_fp16_and_image_input(tmp_path, shipped):
@@ -138,7 +138,7 @@ def test_coreml_image_input_folds_mean_and_std_and_passes_its_check(tmp_path):
     (exporter.contract.pixel_normalization), and the check feeds the pixels that rule maps to its
     inputs; a std that differs per channel (one ImageType scale cannot hold it) is refused up front."""
     import sys
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import custom_models
     from bsconv_export.exporter.check.run import CheckOptions
     from bsconv_export.kernel.errors import UserInputError

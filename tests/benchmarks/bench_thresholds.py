@@ -6,7 +6,7 @@ weights scaled (fp16) — and runs each through onnxruntime against the check's 
 rules (the same inputs, tolerances and verdict as `bsconv-export check`). Prints, per fault, the
 smallest size that fails and the gate that caught it.
 
-    .venv/bin/python tests/bench_thresholds.py
+    .venv/bin/python tests/benchmarks/bench_thresholds.py
 """
 import os
 import tempfile

@@ -66,7 +66,7 @@ def test_a_deliberately_bad_calibration_fails_the_quality_gate(tmp_path, shipped
     x = np.full((16, 3, 32, 32), 0.01, np.float32)
     np.savez(bad, input=x)
     # the uniform plan: the measured one would spend minutes putting groups back to float before
-    # giving up, and the test is about the check, not the plan (tests/test_int8_plan.py)
+    # giving up, and the test is about the check, not the plan (tests/unit/test_int8_plan.py)
     r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("onnx", "int8"), calibration=str(bad),
                                                              int8_plan="uniform"), check=CheckOptions())
     assert not r.ok and r.manifest.to_dict()["passed"] is False

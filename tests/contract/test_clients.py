@@ -25,8 +25,8 @@ from bsconv_export.exporter.kit.tolerances import DEFAULT_TOLERANCES
 from bsconv_export.models.data import HOLDOUT_PATH
 from bsconv_export.models.registry import InputSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
 CPP = ROOT / "clients" / "executorch-cpp" / "run"
 JS = ROOT / "clients" / "onnxruntime-js" / "run"
 CLI = str(Path(sys.executable).with_name("bsconv-export"))

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def good_bundle(shared_bundle):
-    # the formats the planted faults below edit; the .pt2 and .pte are tests/test_program.py's
+    # the formats the planted faults below edit; the .pt2 and .pte are tests/e2e/test_program.py's
     return shared_bundle("onnx-ort-coreml")
 
 

@@ -20,13 +20,14 @@ from typer.testing import CliRunner
 
 from bsconv_export.cli import app
 from bsconv_export.exporter import formats
+from bsconv_export.exporter.formats import discovery
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.check.run import CheckOptions
 from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.exporter.kit.records import Status
 from helpers import rehash
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BSCONV_EXPORT = Path(sys.executable).with_name("bsconv-export")
 
 
@@ -126,11 +127,11 @@ def test_a_broken_plugin_is_named_and_left_out(toy_site, tmp_path):
 @pytest.fixture
 def plugin(monkeypatch):
     """Add plugins (``tests/toy_plugins.py:NAME``) to what the entry points name, in this process."""
-    real = formats._entry_points
+    real = discovery._entry_points
 
     def install(*names):
         extra = [EntryPoint(n.lower(), f"toy_plugins:{n}", formats.ENTRY_POINT_GROUP) for n in names]
-        monkeypatch.setattr(formats, "_entry_points", lambda: real() + extra)
+        monkeypatch.setattr(discovery, "_entry_points", lambda: real() + extra)
         formats.reload_plugins()
 
     yield install
@@ -192,8 +193,8 @@ def test_a_plugin_that_exits_or_hangs_at_import_is_left_out_in_bounded_time(tmp_
     import time
     (tmp_path / "bad_import_plugin.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(formats, "PLUGIN_IMPORT_SECONDS", 1.0)
-    monkeypatch.setattr(formats, "_entry_points", lambda real=formats._entry_points: real() + [
+    monkeypatch.setattr(discovery, "PLUGIN_IMPORT_SECONDS", 1.0)
+    monkeypatch.setattr(discovery, "_entry_points", lambda real=discovery._entry_points: real() + [
         EntryPoint("bad", "bad_import_plugin", formats.ENTRY_POINT_GROUP)])
     formats.reload_plugins()
     try:
@@ -377,3 +378,34 @@ def test_onnx_files_carry_the_contracts_metadata_and_nothing_stale(shared_bundle
             assert sorted(keys) == sorted(CONTRACT_KEYS), (f.name, keys)
     with OrtFormatRunner(shared_bundle("onnx-ort-coreml") / "model.ort") as r:
         assert sorted(r.metadata()) == sorted(CONTRACT_KEYS)
+
+
+def test_the_kit_is_what_docs_plugins_md_lists_line_for_line():
+    """docs/plugins.md's list under *What a plugin imports* names exactly the kit's names, section by
+    section in the kit's order, and each resolves."""
+    import bsconv_export.exporter.kit as kit
+    text = (REPO / "docs" / "plugins.md").read_text().split("## What a plugin imports", 1)[1]
+    listed = [name for line in text.splitlines() if line.startswith("- ")
+              for name in re.findall(r"`([A-Za-z_0-9]+)`", line.split(":", 1)[1])]
+    assert listed == kit.__all__
+    assert all(getattr(kit, name, None) is not None for name in kit.__all__)
+
+
+def test_the_built_in_plugins_import_only_the_kit_and_the_plugin_types():
+    """What a third-party plugin may import is all a built-in one does: from outside its own folder,
+    ``Format``, ``Plugin`` and ``preferred`` (exporter.formats) and the kit — no other module of the tool."""
+    import ast
+    found = []
+    for path in sorted((REPO / "exporter" / "formats").glob("*/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 or (node.level == 0 and not (node.module or "").startswith("bsconv_export")):
+                continue   # the plugin's own modules; third-party packages
+            names = sorted(a.name for a in node.names)
+            allowed = (node.level == 2 and node.module is None and set(names) <= {"Format", "Plugin", "preferred"}) or \
+                (node.level == 3 and node.module == "kit")
+            if not allowed:
+                found.append(f"{path.relative_to(REPO)}: from {'.' * node.level}{node.module or ''} import {names}")
+    assert not found, found
+    assert len(list((REPO / "exporter" / "formats").glob("*/*.py"))) > 20, "the scan found too few files"
