@@ -21,8 +21,8 @@ from typer.core import TyperGroup
 
 from .exporter.export.command_options import csv_values, parse_threads, with_format_options, with_model_options
 from .exporter.formats import formats_help
-from .exporter.report.console import (COLOUR, emit_json, err, human, out, print_bundle_table, print_check_table,
-                                      quiet_third_party_logs, show)
+from .exporter.report.console import (bench_progress, check_progress, emit_json, err, human, out, print_bundle_table,
+                                      print_check_table, quiet_third_party_logs, show, stage_progress, sweep_progress)
 from .kernel.errors import StageError, UserInputError
 from .models.registry import DEFAULT_ARCH
 
@@ -325,26 +325,8 @@ def export_cmd(
     if loaded.untrained:
         err.print(f"note: no checkpoint given, exporting {loaded.arch} with untrained weights", highlight=False)
 
-    running: list[str] = []
-
-    def progress(stage: str, record) -> None:
-        # stages side by side: every line says which are running at that moment
-        if record is None:
-            running.append(stage)
-            beside = [s for s in running if s != stage]
-            side = f"  (running beside {', '.join(beside)})" if beside else ""
-            err.print(f"[dim]… {stage}{side}[/dim]")
-            return
-        if stage in running:
-            running.remove(stage)
-        colour = COLOUR[record.status.value]
-        how = " from the stage cache" if record.reused else ""
-        err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}]{how} in {record.seconds:.1f} s"
-                  + (f" — {escape(record.error)}" if record.error else "")
-                  + (f"  [dim](still running: {', '.join(running)})[/dim]" if running else ""), highlight=False)
-
     signal.signal(signal.SIGTERM, _terminate_cleanly)
-    result = export_bundle(loaded, out_dir, opts, progress=progress,
+    result = export_bundle(loaded, out_dir, opts, progress=stage_progress(),
                            check=None if no_check else CheckOptions(on=targets), check_progress=check_progress,
                            jobs=jobs, cache=not no_cache)
     manifest = result.manifest
@@ -362,13 +344,6 @@ def export_cmd(
         err.print("note: the bundle is unverified (exported with --no-check); run 'bsconv-export check' on it",
                   highlight=False)
     raise typer.Exit(0 if result.ok or (no_check and manifest.verdict == "unverified") else 1)
-
-
-def check_progress(rec) -> None:
-    colour = COLOUR[rec.status.value]
-    err.print(f"  check {rec.artifact} on {rec.runner}: [{colour}]{rec.status.value}[/{colour}]"
-              + (f" (verified {rec.reused['first_verified_at']}, reused)" if rec.reused else "")
-              + (f" — {escape(rec.reason)}" if rec.reason else ""), highlight=False)
 
 
 @app.command("check")
@@ -471,22 +446,8 @@ def bench_cmd(
         recorded = read_manifest(target).model
         original = reload_model(recorded.source, recorded, entry_point=model, program=program)
 
-    def progress(row: dict) -> None:
-        if row.get("paired"):
-            lo, hi = row["ratio_ci95"]
-            err.print(f"  {row['artifact']} vs {row['baseline']} ({row['baseline_runner']}), b{row['batch']}, interleaved: "
-                      f"{row['ratio_median']:.2f}x [{lo:.2f}, {hi:.2f}]", highlight=False)
-            return
-        if row["status"] == "ok":
-            extra = f", {row['vs_torch']['ratio_median']:.2f}x torch" if row.get("vs_torch") else ""
-            err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: p50 {row['latency']['p50_ms']:.3f} ms{extra}",
-                      highlight=False)
-        else:
-            err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
-                      highlight=False)
-
     from .exporter.bench.bench import run_bench_and_save
-    results, dest = run_bench_and_save(target, opts, original, progress, out_file)
+    results, dest = run_bench_and_save(target, opts, original, bench_progress, out_file)
     timed = any(r["status"] == "ok" for r in results["results"])
     if as_json:
         emit_json(results)
@@ -539,15 +500,8 @@ def sweep_cmd(
     dest = results or Path(plan).parent / "sweep.json"
     refuse_unless_replaceable(dest, KEEP_RESULTS)   # before the jobs run, not after
 
-    def progress(row: dict, done: int, total: int) -> None:
-        verdict = row.get("verdict") or "failed"
-        colour = "green" if verdict in ("passed", "skipped") else "red"
-        err.print(f"[{done}/{total}] {escape(str(row['out']))}: [{colour}]{escape(verdict)}[/{colour}]"
-                  f" in {row.get('seconds') or 0:.1f} s on {escape(str(row.get('worker') or '-'))}"
-                  + (f" — {escape(row['error'])}" if row.get("error") else ""), highlight=False)
-
     signal.signal(signal.SIGTERM, _terminate_cleanly)   # unwinds like Ctrl-C: the workers are ended too
-    result = run_sweep(jobs, scheduler=scheduler, workers=workers, resume=resume, progress=progress)
+    result = run_sweep(jobs, scheduler=scheduler, workers=workers, resume=resume, progress=sweep_progress)
     write_sealed(dest, seal_json(result.to_dict()), KEEP_RESULTS)
     if as_json:
         emit_json(result.to_dict())

@@ -1,7 +1,7 @@
 """The latency-regression gate: is the candidate slower than the baseline, beyond noise?
 
 A/B mode times both in one process, alternating (ABBA), and decides on the
-paired ratios (see :mod:`exporter.stats`). Stored mode compares the candidate
+paired ratios (see :mod:`exporter.kit.stats`). Stored mode compares the candidate
 with the samples of a ``bench --out results.json`` run, after checking that the
 machine fingerprint matches (a mismatch is reported as a warning: the numbers
 may not compare).

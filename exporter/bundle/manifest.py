@@ -17,7 +17,7 @@ MANIFEST = "manifest.json"
 SCHEMA_FILE = "manifest.schema.json"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_ARTIFACT_BYTES = 2 << 30            # ONNX's own protobuf limit; nothing larger is loaded
-#: a file every build folder of ours holds until the rename (see :mod:`exporter.outdir`)
+#: a file every build folder of ours holds until the rename (see :mod:`exporter.bundle.claim`)
 BUILD_MARKER = ".bsconv-export-building"
 #: what bench and report write into a bundle (recorded in its ``files``, so ``--force`` replaces them)
 TOOL_FILES = ("bench.json", "report.md", "report.html", "report_latency.png")

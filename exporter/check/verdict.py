@@ -60,7 +60,7 @@ def scale_metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 def fp32_bounds(ref: Reference, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample bounds on |artifact − float64|: (every sample's, the median sample's);
-    see :mod:`exporter.tolerances`."""
+    see :mod:`exporter.kit.tolerances`."""
     floor = tol.atol + (tol.rtol or 0.0) * np.abs(ref.r64).max(axis=1)
     every = np.maximum(floor, (tol.factor or 0.0) * ref.e32)
     typical = (np.maximum(FP32_TYPICAL_FLOOR * floor, tol.typical_factor * ref.e32) if tol.typical_factor

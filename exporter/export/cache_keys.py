@@ -72,7 +72,7 @@ def source_key(loaded: LoadedCheckpoint, size: int) -> str | None:
 
 
 def stage_key(fmt: Format, ctx, identity: str) -> str:
-    """Everything ``fmt``'s file depends on (see exporter.stagecache): ``identity`` is the program's
+    """Everything ``fmt``'s file depends on (see exporter.export.stagecache): ``identity`` is the program's
     sha256 (the capture's own key: the model source's)."""
     from ..formats import tool_versions
     from ..kit.options import PIPELINE_OPTIONS

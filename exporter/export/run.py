@@ -115,7 +115,7 @@ def export_bundle(loaded: LoadedCheckpoint, out: str | os.PathLike, opts: Export
     """Export ``loaded`` to a bundle at ``out``; with ``check``, prove it equivalent before it lands.
     ``jobs``: stages side by side in that many worker processes (default: the usable cores; 1: one
     after another in this process). ``cache``: take unchanged stages' files (and their checks) from
-    the stage cache, and keep what passed there (exporter.stagecache)."""
+    the stage cache, and keep what passed there (exporter.export.stagecache)."""
     out = Path(out)
     if not opts.formats:
         opts = opts.replace(formats=default_formats())

@@ -6,7 +6,7 @@ Python module — and its file (or, when that format is not planned, a copy save
 is what every later stage reads the program from, here or in a worker (``ExportContext.program_file``).
 The later stages form a graph by their ``requires``. With ``jobs`` > 1 they are dealt to slots — this
 process (one stage at a time, in a thread beside the scheduler) and ``jobs - 1`` spawned workers
-(:mod:`exporter.workers`) — longest first by their last measured seconds; a stage starts only when its
+(:mod:`exporter.export.workers`) — longest first by their last measured seconds; a stage starts only when its
 measured peak memory fits beside the running ones, and slots × threads never exceed the usable cores.
 ``jobs=1`` is the sequential path, in this process. Records land in the table's order either way.
 See docs/pipeline.md.

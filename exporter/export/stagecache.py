@@ -20,7 +20,7 @@ until the cache is under its size (``$BSCONV_EXPORT_STAGE_CACHE_BYTES``, default
 An entry that does not parse, names unexpected files or whose files fail their hashes is
 deleted and the stage runs. Nothing in the folder is trusted beyond what its hashes prove.
 
-The folder is the tool's only when the tool made it (:mod:`exporter.owned`): created with a marker,
+The folder is the tool's only when the tool made it (:mod:`kernel.owned`): created with a marker,
 or found empty and marked; a folder holding anything else without the marker is refused (exit 2),
 never adopted. Inside it, an entry is a real folder named by a 64-hex-digit key holding a regular
 ``entry.json`` that names that key: eviction, ``--clear`` and discarding touch only those (renamed

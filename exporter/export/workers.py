@@ -59,7 +59,7 @@ class StageResult:
     replays: list[Replay] = field(default_factory=list)
     peak_mib: float | None = None
     user_error: str | None = None      # bad input found inside the stage: the export stops
-    facts: tuple | None = None         # what the new file says (bundle_files.file_facts), read where its plugin is loaded
+    facts: tuple | None = None         # what the new file says (exporter.check.files.file_facts), read where its plugin is loaded
 
 
 # --- the worker side -----------------------------------------------------------------------

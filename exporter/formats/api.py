@@ -41,7 +41,7 @@ class Format:
     #: what the file itself says, read without running it: (precision or None, opset or None)
     facts: Callable[[Path], tuple[str | None, int | None]] | None = None
     #: its file is the saved capture: it runs first, in the exporting process (it needs the module),
-    #: and every later stage reads the program from its file (exporter.pipeline)
+    #: and every later stage reads the program from its file (exporter.export.schedule)
     captures: bool = False
     #: the other files its stage writes beside ``filename`` (its record's ``side_files``): only the names
     #: a row declares are ones ``--force`` may replace as ours
@@ -69,7 +69,7 @@ class Plugin:
     #: prepares what the plugin needs outside this environment (``bsconv-export setup NAME``):
     #: called with a progress callback, returns one line saying what is ready
     setup: Callable[..., str] | None = None
-    #: imports its stages need, made ahead by a stage worker while the capture runs (exporter.workers)
+    #: imports its stages need, made ahead by a stage worker while the capture runs (exporter.export.workers)
     warm: Callable[[], None] | None = None
     #: the module it came from (filled in on discovery)
     module: str = ""

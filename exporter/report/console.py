@@ -51,7 +51,7 @@ def human(n: float) -> str:
 
 
 def show(view, title_style: str = "", status_colour: bool = True) -> None:
-    """Draw a :class:`~exporter.views.View` (the same one ``report`` writes) with rich."""
+    """Draw a :class:`~exporter.report.views.View` (the same one ``report`` writes) with rich."""
     title = escape(view.title)
     for word, colour in COLOUR.items():   # the verdict word in the title, coloured
         title = title.replace(f": {word}", f": [{colour}]{word}[/{colour}]")
@@ -77,3 +77,62 @@ def print_check_table(report) -> None:
 def print_bundle_table(manifest, bundle: Path) -> None:
     from .views import bundle_view
     show(bundle_view(manifest, bundle))
+
+
+# --- progress on stderr, for long steps ---------------------------------------------------------
+
+def stage_progress():
+    """The export's progress printer: a line when a stage starts and when it ends (with its status, time
+    and error); stages side by side, so every line says which are running at that moment."""
+    running: list[str] = []
+
+    def progress(stage: str, record) -> None:
+        # stages side by side: every line says which are running at that moment
+        if record is None:
+            running.append(stage)
+            beside = [s for s in running if s != stage]
+            side = f"  (running beside {', '.join(beside)})" if beside else ""
+            err.print(f"[dim]… {stage}{side}[/dim]")
+            return
+        if stage in running:
+            running.remove(stage)
+        colour = COLOUR[record.status.value]
+        how = " from the stage cache" if record.reused else ""
+        err.print(f"  {stage}: [{colour}]{record.status.value}[/{colour}]{how} in {record.seconds:.1f} s"
+                  + (f" — {escape(record.error)}" if record.error else "")
+                  + (f"  [dim](still running: {', '.join(running)})[/dim]" if running else ""), highlight=False)
+
+    return progress
+
+
+def check_progress(rec) -> None:
+    """The check's progress: one line per record."""
+    colour = COLOUR[rec.status.value]
+    err.print(f"  check {rec.artifact} on {rec.runner}: [{colour}]{rec.status.value}[/{colour}]"
+              + (f" (verified {rec.reused['first_verified_at']}, reused)" if rec.reused else "")
+              + (f" — {escape(rec.reason)}" if rec.reason else ""), highlight=False)
+
+
+def bench_progress(row: dict) -> None:
+    """bench's progress: one line per timed (or skipped) configuration, and per paired ratio."""
+    if row.get("paired"):
+        lo, hi = row["ratio_ci95"]
+        err.print(f"  {row['artifact']} vs {row['baseline']} ({row['baseline_runner']}), b{row['batch']}, interleaved: "
+                  f"{row['ratio_median']:.2f}x [{lo:.2f}, {hi:.2f}]", highlight=False)
+        return
+    if row["status"] == "ok":
+        extra = f", {row['vs_torch']['ratio_median']:.2f}x torch" if row.get("vs_torch") else ""
+        err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: p50 {row['latency']['p50_ms']:.3f} ms{extra}",
+                  highlight=False)
+    else:
+        err.print(f"  {row['artifact']} {row['provider']} b{row['batch']}: [yellow]skipped[/yellow] — {escape(row['reason'])}",
+                  highlight=False)
+
+
+def sweep_progress(row: dict, done: int, total: int) -> None:
+    """sweep's progress: one line per finished job."""
+    verdict = row.get("verdict") or "failed"
+    colour = "green" if verdict in ("passed", "skipped") else "red"
+    err.print(f"[{done}/{total}] {escape(str(row['out']))}: [{colour}]{escape(verdict)}[/{colour}]"
+              f" in {row.get('seconds') or 0:.1f} s on {escape(str(row.get('worker') or '-'))}"
+              + (f" — {escape(row['error'])}" if row.get("error") else ""), highlight=False)
