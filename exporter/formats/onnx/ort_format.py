@@ -71,7 +71,11 @@ def mobile_usability(src: Path) -> tuple[str, dict[str, str]]:
         analyze_model(src, skip_optimize=False, logger=logger)
     finally:
         logger.removeHandler(handler)
+    # the report names the file it read by its path in the build folder: name it as the bundle does,
+    # so no path of the exporting machine ships (and the report is the same from one export to the next)
     text = stream.getvalue()
+    for path in {str(src.resolve()), str(src)}:
+        text = text.replace(path, src.name)
     verdicts = dict(re.findall(r"Model should perform well with (.+?) as is: (\w+)", text))
     return text, verdicts
 
