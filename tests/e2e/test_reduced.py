@@ -127,3 +127,30 @@ def test_random_calibration_never_draws_the_checks_own_inputs():
     rows = {r.tobytes() for r in checked}
     assert not any(r.tobytes() in rows for r in calib) and not any(r.tobytes() in rows for r in gate)
     assert not {r.tobytes() for r in calib} & {r.tobytes() for r in gate}
+
+
+def test_compressed_coreml_is_judged_by_its_own_precision_and_its_content(shipped, tmp_path):
+    """coreml-int8w and coreml-palette are gated as what they are (int8 weights, a 4-bit palette: the
+    CoreML plugin's own precisions), never as fp16; a package whose content is another compression
+    than its row's fails, whatever the manifest says."""
+    import shutil
+
+    from helpers import rehash
+    out = tmp_path / "b"
+    r = export_bundle(shipped, out, ExportOptions(formats=("coreml-int8w", "coreml-palette"), palettize_bits=4),
+                      check=CheckOptions(), jobs=1)
+    judged = {c.artifact: c for c in r.manifest.check.records if c.runner == "coreml-mil-reference"}
+    assert judged["coreml-int8w"].precision == "int8-weights" and judged["coreml-int8w"].status.value == "ok"
+    assert judged["coreml-palette"].precision == "palette-4bit"
+    assert "slope" in judged["coreml-palette"].metrics     # judged by the agreement and scale rules
+    records = {a.format: a for a in r.manifest.artifacts}
+    assert records["coreml-palette"].details["palettize_bits"] == 4
+    # the palettised package in the int8-weights row's place: its content decides, and it is not allowed
+    shutil.rmtree(out / "model.int8w.mlpackage")
+    shutil.copytree(out / "model.palette.mlpackage", out / "model.int8w.mlpackage")
+    rehash(out)
+    res = runner.invoke(app, ["check", str(out), "--json"])
+    assert res.exit_code == 1
+    bad = [c for c in json.loads(res.stdout)["results"] if c["artifact"] == "coreml-int8w"]
+    assert bad and all(c["status"] == "failed" for c in bad)
+    assert "holds palette-4bit arithmetic, but the coreml-int8w format is int8-weights" in bad[0]["reason"]

@@ -318,7 +318,7 @@ def test_nan_weights_are_refused_with_the_tensor_name(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--batch", "4"], "coreml takes batch 1 only"),
-    (["--formats", "onnx", "--palettize-bits", "4"], "--palettize-bits applies only to coreml-fp16"),
+    (["--formats", "onnx", "--palettize-bits", "4"], "--palettize-bits applies only to coreml-palette"),
     (["--formats", "onnx", "--coreml-input", "image"], "--coreml-input applies only to coreml"),
 ])
 def test_options_that_cannot_work_are_refused_before_work(tmp_path, args, needle):

@@ -36,10 +36,10 @@ def test_options_are_validated_and_reproduced_from_the_table(tmp_path):
     with pytest.raises(UserInputError, match="--keep-fp32 applies only to int8"):
         validate_options(complete_options(ExportOptions(formats=("onnx",), keep_fp32=("x",))), spec)
     with pytest.raises(UserInputError, match="--palettize-bits must be one of 1, 2, 3, 4, 6, 8, not 5"):
-        validate_options(complete_options(ExportOptions(formats=("coreml-fp16",), palettize_bits=5)), spec)
+        validate_options(complete_options(ExportOptions(formats=("coreml-palette",), palettize_bits=5)), spec)
     with pytest.raises(UserInputError, match="unknown export option.*no_such"):
         complete_options(ExportOptions(formats=("onnx",), no_such=1))
-    opts = complete_options(ExportOptions(formats=("onnx", "coreml-fp16"), palettize_bits=4, coreml_precision="fp32"))
+    opts = complete_options(ExportOptions(formats=("onnx", "coreml-palette"), palettize_bits=4, coreml_precision="fp32"))
     validate_options(opts, spec)
     cmd = reproduce_command(["arch"], opts, tmp_path / "o", 32)
     assert "--palettize-bits 4" in cmd and "--keep-fp32" not in cmd and "--calibration" not in cmd

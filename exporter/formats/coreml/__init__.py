@@ -8,21 +8,22 @@ from pathlib import Path
 from ...kit import Option, UserInputError, pixel_normalization
 from .. import Format, Plugin
 from .backend import import_coremltools
+from .compress import (INT8_WEIGHTS, INT8W_NAME, PALETTE_BITS, PALETTE_NAME, PRECISIONS as COMPRESSED,
+                       export_coreml_int8w, export_coreml_palette, palette_precision)
 from .export import COREML_NAME, export_coreml
 from .fp16 import COREML_FP16_NAME, export_coreml_fp16
 from .mil import CoreMLRunner, MilReferenceRunner, program_precision
 
 PRECISIONS = ("fp32", "fp16")
 INPUTS = ("tensor", "image")
-PALETTE_BITS = (1, 2, 3, 4, 6, 8)
 
 OPTIONS = (
     Option("coreml_precision", "--coreml-precision", str, "fp32", "coreml: fp32 or fp16 compute precision.",
            choices=PRECISIONS),
     Option("coreml_input", "--coreml-input", str, "tensor",
            "coreml: tensor (float array, like ONNX) or image (ImageType, 8-bit RGB).", choices=INPUTS),
-    Option("palettize_bits", "--palettize-bits", int, None,
-           "coreml-fp16: palettise weights to this many bits (k-means).", choices=PALETTE_BITS),
+    Option("palettize_bits", "--palettize-bits", int, 6,
+           "coreml-palette: bits per weight (a k-means look-up table of 2**N values).", choices=PALETTE_BITS),
 )
 
 
@@ -42,7 +43,8 @@ def _facts(path: Path) -> tuple[str | None, int | None]:
 
 def _note(r) -> str:
     d = r.details
-    return f"{r.deployment_target}, {d.get('precision')}, {d.get('input_kind')} input"
+    return f"{r.deployment_target}, {d.get('precision')}{', fp16 compute' if d.get('compute') else ''}, " \
+           f"{d.get('input_kind')} input"
 
 
 PLUGIN = Plugin(
@@ -56,7 +58,15 @@ PLUGIN = Plugin(
                options=("coreml_precision", "coreml_input", "legacy_exporter"), precisions=PRECISIONS,
                batch_one=True, facts=_facts, note=_note, validate=_validate),
         Format("coreml-fp16", export_coreml_fp16, COREML_FP16_NAME, "mlpackage", "CoreML with fp16 compute",
-               precision="fp16", options=("palettize_bits",), batch_one=True, facts=_facts, note=_note),
+               precision="fp16", batch_one=True, facts=_facts, note=_note),
+        Format("coreml-int8w", export_coreml_int8w, INT8W_NAME, "mlpackage",
+               "CoreML, fp16 compute, weights int8 per channel", precision=INT8_WEIGHTS, batch_one=True,
+               facts=_facts, note=_note),
+        Format("coreml-palette", export_coreml_palette, PALETTE_NAME, "mlpackage",
+               "CoreML, fp16 compute, weights palettised (k-means look-up tables)",
+               precision=palette_precision(6), precisions=tuple(palette_precision(b) for b in PALETTE_BITS),
+               options=("palettize_bits",), batch_one=True, facts=_facts, note=_note),
     ),
+    precisions=COMPRESSED,
     runners=(MilReferenceRunner, CoreMLRunner),
 )

@@ -48,12 +48,15 @@ def _input_type(ct, ctx: ExportContext):
                         color_layout=ct.colorlayout.RGB if spec.color_order == "RGB" else ct.colorlayout.BGR)
 
 
-def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
-    """The converted ``MLModel`` (not yet saved), weights optionally palettised in the same pipeline.
+def convert_coreml(ctx: ExportContext, compression: tuple[str, object] | None = None,
+                   precision_name: str | None = None):
+    """The converted ``MLModel`` (not yet saved), weights optionally compressed in the same pipeline:
+    ``compression`` is (a ``compression::`` pass of coremltools, its op config), and ``precision_name``
+    the precision the metadata then tells an app (the compressed precision, not the compute's).
 
-    Palettisation runs as a pass of the conversion pipeline, not afterwards:
-    ``palettize_weights`` on a finished model re-runs coremltools' default
-    pipeline, which brings the removed pass back.
+    Compression runs as a pass of the conversion pipeline, not afterwards: ``palettize_weights`` or
+    ``linear_quantize_weights`` on a finished model re-runs coremltools' default pipeline, which
+    brings the removed pass back.
     """
     ct = import_coremltools()
     if ctx.options.dynamic_batch:
@@ -68,11 +71,11 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
     labels = ctx.spec.class_labels()
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(["common::fuse_elementwise_to_batchnorm"])
-    if palettize_bits:
-        from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig
-        pipeline.append_pass("compression::palettize_weights")
-        pipeline.set_options("compression::palettize_weights", {"config": OptimizationConfig(
-            global_config=OpPalettizerConfig(mode="kmeans", nbits=palettize_bits, weight_threshold=512))})
+    if compression is not None:
+        from coremltools.optimize.coreml import OptimizationConfig
+        pass_name, op_config = compression
+        pipeline.append_pass(pass_name)
+        pipeline.set_options(pass_name, {"config": OptimizationConfig(global_config=op_config)})
     from ...kit import quiet_logs
     with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,7 +96,7 @@ def convert_coreml(ctx: ExportContext, palettize_bits: int | None = None):
                                  f"RGB in [{ctx.spec.value_range[0]}, {ctx.spec.value_range[1]}]")
     mlmodel.user_defined_metadata.update({"arch": ctx.arch, "checkpoint_sha256": ctx.checkpoint_sha256 or "untrained",
                                           "normalization": ctx.spec.normalization,
-                                          "precision": ctx.options.coreml_precision,
+                                          "precision": precision_name or ctx.options.coreml_precision,
                                           "input_spec": json.dumps(ctx.spec.to_dict(), sort_keys=True)})
     return mlmodel
 

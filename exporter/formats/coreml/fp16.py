@@ -1,5 +1,4 @@
-"""FP16 CoreML: the ML Program with fp16 compute, optionally with weights palettised to
-``--palettize-bits`` (k-means lookup tables, coremltools.optimize)."""
+"""FP16 CoreML: the ML Program with fp16 compute (its weights compressed: :mod:`.compress`)."""
 from __future__ import annotations
 
 import time
@@ -13,10 +12,9 @@ COREML_FP16_NAME = "model.fp16.mlpackage"
 def export_coreml_fp16(ctx: ExportContext) -> ArtifactRecord:
     t0 = time.perf_counter()
     fp16_ctx = ctx.with_options(coreml_precision="fp16", coreml_input="tensor")
-    bits = ctx.options.palettize_bits
-    mlmodel = convert_coreml(fp16_ctx, palettize_bits=bits)
+    mlmodel = convert_coreml(fp16_ctx)
     details = validate_spec(mlmodel, fp16_ctx)
-    details.update(precision="fp16", palettize_bits=bits)
+    details.update(precision="fp16")
     save_reproducibly(mlmodel, ctx.workdir / COREML_FP16_NAME)
     ops = mil_op_histogram(mlmodel)
     return ArtifactRecord(format="coreml-fp16", status=Status.OK, path=COREML_FP16_NAME,

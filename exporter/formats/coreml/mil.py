@@ -411,8 +411,10 @@ def description_problem(desc, shape: list[int]) -> str | None:
 
 
 def program_precision(path: Path) -> str | None:
-    """fp16 when any op of the ML Program computes in fp16, else fp32 (the spec, not its metadata);
-    None when it cannot be read here (its runner then reports that)."""
+    """What the ML Program computes in, from the spec (never its metadata): ``palette-<N>bit`` when its
+    weights are look-up tables of 2**N values, ``int8-weights`` when they are int8 with a scale, else
+    fp16 when any op computes in fp16, else fp32; ``compressed`` for a compression this tool does not
+    make (no row allows it). None when it cannot be read here (its runner then reports that)."""
     from importlib.util import find_spec
     if find_spec("coremltools") is None:
         return None
@@ -420,10 +422,25 @@ def program_precision(path: Path) -> str | None:
         spec = load_spec(path)
     except Exception:  # noqa: BLE001 - an unreadable package fails when its runner loads it
         return None
-    fp16 = 10   # MILSpec.DataType.FLOAT16
+    fp16, int8, uint8 = 10, 21, 25   # MILSpec.DataType: FLOAT16, INT8, UINT8
+    half, lut_bits, int8_weights, other = False, 0, False, False
     for function in spec.mlProgram.functions.values():
         for block in function.block_specializations.values():
             for op in block.operations:
-                if any(o.type.tensorType.dataType == fp16 for o in op.outputs):
-                    return "fp16"
-    return "fp32"
+                if op.type == "constexpr_lut_to_dense" and "lut" in op.attributes:
+                    size = [d.constant.size for d in op.attributes["lut"].type.tensorType.dimensions]
+                    lut_bits = max(lut_bits, max(1, (int(size[-1]) - 1).bit_length()) if size else 8)
+                elif op.type == "constexpr_affine_dequantize" and "quantized_data" in op.attributes:
+                    dtype = op.attributes["quantized_data"].type.tensorType.dataType
+                    int8_weights |= dtype in (int8, uint8)
+                    other |= dtype not in (int8, uint8)
+                elif op.type.startswith("constexpr_"):
+                    other = True
+                half |= any(o.type.tensorType.dataType == fp16 for o in op.outputs)
+    if other:
+        return "compressed"
+    if lut_bits:
+        return f"palette-{lut_bits}bit"
+    if int8_weights:
+        return "int8-weights"
+    return "fp16" if half else "fp32"
