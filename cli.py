@@ -226,7 +226,7 @@ def info_cmd(
 @with_model_options
 def evaluate_cmd(
     input_size: Optional[int] = typer.Option(None, "--input-size", min=1, help="--model/--program: the input size."),
-    data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 and 'label' [N]; default: the shipped held-out digits."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A folder of images in class subfolders named by the model's labels (PNG, JPEG, WebP; read by the app's pixel rule), or an .npz with 'input' [N,C,H,W] float32 and 'label' [N]; default: the shipped held-out digits."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     model_options: Optional[dict] = None,
 ) -> None:
@@ -352,7 +352,7 @@ def check_cmd(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="The original checkpoint, if the manifest's path is not valid here."),
     model: Optional[str] = typer.Option(None, "--model", help="For a bundle exported with --model: the same package.module:factory, to confirm that importing and running it is intended (a bundle never imports code on its own)."),
     program: Optional[Path] = typer.Option(None, "--program", help="For a bundle exported with --program: the .pt2, if the manifest's path is not valid here (sha256 verified)."),
-    data: Optional[Path] = typer.Option(None, "--data", help=".npz with 'input' [N,C,H,W] float32 in the model's value range (and optional 'label' [N]); default: the shipped held-out digits for a digits model, else random inputs."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A folder of images (PNG, JPEG, WebP; in class subfolders named by the model's labels for accuracy, or flat for agreement only), read by the app's pixel rule; or an .npz with 'input' [N,C,H,W] float32 in the model's value range (and optional 'label' [N]). Default: the shipped held-out digits for a digits model, else random inputs."),
     samples: int = typer.Option(32, "--samples", min=1, max=4096, help="Random inputs to draw when there is no real data (reduced-precision artifacts get at least 256)."),
     atol: Optional[float] = typer.Option(None, "--atol", min=0.0, help="Element-wise absolute tolerance for every artifact, replacing the default rules (see the README)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", min=0.0, help="Relative tolerance, times each sample's largest float64 logit, for every artifact."),

@@ -70,6 +70,16 @@ RANGE_SLACK = 1e-3   # values this far outside the spec's range are still accept
 NPZ_FIX = "save one with numpy.savez(path, input=x, label=y)"
 
 
+def load_inputs(path: str | Path, spec) -> tuple[np.ndarray, np.ndarray | None]:
+    """A user's data for ``--data`` / ``--calibration``: a folder of images (:mod:`models.image_folder`,
+    labelled when it has class subfolders) or an ``.npz`` (:func:`load_npz_inputs`)."""
+    if Path(path).is_dir():
+        from .image_folder import load_image_folder
+        x, y = load_image_folder(path, spec)
+        return validate_inputs(x, y, spec, str(path))
+    return load_npz_inputs(path, spec)
+
+
 def load_npz_inputs(path: str | Path, spec) -> tuple[np.ndarray, np.ndarray | None]:
     """A user's ``.npz`` with ``input`` [N, C, H, W] and optional ``label`` [N], validated
     against ``spec`` (an :class:`InputSpec`): the one check for ``--data``,

@@ -120,7 +120,7 @@ def evaluation_data(loaded, data=None):
     """What ``evaluate`` measures on: ``--data`` (it must have labels), else the shipped held-out
     digits for a model that takes them (the one digits rule), else a one-line error.
     Returns (inputs, labels, where they came from)."""
-    from .data import is_digits_model, load_holdout, load_npz_inputs
+    from .data import is_digits_model, load_holdout, load_inputs
     from ..kernel.errors import UserInputError
     if data is None:
         if not is_digits_model(loaded.input_spec):
@@ -128,7 +128,8 @@ def evaluation_data(loaded, data=None):
                                  "classes); pass labelled data with --data FILE.npz")
         x, y = load_holdout(loaded.input_spec.size)
         return x, y, "shipped held-out digits"
-    x, y = load_npz_inputs(data, loaded.input_spec)
+    x, y = load_inputs(data, loaded.input_spec)
     if y is None:
-        raise UserInputError(f"{data} has no 'label' array; accuracy needs labels")
+        raise UserInputError(f"{data} has no labels (an .npz's 'label' array, or a folder's class subfolders named "
+                             "by the model's labels); accuracy needs them")
     return x, y, str(data)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...models.data import is_digits_model, load_holdout, load_npz_inputs
+from ...models.data import is_digits_model, load_holdout, load_inputs
 from ...models.registry import InputSpec
 from ..kit.tolerances import REDUCED_MIN_SAMPLES
 
@@ -70,7 +70,7 @@ def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int =
     shape = spec.shape
     fp32_rows = None
     if data is not None:
-        x, y = load_npz_inputs(data, spec)
+        x, y = load_inputs(data, spec)
         source = str(data)
     elif is_digits_model(spec):
         x, y = load_holdout(spec.size)

@@ -55,9 +55,14 @@ def platform_facts() -> dict[str, Any]:
 
 
 def option_value(value: Any) -> Any:
-    """An option's value as a key sees it: a file an option names by path counts by its content."""
+    """An option's value as a key sees it: a file an option names by path counts by its content, a folder
+    (of calibration images) by its files' names and contents."""
     if isinstance(value, str) and value and os.path.isfile(value):
         return {"file_sha256": path_sha256(Path(value))}
+    if isinstance(value, str) and value and os.path.isdir(value):
+        root = Path(value)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return {"folder_sha256": digest([[p.relative_to(root).as_posix(), path_sha256(p)] for p in files])}
     return value
 
 

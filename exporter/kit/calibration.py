@@ -2,7 +2,8 @@
 
 Both int8 stages (the ONNX QDQ file and the ExecuTorch ``.pte``) read these, so
 they calibrate on the same samples. In order of preference: ``--calibration
-FILE.npz`` (an ``input`` array); for a digits model, 256 images of the digits'
+FILE.npz`` (an ``input`` array) or ``--calibration DIR`` (a folder of images, read by the app's
+pixel rule: :mod:`models.image_folder`); for a digits model, 256 images of the digits'
 *training* split (never the held-out split the check measures on);
 ``--calibration random`` (uniform noise over the input's value range: for
 latency work only — the check says what it costs).
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...models.data import digits_to_input, is_digits_model, load_npz_inputs, split_digits
+from ...models.data import digits_to_input, is_digits_model, load_inputs, split_digits
 from ...kernel.errors import UserInputError
 
 from .context import ExportContext
@@ -28,9 +29,12 @@ RANDOM_STREAM = 0xCA1B
 
 def validate_calibration(opts: ExportOptions, spec) -> None:
     """Before any work: real samples from a file that exists, 'random' said out loud, or the shipped digits."""
-    if opts.calibration not in (None, "random") and not Path(opts.calibration).is_file():
-        raise UserInputError(f"--calibration {opts.calibration} does not exist; pass an .npz with an "
-                             "'input' array or 'random'")
+    if opts.calibration not in (None, "random") and not Path(opts.calibration).exists():
+        raise UserInputError(f"--calibration {opts.calibration} does not exist; pass a folder of images, an .npz "
+                             "with an 'input' array, or 'random'")
+    if opts.calibration not in (None, "random") and Path(opts.calibration).is_dir():
+        from ...models.image_folder import scan_image_folder
+        scan_image_folder(opts.calibration, spec)   # a hostile folder: one line now, nothing written
     if opts.calibration is None and not is_digits_model(spec):
         raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' "
                              "array of real inputs), or --calibration random for latency work only")
@@ -46,7 +50,7 @@ def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray | None,
         x = np.random.default_rng([RANDOM_STREAM, 0]).uniform(lo, hi, (64,) + spec.shape).astype(np.float32)
         return x, None, "random uniform (latency work only)"
     if source:
-        x, y = load_npz_inputs(source, spec)
+        x, y = load_inputs(source, spec)
         return x, y, str(source)
     if is_digits_model(spec):
         images, _, _, _ = split_digits()

@@ -64,7 +64,8 @@ PIPELINE_OPTIONS = (
            "ONNX and CoreML from torch.jit.trace (TorchScript exporter) instead of the torch.export program: "
            "deprecated by torch, needed only for --opset below 18."),
     Option("calibration", "--calibration", str, None,
-           "int8 calibration: an .npz with an 'input' array of real samples, or 'random' (latency work only). "
+           "int8 calibration: a folder of images (PNG, JPEG, WebP; read by the app's pixel rule), an .npz with an "
+           "'input' array of real samples, or 'random' (latency work only). "
            "Default: the digits' training split for a digits model."),
 )
 

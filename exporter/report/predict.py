@@ -4,7 +4,7 @@ It does what ``clients/executorch-cpp`` and ``clients/onnxruntime-js`` do, in th
 exported with, and reads nothing but the bundle: the manifest names the model file, its record's sha256
 must match the file, the bundle's check must have passed, and the labels and input spec come from the
 bundle (see docs/bundle.md). Images are 8-bit PNG files, turned into the model's input by the contract's
-one rule (:func:`to_input`), which the other clients implement line for line.
+one rule (:func:`kernel.pixels.to_input`), which the other clients implement line for line.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...kernel.errors import UserInputError
-from ...models.registry import InputSpec
+from ...kernel.pixels import to_input
 from ...kernel.safe_io import read_regular
 
 from ...kernel.contract import OUTPUT_NAME
@@ -108,53 +108,6 @@ def read_png(path: str | Path) -> np.ndarray:
         raise UserInputError(f"{path}: unreadable PNG ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
                              "; re-save it as an 8-bit PNG") from None
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
-
-
-def resize_bilinear(img: np.ndarray, size: int, divisor: float = 1.0) -> np.ndarray:
-    """``[H, W, C]`` → ``[size, size, C]``, bilinear with half-pixel centres and no antialiasing: PyTorch's
-    ``interpolate(mode="bilinear", align_corners=False)``, of ``img / divisor``. Float64 throughout; the
-    identity at the same size. Only the source rows and columns the taps read are converted (an 8192²
-    image costs its taps, not 1.6 GB of float64), so the values are those of converting everything."""
-    h, w = img.shape[:2]
-    if (h, w) == (size, size):
-        return img.astype(np.float64) / divisor
-    y0, y1, wy = _taps(h, size)
-    x0, x1, wx = _taps(w, size)
-
-    def at(rows, cols):
-        return img[rows][:, cols].astype(np.float64) / divisor
-    top = at(y0, x0) * (1 - wx)[None, :, None] + at(y0, x1) * wx[None, :, None]
-    bottom = at(y1, x0) * (1 - wx)[None, :, None] + at(y1, x1) * wx[None, :, None]
-    return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
-
-
-def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each output index: the two source indices and the second one's weight."""
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.floor(src).astype(np.int64)
-    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
-
-
-def to_input(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """8-bit pixels ``[H, W, 1|3]`` → the model's float32 input ``[1, C, size, size]``, by the contract's rule:
-    scale 0..255 to [0, 1]; resize to ``size`` (bilinear, half-pixel); a grey image gets its one channel
-    repeated for a 3-channel model; channels in ``color_order``; map [0, 1] onto ``value_range``; with
-    ``normalization == "mean_std"`` subtract ``mean`` and divide by ``std`` per channel."""
-    c = pixels.shape[2]
-    if spec.channels == 1 and c != 1:
-        raise UserInputError(f"the model takes grey images (1 channel); this image has {c}: convert it to greyscale")
-    if spec.channels not in (1, 3):
-        raise UserInputError(f"the model takes {spec.channels} channels; clients read 1- or 3-channel images")
-    x = resize_bilinear(pixels, spec.size, divisor=255.0)
-    if spec.channels == 3 and c == 1:
-        x = np.repeat(x, 3, axis=2)
-    if spec.color_order == "BGR":
-        x = x[:, :, ::-1]
-    lo, hi = spec.value_range
-    x = lo + (hi - lo) * x
-    if spec.normalization == "mean_std":
-        x = (x - np.asarray(spec.mean, dtype=np.float64)) / np.asarray(spec.std, dtype=np.float64)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def model_file(bundle: Path, manifest: Manifest, fmt: str | None) -> tuple[str, Path]:

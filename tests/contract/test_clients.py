@@ -20,7 +20,8 @@ from PIL import Image
 
 from bsconv_export.exporter.check.run import compare, torch_reference, verdict
 from bsconv_export.exporter.bundle.manifest_io import read_manifest
-from bsconv_export.exporter.report.predict import read_png, resize_bilinear, to_input
+from bsconv_export.exporter.report.predict import read_png
+from bsconv_export.kernel.pixels import resize_bilinear, to_input
 from bsconv_export.exporter.kit.tolerances import DEFAULT_TOLERANCES
 from bsconv_export.models.data import HOLDOUT_PATH
 from bsconv_export.models.registry import InputSpec

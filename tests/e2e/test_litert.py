@@ -102,7 +102,7 @@ def test_tflite_metadata_reads_back_what_it_wrote():
               value_range=(0.0, 255.0), color_order="BGR")])
 def test_tflite_normalization_is_the_clients_pixel_rule(spec):
     """Android's tooling normalises (pixel - mean) / std from TFLITE_METADATA: that must give what the
-    clients feed (exporter.predict.to_input), mean/std specs included."""
+    clients feed (kernel.pixels.to_input), mean/std specs included."""
     from bsconv_export.kernel.contract import pixel_normalization
     from bsconv_export.exporter.report.predict import to_input
     pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)

@@ -258,3 +258,61 @@ def test_a_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path):
                        capture_output=True, timeout=120)
     assert r.returncode == 2 and b"not valid UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr[-800:]
     assert list(tmp_path.iterdir()) == []
+
+
+# --- issue 36: a folder of images is untrusted input ------------------------------------------------
+
+def _hostile_folders(root):
+    import numpy as np
+    from PIL import Image
+    good = np.full((8, 8), 128, np.uint8)
+    made = {}
+    root.mkdir()
+    bomb = root / "bomb"
+    bomb.mkdir()
+    Image.fromarray(good, "L").save(bomb / "ok.png")
+    png = (bomb / "ok.png").read_bytes()   # the same PNG, its header declaring 100000 x 100000 pixels
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (bomb / "bomb.png").write_bytes(png[:8] + chunk + png[8 + 25:])
+    made["bomb"] = (bomb, "declares more than 8192x8192 pixels")
+    link = root / "link"
+    link.mkdir()
+    Image.fromarray(good, "L").save(link / "ok.png")
+    secret = root / "secret.png"
+    Image.fromarray(good, "L").save(secret)
+    (link / "out.png").symlink_to(secret)
+    made["link"] = (link, "is a link out of the folder")
+    many = root / "many"
+    many.mkdir()
+    for i in range(100_000):
+        os.close(os.open(many / f"{i:06d}.png", os.O_CREAT | os.O_WRONLY, 0o644))
+    made["many"] = (many, "holds more than 10,000 images")
+    text = root / "text"
+    text.mkdir()
+    (text / "notes.png").write_text("this is not a picture\n")
+    made["text"] = (text, "is not a PNG image, whatever its name says")
+    fifo = root / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "pipe.png")
+    made["fifo"] = (fifo, "is not a regular file")
+    return made
+
+
+def test_a_hostile_image_folder_is_one_line_and_exit_2_everywhere(tmp_path, shared_bundle):
+    """A bomb, a link out, 10⁵ files, a text file named .png, a FIFO: one line naming it, exit 2, for
+    check --data, evaluate --data and export --calibration (which writes nothing)."""
+    bundle_dir = tmp_path / "b"
+    shutil.copytree(shared_bundle("every-format"), bundle_dir)
+    before = (bundle_dir / "manifest.json").read_bytes()
+    for name, (folder, says) in _hostile_folders(tmp_path / "h").items():
+        out = tmp_path / f"out-{name}"
+        for args in (["check", bundle_dir, "--data", folder], ["evaluate", "--data", folder],
+                     ["export", "--out", out, "--formats", "int8", "--calibration", folder]):
+            r = invoke(*args)
+            refused(r, says)
+            assert r.output.count("error:") == 1, (name, args, r.output)
+        assert not out.exists(), name
+        assert (bundle_dir / "manifest.json").read_bytes() == before
