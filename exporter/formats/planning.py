@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from ...kernel.errors import UserInputError
 from ...models.registry import InputSpec
-from ..kit.options import ExportOptions
+from ..kit.options import PIPELINE_OPTIONS, ExportOptions
 from .api import Format
 from .discovery import FORMATS, declared_options, plugin_errors, registry, runners_for
 
@@ -131,6 +131,16 @@ def validate_options(opts: ExportOptions, spec: InputSpec) -> None:
         if opts.is_set(declared[name]) and not planned & set(users):
             raise UserInputError(f"{declared[name].flag} applies only to {', '.join(users)}; add "
                                  f"{'it' if len(users) == 1 else 'one of them'} to --formats or drop the option")
+    planned_names = {f.name for f in rows}
+    for name in getattr(opts, "require_delegated", ()) or ():
+        row = FORMATS.get(name)
+        if row is None or name not in planned_names:
+            raise UserInputError(f"--require-delegated {name}: {name} is not among the formats this export builds; "
+                                 "add it to --formats or drop the option")
+        if row.fallback is None:
+            delegating = [f.name for f in FORMATS.values() if f.fallback is not None]
+            raise UserInputError(f"--require-delegated {name}: the {name} format records no delegation to hold it to; "
+                                 f"formats that do: {', '.join(delegating) or 'none'}")
     for f in rows:
         if f.batch_one and (opts.dynamic_batch or opts.batch != 1):
             what = "--dynamic-batch" if opts.dynamic_batch else f"--batch {opts.batch}"
@@ -153,6 +163,7 @@ def reproduce_command(source: list[str], opts: ExportOptions, out: Path, size: i
     args += ["--dynamic-batch"] if opts.dynamic_batch else ["--batch", str(opts.batch)]
     declared = declared_options()
     used = [o for f in FORMATS.values() if f.name in planned for o in f.options]
+    used += [o.name for o in PIPELINE_OPTIONS if o.name not in used and opts.is_set(o)]   # read by no row
     for name in dict.fromkeys(used):
         args += declared[name].cli_args(getattr(opts, name))
     return shlex.join(args)

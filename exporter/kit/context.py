@@ -1,6 +1,7 @@
 """What every export stage reads (the prepared model, its spec, the options, the program), and one stage run."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,7 +97,28 @@ def run_stage(fmt, ctx: ExportContext) -> ArtifactRecord:
     if problem:   # a plugin's record is a claim too: never hashed, written or listed when it leaves its row
         return ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
                               error=f"the {fmt.name} stage's record {problem}; the plugin is at fault")
-    return finished(record, ctx.workdir)
+    return _delegated_or_failed(fmt, finished(record, ctx.workdir), ctx)
+
+
+def _delegated_or_failed(fmt, record: ArtifactRecord, ctx: ExportContext) -> ArtifactRecord:
+    """``--require-delegated FORMAT``: a file whose record shows operators outside its delegate is a failed
+    stage naming them, and its files leave the bundle (an app would meet the fallback at run time)."""
+    wanted = getattr(ctx.options, "require_delegated", ()) or ()
+    if not record.ok or fmt.name not in wanted or fmt.fallback is None:
+        return record
+    outside = fmt.fallback(record)
+    if not outside:
+        return record
+    for name in (record.path, *record.side_files):
+        target = ctx.workdir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    ops = ", ".join(f"{op} ×{n}" for op, n in sorted(outside.items()))
+    return ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=record.seconds, details=record.details,
+                          error=f"--require-delegated {fmt.name}: {sum(outside.values())} operator(s) fall back "
+                                f"outside its delegate: {ops}")
 
 
 def record_problem(fmt, record: ArtifactRecord) -> str | None:

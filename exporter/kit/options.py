@@ -67,6 +67,9 @@ PIPELINE_OPTIONS = (
            "int8 calibration: a folder of images (PNG, JPEG, WebP; read by the app's pixel rule), an .npz with an "
            "'input' array of real samples, or 'random' (latency work only). "
            "Default: the digits' training split for a digits model."),
+    Option("require_delegated", "--require-delegated", str, (),
+           "Fail this format's file when any operator falls back outside its delegate, naming them "
+           "(repeatable; formats that record their delegation: see docs/export.md).", repeatable=True),
 )
 
 

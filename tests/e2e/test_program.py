@@ -304,3 +304,26 @@ def test_the_int8_pte_is_quantised_in_xnnpack_and_passes_the_int8_gate(tmp_path,
     assert by["pte-int8"].bytes < 0.4 * fp32_weight_bytes
     c = next(c for c in r.manifest.check.records if c.artifact == "pte-int8")
     assert c.status is Status.OK and "top-1 agreement" in c.tolerance and c.metrics["top1_agreement"] >= 0.99
+
+
+@pytest.mark.slow
+def test_require_delegated_fails_a_pte_with_a_fallback_and_names_the_operators(tmp_path):
+    """--require-delegated pte: the shipped model's program leaves two squeezes to ExecuTorch's portable
+    kernels, so the file fails, naming them, and leaves the bundle; a format that records no delegation,
+    or one not built, is refused before any work."""
+    from typer.testing import CliRunner
+
+    from bsconv_export.cli import app
+    runner = CliRunner()
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", "--out", str(out), "--formats", "pte", "--require-delegated", "pte",
+                            "--jobs", "1", "--json"])
+    assert r.exit_code == 1, r.output
+    pte = next(a for a in json.loads(r.stdout)["artifacts"] if a["format"] == "pte")
+    assert pte["status"] == "failed" and "aten.squeeze_copy.dims ×2" in pte["error"], pte
+    assert "--require-delegated pte" in json.loads(r.stdout)["command"]
+    assert not (out / "model.pte").exists()
+    for args, says in ((["--formats", "onnx", "--require-delegated", "onnx"], "records no delegation"),
+                       (["--formats", "onnx", "--require-delegated", "pte"], "not among the formats")):
+        r = runner.invoke(app, ["export", "--out", str(tmp_path / "x"), *args])
+        assert r.exit_code == 2 and says in r.output and not (tmp_path / "x").exists(), r.output

@@ -17,6 +17,11 @@ def _note(r) -> str:
     return f"XNNPACK runs {d.get('delegated_nodes')} nodes; outside: {outside or 'none'}"
 
 
+def _fallback(r) -> dict[str, int]:
+    """The operators the program leaves to ExecuTorch's portable kernels (outside XNNPACK)."""
+    return dict(r.details.get("outside_ops", {}))
+
+
 PLUGIN = Plugin(
     name="executorch",
     order=30,
@@ -24,10 +29,10 @@ PLUGIN = Plugin(
     warm=import_lowering,
     formats=(
         Format("pte", export_pte, PTE_NAME, "pte", "ExecuTorch program, XNNPACK-delegated", default=True,
-               note=_note),
+               note=_note, fallback=_fallback),
         Format("pte-int8", export_pte_int8, PTE_INT8_NAME, "pte", "ExecuTorch program, XNNPACK int8 (pt2e quantizer)",
                precision="int8", options=("calibration",), validate=validate_calibration,
-               note=lambda r: f"{_note(r)}; calibration: {r.details.get('calibration')}"),
+               note=lambda r: f"{_note(r)}; calibration: {r.details.get('calibration')}", fallback=_fallback),
     ),
     runners=(ExecuTorchRunner, PteArm64Runner),
 )
