@@ -446,7 +446,7 @@ def bench_cmd(
         recorded = read_manifest(target).model
         original = reload_model(recorded.source, recorded, entry_point=model, program=program)
 
-    from .exporter.bench.bench import run_bench_and_save
+    from .exporter.bench.bench import is_bundle, run_bench_and_save
     results, dest = run_bench_and_save(target, opts, original, bench_progress, out_file)
     timed = any(r["status"] == "ok" for r in results["results"])
     if as_json:
@@ -456,6 +456,10 @@ def bench_cmd(
     from .exporter.report.views import bench_view
     view = bench_view(BenchResult.from_dict(results))
     show(view)
+    if is_bundle(target):
+        from .exporter.bundle.manifest_io import read_manifest
+        from .exporter.report.views import ship_view
+        show(ship_view(read_manifest(target), BenchResult.from_dict(results)))
     if dest and timed:
         out.print(f"results: {dest}", highlight=False)
     if not timed:

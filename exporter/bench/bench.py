@@ -317,6 +317,11 @@ def pair_with_baseline(targets: list[Target], results: list[dict], opts: BenchOp
     return out
 
 
+def is_bundle(target: Path) -> bool:
+    """A bundle folder (not an artifact that is a folder, such as an .mlpackage)."""
+    return target.is_dir() and target.suffix not in artifact_suffixes()
+
+
 def run_bench_and_save(target: Path, opts: BenchOptions, torch_model=None,
                        progress: Callable[[dict], None] | None = None,
                        out_file: Path | None = None) -> tuple[dict, Path | None]:
@@ -331,9 +336,8 @@ def run_bench_and_save(target: Path, opts: BenchOptions, torch_model=None,
     from ..bundle.on_disk import check_recordable, record_bundle_file
     if out_file is not None and not out_file.parent.is_dir():
         raise UserInputError(f"cannot write {out_file}: {out_file.parent} does not exist; create it first")
-    is_bundle = target.is_dir() and target.suffix not in artifact_suffixes()
-    dest = out_file or (target / "bench.json" if is_bundle else None)
-    into_bundle = is_bundle and dest.parent.resolve() == target.resolve()
+    dest = out_file or (target / "bench.json" if is_bundle(target) else None)
+    into_bundle = is_bundle(target) and dest.parent.resolve() == target.resolve()
     keep = "move it away, or name another file with --out"
     if into_bundle:
         check_recordable(target, dest.name)

@@ -46,6 +46,8 @@ class Format:
     #: the other files its stage writes beside ``filename`` (its record's ``side_files``): only the names
     #: a row declares are ones ``--force`` may replace as ours
     side_files: tuple[str, ...] = ()
+    #: the app platforms that ship its file ("android", "ios"): the "what to ship" table lists it there
+    platforms: tuple[str, ...] = ()
     #: the operators its file leaves outside its delegate (name -> count), read from its record; None: the
     #: row records no delegation (``--require-delegated`` then refuses to name it)
     fallback: Callable[[Any], dict[str, int]] | None = None

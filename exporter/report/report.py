@@ -14,7 +14,7 @@ from ..bench.result import BenchResult
 from ..bundle.on_disk import changed_since_export, check_recordable, record_bundle_file
 from ..bundle.manifest_io import read_manifest
 from ...kernel.sealed import refuse_unless_replaceable, seal_png, seal_text, write_sealed
-from .views import bench_view, bundle_view, check_view, html_table, markdown
+from .views import bench_view, bundle_view, check_view, html_table, markdown, ship_view
 
 PLOT_NAME = "report_latency.png"
 
@@ -104,6 +104,8 @@ def write_report(bundle: str | Path, out: str | Path | None = None, fmt: str = "
         latency = bench_view(bench)
         latency.title = f"Latency on {latency.title}"
         views.append(latency)
+    if manifest.check and not changed:
+        views.append(ship_view(manifest, bench))
     title = f"{m.arch} — {m.params:,} parameters, {m.macs:,} MACs"
     if fmt == "md":
         text = [f"# {title}", "", f"Reproduce: `{manifest.command}`", ""]

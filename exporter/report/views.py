@@ -97,6 +97,70 @@ def bench_view(result: BenchResult) -> View:
                       "vs torch (95% CI)"], rows=rows, status=status, notes=notes)
 
 
+#: the metrics that say how much of its gate a verified file uses (1.0: at the bound)
+GATE_USE = ("bound_used", "typical_bound_used", "slope_bound_used", "class_bias_bound_used", "fp16_bound_used",
+            "fp16_typical_bound_used")
+
+
+def ship_view(manifest, bench: BenchResult | None = None) -> View:
+    """What to ship, per app platform (each format row says which ship its file): every artifact the
+    check verified, with its bytes (and against the platform's largest verified file), its latency
+    against the fp32 baseline (the paired ratio where bench paired it, else the ratio of medians of the
+    same run, marked so) and how much of its gate it uses; the smallest and the fastest marked."""
+    from ..formats import get_format
+    records = manifest.check.records if manifest.check else []
+    verified = {}
+    for a in manifest.artifacts:
+        fmt = get_format(a.format)
+        mine = [r for r in records if r.artifact == a.format]
+        if not (a.ok and fmt and fmt.platforms and mine and any(r.status.value == "ok" for r in mine)
+                and all(r.status.value in ("ok", "skipped") for r in mine)):
+            continue
+        used = max((v for r in mine for k, v in (r.metrics or {}).items() if k in GATE_USE
+                    and isinstance(v, (int, float))), default=None)
+        verified[a.format] = (a, fmt, used, _latency_ratio(a.format, bench), mine[0].precision)
+    rows, notes = [], []
+    for platform in ("android", "ios"):
+        here = [v for v in verified.values() if platform in v[1].platforms]
+        if not here:
+            continue
+        largest = max(v[0].bytes or 0 for v in here) or 1
+        smallest = min(here, key=lambda v: v[0].bytes or largest)[0].format
+        timed = [v for v in here if v[3] is not None]
+        fastest = min(timed, key=lambda v: v[3][0])[0].format if timed else None
+        for a, fmt, used, ratio, precision in sorted(here, key=lambda v: v[0].bytes or 0):
+            marks = [m for m, f in (("smallest", smallest), ("fastest", fastest)) if f == a.format]
+            rows.append([platform, a.format, a.path or "-", f"{(a.bytes or 0) / 1e6:.2f} MB ({(a.bytes or 0) / largest:.2f}x)",
+                         precision,
+                         f"{ratio[0]:.2f}{'' if ratio[1] else ' (unpaired)'}" if ratio else "not timed here",
+                         f"{used:.0%}" if used is not None else "-", ", ".join(marks)])
+    if not rows:
+        notes.append("no verified artifact for an app platform yet (export pte, ort, tflite or coreml and check it)")
+    if verified and not bench:
+        notes.append("latency: run 'bsconv-export bench BUNDLE' for the ratios to fp32")
+    return View(title="What to ship: verified artifacts per app platform",
+                head=["platform", "format", "file", "size (x largest)", "precision", "latency / fp32",
+                      "gate used", "mark"], rows=rows, notes=notes)
+
+
+def _latency_ratio(fmt: str, bench: BenchResult | None) -> tuple[float, bool] | None:
+    """(artifact / fp32 baseline, paired?) at batch 1 on the CPU, from one bench run; None if not timed."""
+    if bench is None:
+        return None
+    for p in bench.pairs:
+        if p.artifact == fmt and p.batch == 1 and p.ratio is not None:
+            return p.ratio.median, True
+    from ..formats import FORMATS
+    base = {f.name for f in FORMATS.values() if f.bench_baseline}
+    base |= {f.name for f in FORMATS.values() if f.supersedes in base}   # the build bench used (simplified ONNX)
+    p50 = {r.artifact: r.latency.p50_ms for r in bench.rows
+           if r.ok and r.batch == 1 and r.provider == "cpu" and r.latency is not None}
+    baseline = next((p.baseline for p in bench.pairs), None) or next((n for n in p50 if n in base), None)
+    if fmt in p50 and baseline in p50 and p50[baseline] > 0:
+        return (1.0, True) if fmt == baseline else (p50[fmt] / p50[baseline], False)
+    return None
+
+
 def sweep_view(result) -> View:
     rows, status = [], []
     for r in result.rows:

@@ -201,3 +201,31 @@ def test_existing_bundle_needs_force_and_is_replaced_whole(tmp_path, shipped):
     export_bundle(shipped, out, ExportOptions(formats=("onnx",), force=True, replace_anyway=True))
     assert not (out / "model.mlpackage").exists() and (out / "model.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_what_to_ship_lists_each_platforms_verified_files_with_size_latency_and_gate(shared_bundle):
+    """The "what to ship" table: per platform (the rows' own ``platforms``), every verified app file,
+    its size against the largest, its latency against the fp32 baseline (paired where bench paired it)
+    and how much of its gate it uses; the smallest and fastest marked."""
+    from bsconv_export.exporter.bench.result import SCHEMA, BenchResult
+    from bsconv_export.exporter.bundle.manifest_io import read_manifest
+    from bsconv_export.exporter.report.views import ship_view
+    manifest = read_manifest(shared_bundle("every-format"))
+    lat = {"p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2, "throughput_per_s": 1000.0}
+    bench = BenchResult.from_dict({
+        "schema": SCHEMA, "machine": {"cpu": "test"}, "target": "b",
+        "results": [{"artifact": "onnx-simplified", "runner": "onnxruntime", "provider": "cpu", "batch": 1,
+                     "status": "ok", "latency": lat},
+                    {"artifact": "ort", "runner": "ort-format", "provider": "cpu", "batch": 1, "status": "ok",
+                     "latency": {**lat, "p50_ms": 2.0}}],
+        "paired": [{"artifact": "pte", "runner": "executorch-xnnpack", "baseline": "onnx-simplified", "batch": 1,
+                    "status": "ok", "ratio_median": 0.5, "ratio_ci95": [0.45, 0.55], "pairs": 40}]})
+    view = ship_view(manifest, bench)
+    rows = {(r[0], r[1]): r for r in view.rows}
+    assert {p for p, _ in rows} == {"android", "ios"} and ("android", "coreml") not in rows
+    assert rows[("android", "pte")][5] == "0.50" and "fastest" in rows[("android", "pte")][7]
+    assert rows[("android", "ort")][5] == "2.00 (unpaired)"
+    assert rows[("ios", "coreml")][5] == "not timed here"
+    assert all(r[6].endswith("%") for r in view.rows)            # every verified file's gate use is known
+    smallest = min((r for r in view.rows if r[0] == "ios"), key=lambda r: float(r[3].split()[0]))
+    assert "smallest" in smallest[7]

@@ -29,10 +29,11 @@ PLUGIN = Plugin(
     warm=import_lowering,
     formats=(
         Format("pte", export_pte, PTE_NAME, "pte", "ExecuTorch program, XNNPACK-delegated", default=True,
-               note=_note, fallback=_fallback),
+               note=_note, fallback=_fallback, platforms=("android", "ios")),
         Format("pte-int8", export_pte_int8, PTE_INT8_NAME, "pte", "ExecuTorch program, XNNPACK int8 (pt2e quantizer)",
                precision="int8", options=("calibration",), validate=validate_calibration,
-               note=lambda r: f"{_note(r)}; calibration: {r.details.get('calibration')}", fallback=_fallback),
+               note=lambda r: f"{_note(r)}; calibration: {r.details.get('calibration')}", fallback=_fallback,
+               platforms=("android", "ios")),
     ),
     runners=(ExecuTorchRunner, PteArm64Runner),
 )

@@ -93,6 +93,7 @@ PLUGIN = Plugin(
     formats=(Format("tflite", export_tflite, TFLITE_NAME, "tflite",
                     "LiteRT (TensorFlow Lite) for Android, from model.pt2 by litert-torch (needs "
                     "'bsconv-export setup litert')", requires=("pt2",), validate=_validate,
-                    note=lambda r: ", ".join(f"{k} ×{v}" for k, v in list(r.details.get("op_types", {}).items())[:6])),),
+                    note=lambda r: ", ".join(f"{k} ×{v}" for k, v in list(r.details.get("op_types", {}).items())[:6]),
+                    platforms=("android",)),),
     runners=(LiteRtRunner, LiteRtBuiltinRunner, LiteRtArm64Runner),
 )

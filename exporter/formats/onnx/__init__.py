@@ -54,7 +54,7 @@ PLUGIN = Plugin(
                facts=onnx_facts, note=lambda r: f"nodes {r.details.get('nodes_before')} → {r.nodes}"),
         Format("ort", export_ort, ORT_NAME, "ort", "ONNX Runtime mobile format", requires=("onnx",), default=True,
                side_files=(CONFIG_NAME, USABILITY_NAME),
-               note=_usability),
+               note=_usability, platforms=("android", "ios")),
         Format("int8", export_int8, INT8_NAME, "onnx", "ONNX, ORT static QDQ int8", precision="int8",
                requires=("onnx",), options=("calibration", "keep_fp32", "int8_plan"), validate=validate_calibration,
                facts=onnx_facts,
