@@ -27,10 +27,10 @@ run: $(STAMP)
 # make test: the fast tier a newcomer runs (logic, contracts, the trust tests, one end-to-end export
 # and check of the shipped model); make test-all: every test but the whole-zoo sweep (what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto -m "not zoo and not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not zoo and not slow"
 
 test-all: $(STAMP) setup-litert setup-arm64 clients
-	$(PY) -m pytest -q -n auto -m "not zoo"
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=30 -m "not zoo"
 
 # The LiteRT converter's own environment (2.1 GB, ~2 min; nothing when it exists): see
 # exporter/formats/litert/converter.py. make run does not need it; test-all does.

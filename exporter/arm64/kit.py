@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ...kernel.errors import UserInputError
-from ...kernel.backends import built_aside, cache_root
+from ...kernel.cache_dirs import built_aside, cache_root
 from ...kernel.kit_files import record_files, verify_files
 from .debian import fetch_package
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ...kernel.errors import UserInputError
 from ...kernel.safe_io import is_regular, read_regular
-from ...kernel.backends import built_aside, cache_root
+from ...kernel.cache_dirs import built_aside, cache_root
 from ...kernel.owned import tool_folder
 from ..kit.records import ArtifactRecord, CheckRecord, Status, path_sha256
 from .cache_keys import SCHEMA
@@ -57,7 +57,7 @@ KEY_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def stage_cache_root() -> Path:
-    """``$BSCONV_EXPORT_STAGE_CACHE``, else ``<cache>/stage-cache`` (see backends.cache_root)."""
+    """``$BSCONV_EXPORT_STAGE_CACHE``, else ``<cache>/stage-cache`` (see kernel.cache_dirs.cache_root)."""
     given = os.environ.get(DIR_ENV)
     return Path(given).expanduser() if given else cache_root() / "stage-cache"
 

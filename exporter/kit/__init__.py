@@ -37,7 +37,8 @@ from ...models.program import load_program
 from ...models.registry import InputSpec
 # the shared kernel: errors, bounded I/O, limits, the app contract's names, caches, log quieting
 from ...kernel import __version__
-from ...kernel.backends import built_aside, cache_root, onnxruntime
+from ...kernel.backends import onnxruntime
+from ...kernel.cache_dirs import built_aside, cache_root
 from ...kernel.contract import INPUT_NAME, LABEL_OUTPUT, OUTPUT_NAME, pixel_normalization
 from ...kernel.errors import UserInputError
 from ...kernel.kit_files import record_files, verify_files

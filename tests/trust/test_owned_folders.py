@@ -151,7 +151,7 @@ def test_a_users_folder_at_a_kits_name_is_never_replaced(tmp_path, monkeypatch):
 
 
 def test_built_aside_replaces_only_what_it_made(tmp_path):
-    from bsconv_export.kernel.backends import built_aside
+    from bsconv_export.kernel.cache_dirs import built_aside
     from bsconv_export.kernel.errors import UserInputError
     target = tmp_path / "kit"
     with built_aside(target, "a kit") as b:
