@@ -82,10 +82,10 @@ class PaletteRunner(SquashRunner):
 
 #: a precision of its own with its own gate, declared by the plugin (no edit of the core)
 PALETTE = Plugin(name="palette",
-                 precisions=(Precision("palette-6bit", Tolerance(min_top1_agreement=0.5, max_accuracy_drop=0.5),
+                 precisions=(Precision("toy-lut-6bit", Tolerance(min_top1_agreement=0.5, max_accuracy_drop=0.5),
                                        strictness=1),),
                  formats=(Format("palette", export_palette, "model.palette", "palette", "a palettized file",
-                                 precision="palette-6bit", requires=("onnx",)),), runners=(PaletteRunner,))
+                                 precision="toy-lut-6bit", requires=("onnx",)),), runners=(PaletteRunner,))
 #: names a precision nobody declares: left out
 UNDECLARED = Plugin(name="undeclared", formats=(Format("undeclared", export_orphan, "model.undeclared", "x", "x",
-                                                       precision="palette-2bit"),))
+                                                       precision="toy-lut-2bit"),))

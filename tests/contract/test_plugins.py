@@ -165,12 +165,12 @@ def test_a_plugin_declares_a_precision_with_its_own_gate(plugin, tmp_path, shipp
     from bsconv_export.exporter.kit.options import ExportOptions
     plugin("PALETTE", "UNDECLARED")
     errors = formats.plugin_errors()
-    assert any("undeclared" in e and "palette-2bit" in e for e in errors), errors
-    assert formats.tolerance_for("palette-6bit").min_top1_agreement == 0.5
-    assert formats.strictness()["palette-6bit"] == 1 and formats.precision_rule("palette-6bit").reduced
+    assert any("undeclared" in e and "toy-lut-2bit" in e for e in errors), errors
+    assert formats.tolerance_for("toy-lut-6bit").min_top1_agreement == 0.5
+    assert formats.strictness()["toy-lut-6bit"] == 1 and formats.precision_rule("toy-lut-6bit").reduced
     r = export_bundle(shipped, tmp_path / "b", ExportOptions(formats=("palette",)), check=CheckOptions())
     rec = next(c for c in r.manifest.check.records if c.artifact == "palette")
-    assert r.ok and rec.status.value == "ok" and rec.precision == "palette-6bit", rec
+    assert r.ok and rec.status.value == "ok" and rec.precision == "toy-lut-6bit", rec
     assert "top-1 agreement >= 50%" in rec.tolerance
     assert read_manifest(tmp_path / "b").passed     # the schema takes the plugin's precision
 
