@@ -16,12 +16,11 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Column, Table
 from typer.core import TyperGroup
 
 from .exporter.export.command_options import csv_values, parse_threads, with_format_options, with_model_options
 from .exporter.formats import formats_help
-from .exporter.report.console import (bench_progress, check_progress, emit_json, err, human, out, print_bundle_table,
+from .exporter.report.console import (bench_progress, check_progress, emit_json, err, out, print_bundle_table,
                                       print_check_table, quiet_third_party_logs, show, stage_progress, sweep_progress)
 from .kernel.errors import StageError, UserInputError
 from .models.registry import DEFAULT_ARCH
@@ -75,33 +74,13 @@ def models_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """List the model zoo: names, input size, and whether the reference package has them."""
-    from .models import create_model, get_entry, list_models
-    from .models.profile import profile_model
-    rows = []
-    for name in list_models(pattern):
-        e = get_entry(name)
-        row = {"name": e.name, "family": e.family, "input_size": e.default_size,
-               "num_classes": e.default_num_classes, "in_reference": e.in_reference,
-               "description": e.description}
-        if profile:
-            p = profile_model(create_model(name))
-            row.update(params=p.params, macs=p.macs)
-        rows.append(row)
+    from .exporter.report.views import models_view
+    from .models.profile import describe_models
+    rows = describe_models(pattern, profile=profile)
     if as_json:
         emit_json({"models": rows})
         return
-    table = Table("input", "classes", "in bsconv 0.4.0")
-    table.columns.insert(0, Column("name", no_wrap=True))
-    if profile:
-        table.add_column("params", justify="right")
-        table.add_column("MACs", justify="right")
-    table.add_column("description")
-    for r in rows:
-        cells = [r["name"], str(r["input_size"]), str(r["num_classes"]), "yes" if r["in_reference"] else "added"]
-        if profile:
-            cells += [human(r["params"]), human(r["macs"])]
-        table.add_row(*cells, r["description"])
-    out.print(table)
+    show(models_view(rows, profile=profile))
 
 
 @app.command("formats")
@@ -113,16 +92,8 @@ def formats_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JS
         emit_json({"formats": rows, "plugins": [{"name": p.name, "module": p.module} for p in plugins()],
                    "plugin_errors": plugin_errors()})
         return
-    table = Table(Column("format", no_wrap=True), "plugin", "file", "precision", "needs", "checked by",
-                  "on arm64 (--on)", "timed by", "options", "what")
-    for r in rows:
-        name = r["name"] + (" *" if r["default"] else "") + ("" if r["selectable"] else " (auto)")
-        table.add_row(name, r["plugin"], r["file"], r["precision"], ", ".join(r["requires"]) or "-",
-                      ", ".join(r["verified_by"]), ", ".join(r["verified_on_arm64_by"]) or "-",
-                      ", ".join(r["timed_by"]) or "-", ", ".join(r["options"]) or "-",
-                      r["description"])
-    out.print(table)
-    out.print("* default; (auto) built whenever what it needs is built", highlight=False)
+    from .exporter.report.views import formats_view
+    show(formats_view(rows))
     for problem in plugin_errors():
         err.print(f"[yellow]not loaded:[/yellow] {escape(problem)}", highlight=False)
 
@@ -200,26 +171,10 @@ def info_cmd(
                    "checkpoint_sha256": loaded.sha256 or None, "convolutions": convs,
                    **({"replacement": preview} if preview else {})})
         return
-    out.print(f"[bold]{prof.arch}[/bold]  input {prof.input_size}x{prof.input_size}  "
-              f"params {prof.params:,} ({human(prof.params)})  MACs {prof.macs:,} ({human(prof.macs)})")
-    spec = loaded.input_spec
-    out.print(f"classes {spec.num_classes}  normalization {spec.normalization}  "
-              f"value range {list(spec.value_range)}  labels {', '.join(spec.class_labels()[:10])}"
-              f"{' ...' if spec.num_classes > 10 else ''}", highlight=False)
-    if loaded.sha256:
-        out.print(f"checkpoint {loaded.path}  sha256 {loaded.sha256[:16]}…", highlight=False)
-    out.print("convolutions: " + ", ".join(f"{n} {k}" for k, n in convs["counts"].items()), highlight=False)
-    if convs["plain"]:
-        out.print(f"plain k×k convolutions left: {', '.join(convs['plain'][:8])}"
-                  f"{' …' if len(convs['plain']) > 8 else ''}", highlight=False)
-    if preview:
-        out.print(f"{preview['kind']} replacer would replace {len(preview['replaced'])} convolutions: params "
-                  f"{preview['params_before']:,} → {preview['params_after']:,} ({preview['ratio']:.1%})", highlight=False)
+    from .exporter.report.views import info_view, layers_view
+    show(info_view(prof, loaded, convs, preview), title_style="bold")
     if layers:
-        table = Table("layer", "type", "params", "MACs", "output")
-        for layer in prof.layers:
-            table.add_row(layer.name, layer.type, f"{layer.params:,}", f"{layer.macs:,}", str(layer.output_shape))
-        out.print(table)
+        show(layers_view(prof))
 
 
 @app.command("evaluate")

@@ -51,29 +51,27 @@ def scan_image_folder(folder: str | Path, spec) -> list[tuple[Path, int | None]]
     folder's shape and size checked; nothing is decoded (an export checks ``--calibration DIR`` so,
     before any work)."""
     root = Path(folder)
-    entries = _listing(root, root)
-    subfolders = [p for p in entries if p.is_dir()]
+    subfolders, loose = _listing(root, root)
     if subfolders:
-        loose = [p for p in entries if not p.is_dir()]
         if loose:
             raise UserInputError(f"{loose[0]}: a folder with class subfolders takes images only inside them; "
                                  "move it into its class's folder, or out of the folder")
-        labels = spec.class_labels()
-        unknown = [p.name for p in subfolders if p.name not in labels]
+        index = {label: i for i, label in enumerate(spec.class_labels())}
+        unknown = [p.name for p in subfolders if p.name not in index]
         if unknown:
+            labels = list(index)
             raise UserInputError(f"{root}: subfolder {unknown[0]!r} is not one of the model's labels "
                                  f"({', '.join(labels[:10])}{', …' if len(labels) > 10 else ''}); name each "
                                  "subfolder by its class's label")
         files: list[tuple[Path, int | None]] = []
-        for sub in sorted(subfolders, key=lambda p: labels.index(p.name)):
-            inner = _listing(sub, root, budget=MAX_IMAGES - len(files))
-            deeper = [p for p in inner if p.is_dir()]
+        for sub in sorted(subfolders, key=lambda p: index[p.name]):
+            deeper, inner = _listing(sub, root, budget=MAX_IMAGES - len(files))
             if deeper:
                 raise UserInputError(f"{deeper[0]}: class folders hold images, not folders; one level of "
                                      "subfolders, named by label")
-            files += [(p, labels.index(sub.name)) for p in inner]
+            files += [(p, index[sub.name]) for p in inner]
     else:
-        files = [(p, None) for p in entries]
+        files = [(p, None) for p in loose]
     if not files:
         raise UserInputError(f"{root}: no images ({KINDS}) in the folder or its class subfolders")
     per_image = 4 * spec.channels * spec.size * spec.size
@@ -84,11 +82,12 @@ def scan_image_folder(folder: str | Path, spec) -> list[tuple[Path, int | None]]
     return files
 
 
-def _listing(folder: Path, root: Path, budget: int = MAX_IMAGES) -> list[Path]:
-    """The entries of one folder that count (hidden ones passed over), each a regular file with an
-    image suffix or a folder, links only inside ``root``; at most ``budget`` files."""
-    found: list[Path] = []
-    files = 0
+def _listing(folder: Path, root: Path, budget: int = MAX_IMAGES) -> tuple[list[Path], list[Path]]:
+    """One folder's entries that count (hidden ones passed over), as (folders, image files), each sorted by
+    name: every entry a folder or a regular file with an image suffix, links only inside ``root``, at most
+    ``budget`` files."""
+    folders: list[Path] = []
+    files: list[Path] = []
     try:
         with os.scandir(folder) as it:
             for entry in it:
@@ -101,22 +100,22 @@ def _listing(folder: Path, root: Path, budget: int = MAX_IMAGES) -> list[Path]:
                         raise UserInputError(f"{path} is a link out of the folder (to {target}); copy the image "
                                              "into the folder instead")
                 if entry.is_dir():
-                    found.append(path)
+                    folders.append(path)
                     continue
                 if not entry.is_file():
                     raise UserInputError(f"{path} is not a regular file; the folder holds images only")
                 if path.suffix.lower() not in SUFFIXES:
                     raise UserInputError(f"{path} is not an image ({KINDS}, by its name); remove it from the folder")
-                found.append(path)
-                files += 1
-                if files > budget:
+                files.append(path)
+                if len(files) > budget:
                     raise UserInputError(f"{root} holds more than {MAX_IMAGES:,} images, this tool's bound; "
                                          "use a sample of them")
     except NotADirectoryError:
         raise UserInputError(f"{folder} is not a folder of images") from None
     except PermissionError:
         raise UserInputError(f"{folder}: permission denied; make it readable") from None
-    return sorted(found, key=lambda p: p.name)
+    by_name = (lambda p: p.name)
+    return sorted(folders, key=by_name), sorted(files, key=by_name)
 
 
 def read_image(path: Path, *, grey: bool) -> np.ndarray:

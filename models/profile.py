@@ -122,3 +122,20 @@ def conv_inventory(model: nn.Module) -> dict:
             continue
         counts[kind] = counts.get(kind, 0) + 1
     return {"counts": counts, "plain": plain, "from": "modules"}
+
+
+def describe_models(pattern: str = "*", *, profile: bool = False) -> list[dict]:
+    """The zoo models matching ``pattern`` as plain rows (name, family, input size, classes, whether the
+    reference package has it, description), with parameters and MACs at the model's size if ``profile``."""
+    from .registry import create_model, get_entry, list_models
+    rows = []
+    for name in list_models(pattern):
+        e = get_entry(name)
+        row = {"name": e.name, "family": e.family, "input_size": e.default_size,
+               "num_classes": e.default_num_classes, "in_reference": e.in_reference,
+               "description": e.description}
+        if profile:
+            p = profile_model(create_model(name))
+            row.update(params=p.params, macs=p.macs)
+        rows.append(row)
+    return rows

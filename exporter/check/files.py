@@ -60,13 +60,12 @@ def bundle_files(bundle: Path, manifest, known: dict[str, tuple[str, tuple]] | N
             content, target.opset = _facts(fmt, Path(bundle) / name, (known or {}).get(name))
             target.precision, target.problem = judged_precision(fmt, content, name)
         targets.append(target)
-    required = set(manifest.export.formats) | {a.format for a in manifest.artifacts if a.ok}
-    failed = {a.format: a for a in manifest.artifacts if a.status is Status.FAILED}
-    for name in sorted(required):
+    ok = {a.format for a in manifest.artifacts if a.ok}
+    failed = {a.format for a in manifest.artifacts if a.status is Status.FAILED} - ok
+    for name in sorted(set(manifest.export.formats) | ok):
         fmt = FORMATS.get(name)
         if fmt is not None and fmt.filename not in present:
-            why = (f"the {name} stage failed at export, so there is no {fmt.filename} to check"
-                   if name in failed and name not in {a.format for a in manifest.artifacts if a.ok}
+            why = (f"the {name} stage failed at export, so there is no {fmt.filename} to check" if name in failed
                    else f"the export recorded {name}, but its file {fmt.filename} is missing")
             problems.append(CheckRecord(artifact=name, runner="-", status=Status.FAILED, precision=fmt.precision,
                                         reason=why))

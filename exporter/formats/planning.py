@@ -131,10 +131,9 @@ def validate_options(opts: ExportOptions, spec: InputSpec) -> None:
         if opts.is_set(declared[name]) and not planned & set(users):
             raise UserInputError(f"{declared[name].flag} applies only to {', '.join(users)}; add "
                                  f"{'it' if len(users) == 1 else 'one of them'} to --formats or drop the option")
-    planned_names = {f.name for f in rows}
-    for name in getattr(opts, "require_delegated", ()) or ():
+    for name in opts.require_delegated:
         row = FORMATS.get(name)
-        if row is None or name not in planned_names:
+        if row is None or name not in planned:
             raise UserInputError(f"--require-delegated {name}: {name} is not among the formats this export builds; "
                                  "add it to --formats or drop the option")
         if row.fallback is None:

@@ -97,18 +97,20 @@ def run_stage(fmt, ctx: ExportContext) -> ArtifactRecord:
     if problem:   # a plugin's record is a claim too: never hashed, written or listed when it leaves its row
         return ArtifactRecord(format=fmt.name, status=Status.FAILED, seconds=time.perf_counter() - t0,
                               error=f"the {fmt.name} stage's record {problem}; the plugin is at fault")
-    return _delegated_or_failed(fmt, finished(record, ctx.workdir), ctx)
+    refused = _delegated_or_failed(fmt, record, ctx)
+    return refused if refused is not None else finished(record, ctx.workdir)
 
 
-def _delegated_or_failed(fmt, record: ArtifactRecord, ctx: ExportContext) -> ArtifactRecord:
+def _delegated_or_failed(fmt, record: ArtifactRecord, ctx: ExportContext) -> ArtifactRecord | None:
     """``--require-delegated FORMAT``: a file whose record shows operators outside its delegate is a failed
-    stage naming them, and its files leave the bundle (an app would meet the fallback at run time)."""
-    wanted = getattr(ctx.options, "require_delegated", ()) or ()
+    stage naming them, and its files leave the bundle (an app would meet the fallback at run time);
+    None when the record stands (it is then hashed as usual)."""
+    wanted = getattr(ctx.options, "require_delegated", ()) or ()   # a stage run with options not completed
     if not record.ok or fmt.name not in wanted or fmt.fallback is None:
-        return record
+        return None
     outside = fmt.fallback(record)
     if not outside:
-        return record
+        return None
     for name in (record.path, *record.side_files):
         target = ctx.workdir / name
         if target.is_dir() and not target.is_symlink():

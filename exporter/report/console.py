@@ -41,15 +41,6 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
-def human(n: float) -> str:
-    """A count for people: 3.4M, 12.5K."""
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}T"
-
-
 def show(view, title_style: str = "", status_colour: bool = True) -> None:
     """Draw a :class:`~exporter.report.views.View` (the same one ``report`` writes) with rich."""
     title = escape(view.title)
@@ -57,14 +48,15 @@ def show(view, title_style: str = "", status_colour: bool = True) -> None:
         title = title.replace(f": {word}", f": [{colour}]{word}[/{colour}]")
     title = title.replace(": FAILED", ": [red]FAILED[/red]")
     out.print(f"[{title_style}]{title}[/{title_style}]" if title_style else title, highlight=False)
-    table = Table(*[Column(h, no_wrap=i < 2) for i, h in enumerate(view.head)])
-    for row, status in zip(view.rows, view.status or [""] * len(view.rows)):
-        cells = [escape(c) for c in row]
-        if status_colour and status in COLOUR and "status" in view.head:
-            i = view.head.index("status")
-            cells[i] = f"[{COLOUR[status]}]{cells[i]}[/{COLOUR[status]}]"
-        table.add_row(*cells)
-    out.print(table)
+    if view.head:    # a view of lines only (``info``) has no table
+        table = Table(*[Column(h, no_wrap=i < 2) for i, h in enumerate(view.head)])
+        for row, status in zip(view.rows, view.status or [""] * len(view.rows)):
+            cells = [escape(c) for c in row]
+            if status_colour and status in COLOUR and "status" in view.head:
+                i = view.head.index("status")
+                cells[i] = f"[{COLOUR[status]}]{cells[i]}[/{COLOUR[status]}]"
+            table.add_row(*cells)
+        out.print(table)
     for note in view.notes:
         out.print(note, highlight=False)
 

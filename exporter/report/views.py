@@ -22,6 +22,60 @@ def _metric(metrics: dict, key: str, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+def human(n: float) -> str:
+    """A count for people: 3.4M, 12.5K."""
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}T"
+
+
+def models_view(rows: list[dict], *, profile: bool = False) -> View:
+    """``models``: the zoo rows of :func:`models.profile.describe_models`."""
+    head = ["name", "input", "classes", "in bsconv 0.4.0", *(["params", "MACs"] if profile else []), "description"]
+    cells = [[r["name"], str(r["input_size"]), str(r["num_classes"]), "yes" if r["in_reference"] else "added",
+              *([human(r["params"]), human(r["macs"])] if profile else []), r["description"]] for r in rows]
+    return View(title=f"{len(rows)} zoo model{'s' if len(rows) != 1 else ''}", head=head, rows=cells)
+
+
+def formats_view(rows: list[dict]) -> View:
+    """``formats``: the format table as :func:`exporter.formats.describe_formats` gives it."""
+    cells = [[r["name"] + (" *" if r["default"] else "") + ("" if r["selectable"] else " (auto)"), r["plugin"],
+              r["file"], r["precision"], ", ".join(r["requires"]) or "-", ", ".join(r["verified_by"]),
+              ", ".join(r["verified_on_arm64_by"]) or "-", ", ".join(r["timed_by"]) or "-",
+              ", ".join(r["options"]) or "-", r["description"]] for r in rows]
+    return View(title=f"{len(rows)} formats (bsconv-export export --formats …)", head=["format", "plugin", "file", "precision", "needs", "checked by",
+                                       "on arm64 (--on)", "timed by", "options", "what"], rows=cells,
+                notes=["* default; (auto) built whenever what it needs is built"])
+
+
+def info_view(prof, loaded, convs: dict, preview: dict | None) -> View:
+    """``info``: a model's size, input spec, checkpoint and convolutions, as lines (no table)."""
+    spec = loaded.input_spec
+    notes = [f"classes {spec.num_classes}  normalization {spec.normalization}  value range "
+             f"{list(spec.value_range)}  labels {', '.join(spec.class_labels()[:10])}"
+             f"{' ...' if spec.num_classes > 10 else ''}"]
+    if loaded.sha256:
+        notes.append(f"checkpoint {loaded.path}  sha256 {loaded.sha256[:16]}…")
+    notes.append("convolutions: " + ", ".join(f"{n} {k}" for k, n in convs["counts"].items()))
+    if convs["plain"]:
+        notes.append(f"plain k×k convolutions left: {', '.join(convs['plain'][:8])}"
+                     f"{' …' if len(convs['plain']) > 8 else ''}")
+    if preview:
+        notes.append(f"{preview['kind']} replacer would replace {len(preview['replaced'])} convolutions: params "
+                     f"{preview['params_before']:,} → {preview['params_after']:,} ({preview['ratio']:.1%})")
+    return View(title=f"{prof.arch}  input {prof.input_size}x{prof.input_size}  params {prof.params:,} "
+                      f"({human(prof.params)})  MACs {prof.macs:,} ({human(prof.macs)})", head=[], rows=[], notes=notes)
+
+
+def layers_view(prof) -> View:
+    """``info --layers``: every layer's parameters, MACs and output shape."""
+    return View(title="layers", head=["layer", "type", "params", "MACs", "output"],
+                rows=[[layer.name, layer.type, f"{layer.params:,}", f"{layer.macs:,}", str(layer.output_shape)]
+                      for layer in prof.layers])
+
+
 def bundle_view(manifest, bundle) -> View:
     from ..formats import get_format
     m = manifest.model
