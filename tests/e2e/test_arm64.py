@@ -88,7 +88,7 @@ def test_the_kit_builds_from_its_pins_and_refuses_a_changed_file(tmp_path, monke
 def arm_bundle(tmp_path_factory):
     """The shipped model with every format that has an aarch64 runtime, exported and checked on both CPUs."""
     out = tmp_path_factory.mktemp("arm") / "bundle"
-    formats = "onnx,ort,int8,fp16,pte" + (",tflite" if _litert_ready() else "")
+    formats = "onnx,ort,int8,fp16,pte" + (",tflite,tflite-int8" if _litert_ready() else "")
     p = subprocess.run([CLI, "export", "--out", str(out), "--formats", formats, "--on", "arm64"],
                        capture_output=True, text=True, timeout=3000, env=ENV)
     return out, p, formats
@@ -107,7 +107,7 @@ def test_the_shipped_bundle_passes_on_a53_and_a76(arm_bundle):
     m = json.loads((out / "manifest.json").read_text())
     assert m["verdict"] == "passed"
     records = {(r["artifact"], r["target"]): r for r in m["check"]["results"]}
-    expected = ["onnx", "onnx-simplified", "ort", "int8", "fp16", "pte"] + (["tflite"] if "tflite" in formats else [])
+    expected = ["onnx", "onnx-simplified", "ort", "int8", "fp16", "pte"] + (["tflite", "tflite-int8"] if "tflite" in formats else [])
     for artifact in expected:
         for cpu in ("cortex-a53", "cortex-a76"):
             r = records[(artifact, f"arm64:{cpu}")]

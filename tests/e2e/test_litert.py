@@ -24,8 +24,10 @@ from bsconv_export.cli import app
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.check.run import CheckOptions
 from bsconv_export.exporter.formats.litert import converter
-from bsconv_export.exporter.formats.litert.runner import LiteRtBuiltinRunner, LiteRtRunner
-from bsconv_export.exporter.formats.litert.tflite_file import model_metadata, read_model_metadata
+from bsconv_export.exporter.formats.litert.quantized import tflite_precision
+from bsconv_export.exporter.formats.litert.runner import LiteRtBuiltinRunner, LiteRtRunner, from_tensor, to_tensor
+from bsconv_export.exporter.formats.litert.tflite_file import (model_metadata, read_model_metadata, short_tensor_name,
+                                                               short_tensor_names)
 from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.models.checkpoint import resolve_model
 from bsconv_export.models.registry import InputSpec
@@ -40,7 +42,7 @@ BSCONV_EXPORT = Path(sys.executable).with_name("bsconv-export")
 @pytest.fixture(scope="module")
 def tflite_bundle(tmp_path_factory, shipped):
     out = tmp_path_factory.mktemp("litert") / "b"
-    r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "tflite")), check=CheckOptions())
+    r = export_bundle(shipped, out, ExportOptions(formats=("onnx", "tflite", "tflite-int8")), check=CheckOptions())
     assert r.ok, ([a.error for a in r.records], r.manifest.check and
                   [(c.artifact, c.runner, c.reason) for c in r.manifest.check.records])
     return out
@@ -212,6 +214,82 @@ def test_every_zoo_family_converts_and_passes(tmp_path, arch):
     # fp32 noise is near zero (an untrained V3-large's XNNPACK rounding then looks systematic)
     r = export_bundle(loaded, tmp_path / "b", ExportOptions(formats=("tflite",)), check=CheckOptions())
     assert r.ok, ([a.error for a in r.records], [(c.runner, c.reason) for c in r.manifest.check.records])
+
+
+@pytest.mark.slow
+@needs_converter
+def test_the_int8_tflite_has_float_io_is_smaller_and_passes_the_int8_gate(tflite_bundle):
+    manifest = json.loads((tflite_bundle / "manifest.json").read_text())
+    rec = next(a for a in manifest["artifacts"] if a["format"] == "tflite-int8")
+    assert rec["details"]["io"] == "float" and "io_quantization" not in rec["details"]
+    ratio = (tflite_bundle / "model.int8.tflite").stat().st_size / (tflite_bundle / "model.tflite").stat().st_size
+    assert ratio == pytest.approx(rec["details"]["bytes_ratio_to_fp32"], abs=1e-3) and ratio <= 0.45, ratio
+    checks = {(c["artifact"], c["runner"]): c for c in manifest["check"]["results"]}
+    for runner in ("litert-xnnpack", "litert-builtin"):
+        c = checks[("tflite-int8", runner)]
+        assert c["status"] == "ok" and c["precision"] == "int8", c
+        assert abs(c["metrics"]["slope"] - 1) <= 0.05 and c["metrics"]["top1_agreement"] >= 0.99, c
+    with LiteRtRunner(tflite_bundle / "model.int8.tflite") as r:
+        ins, outs = r.interpreter.get_input_details(), r.interpreter.get_output_details()
+        assert ins[0]["dtype"] == np.float32 and outs[0]["dtype"] == np.float32
+        assert r.input_names == ["input"] and r.output_names == ["logits"]
+        assert r.labels() == manifest["model"]["labels"] and r.metadata()["precision"] == "int8"
+        kinds = {d["dtype"] for d in r.interpreter.get_tensor_details()}
+        assert np.int8 in kinds
+    # the file is what it is: the int8 file in the fp32 row's place fails by its content
+    assert tflite_precision(tflite_bundle / "model.int8.tflite")[0] == "int8"
+    assert tflite_precision(tflite_bundle / "model.tflite")[0] == "fp32"
+
+
+@pytest.mark.slow
+@needs_converter
+def test_an_int8_tflite_planted_in_the_fp32_rows_place_fails_by_its_content(tflite_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(tflite_bundle, bundle)
+    shutil.copyfile(bundle / "model.int8.tflite", bundle / "model.tflite")
+    rehash(bundle)
+    r = CliRunner().invoke(app, ["check", str(bundle), "--json"])
+    report = json.loads(r.stdout)
+    reasons = " ".join(c.get("reason") or "" for c in report["results"] if c["artifact"] == "tflite")
+    assert r.exit_code == 1 and "holds int8 arithmetic, but the tflite format is fp32" in reasons, reasons
+
+
+@pytest.mark.slow
+@needs_converter
+def test_int8_io_is_an_option_with_its_scale_and_zero_point_recorded(tmp_path, shipped):
+    out = tmp_path / "b"
+    r = export_bundle(shipped, out, ExportOptions(formats=("tflite", "tflite-int8"), tflite_int8_io="int8"), check=CheckOptions())
+    assert r.ok, [(c.artifact, c.runner, c.reason) for c in r.manifest.check.records]
+    rec = next(a for a in r.manifest.artifacts if a.format == "tflite-int8")
+    params = rec.details["io_quantization"]
+    with LiteRtRunner(out / "model.int8.tflite") as runner:
+        detail = runner.interpreter.get_input_details()[0]
+        assert detail["dtype"] == np.int8
+        assert params["input"] == {"dtype": "int8", "scale": pytest.approx(detail["quantization"][0]),
+                                   "zero_point": detail["quantization"][1]}
+        assert json.loads(runner.metadata()["io_quantization"]) == params
+    checks = [c for c in r.manifest.check.records if c.artifact == "tflite-int8"]
+    assert {c.runner for c in checks} == {"litert-xnnpack", "litert-builtin"} and all(c.status.value == "ok" for c in checks)
+    assert "--tflite-int8-io int8" in r.manifest.command
+
+
+def test_short_tensor_names_keep_the_layer_path_and_stay_unique():
+    long = ("bsconv_export.models.mobilenet.MobileNet/torch.nn.modules.container.Sequential_backbone/"
+            "bsconv_export.models.layers.ConvBlock_final_conv/torch.nn.modules.conv.Conv2d_conv;1;;"
+            "bsconv_export.models.mobilenet.MobileNet/torch.nn.modules.batchnorm.BatchNorm2d_bn")
+    assert short_tensor_name(long) == "backbone.final_conv.conv:1"
+    assert short_tensor_name("logits_dequant") == "logits_dequant"
+    assert len(short_tensor_name("x" * 1000)) == 96
+    names = short_tensor_names([long, long, "a", "a#2", "a"])
+    assert len(set(names)) == 5 and all(n for n in names)
+
+
+def test_an_integer_input_is_fed_as_an_app_feeds_it():
+    detail = {"dtype": np.int8, "quantization": (1 / 255, -128)}
+    x = np.array([0.0, 0.25, 1.0, 2.0, -1.0], dtype=np.float32)
+    assert to_tensor(x, detail).tolist() == [-128, -64, 127, 127, -128]
+    y = from_tensor(np.array([-29, 0, 127], dtype=np.int8), {"dtype": np.int8, "quantization": (0.5, -29)})
+    assert y.dtype == np.float32 and y.tolist() == [0.0, 14.5, 78.0]
 
 
 def test_the_runner_kinds_are_registered():

@@ -7,8 +7,9 @@ built from ``requirements.txt`` (every package pinned) in a per-user cache folde
 ``~/.cache/bsconv-export``), named by the requirements' hash, so a changed pin builds a new
 one. ``bsconv-export setup litert`` makes it (built aside, renamed into place when pip
 succeeded); the export refuses the format up front, with that command, while it is missing.
-The converter runs as a subprocess fed ``model.pt2`` (:mod:`convert_pt2`), with a time limit,
-its own process group (killed whole at the limit) and no network.
+The converter runs as a subprocess (:mod:`in_env`) fed ``model.pt2``, and the quantizer fed the fp32
+``.tflite`` and calibration rows, each with a time limit, its own process group (killed whole at the
+limit) and no network.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ...kit import UserInputError, built_aside, cache_root, record_files, verify
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
-SCRIPT = HERE / "convert_pt2.py"
+SCRIPT = HERE / "in_env.py"
 READY = ".bsconv-export-ready"
 CONVERT_TIMEOUT_S = 900
 SETUP_COMMAND = "bsconv-export setup litert"
@@ -94,16 +95,26 @@ class ConversionFailed(RuntimeError):
 
 def convert(pt2: Path, out: Path, shape: tuple[int, ...], timeout: float = CONVERT_TIMEOUT_S) -> str:
     """Run the converter on ``pt2``, writing ``out``; returns its log's tail."""
+    return _run(["convert", str(pt2), str(out), ",".join(map(str, shape))], out, timeout, "converter")
+
+
+def quantize(fp32: Path, calibration: Path, out: Path, io: str, timeout: float = CONVERT_TIMEOUT_S) -> str:
+    """Run ai-edge-quantizer's static int8 recipe on ``fp32``, calibrated on ``calibration`` (an npz
+    with an ``input`` array), writing ``out`` with ``io`` ("float" or "int8") inputs and outputs."""
+    return _run(["quantize", str(fp32), str(calibration), str(out), io], out, timeout, "quantizer")
+
+
+def _run(args: list[str], out: Path, timeout: float, what: str) -> str:
     python, reason = env_python(), missing_reason()
     if python is None or reason:
         raise ConversionFailed(reason)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONNOUSERSITE": "1",
            "PYTHONDONTWRITEBYTECODE": "1",   # the environment is verified by its record: nothing is added to it
-           "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "NO_PROXY": "*"}
+           "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "NO_PROXY": "*", "TQDM_DISABLE": "1"}
     with tempfile.TemporaryFile("w+") as log:
         # -S: no site-packages (nor their .pth files) until the script has refused the network
-        proc = subprocess.Popen([str(python), "-I", "-S", str(SCRIPT), str(pt2), str(out), ",".join(map(str, shape))],
+        proc = subprocess.Popen([str(python), "-I", "-S", str(SCRIPT), *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(out.parent),
                                 start_new_session=True)
         try:
@@ -111,7 +122,7 @@ def convert(pt2: Path, out: Path, shape: tuple[int, ...], timeout: float = CONVE
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise ConversionFailed(f"the LiteRT converter did not finish within {timeout:.0f} s") from None
+            raise ConversionFailed(f"the LiteRT {what} did not finish within {timeout:.0f} s") from None
         except BaseException:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -120,5 +131,5 @@ def convert(pt2: Path, out: Path, shape: tuple[int, ...], timeout: float = CONVE
         lines = [ln for ln in log.read().splitlines() if ln.strip()]
     if code != 0 or not out.is_file():
         last = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
-        raise ConversionFailed(f"the LiteRT converter failed (exit {code}): {last.strip()[:400]}")
+        raise ConversionFailed(f"the LiteRT {what} failed (exit {code}): {last.strip()[:400]}")
     return "\n".join(lines[-5:])

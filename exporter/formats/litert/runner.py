@@ -1,5 +1,10 @@
 """LiteRT runners: a ``.tflite`` on the LiteRT interpreter (ai-edge-litert), with XNNPACK — what an
-Android app gets by default — and with the built-in kernels alone."""
+Android app gets by default — and with the built-in kernels alone.
+
+A file with integer inputs (``tflite-int8 --tflite-int8-io int8``) is fed the way an app feeds it:
+the float input quantised with the input tensor's own scale and zero point (round half to even,
+clamped to the type's range), and integer outputs dequantised with theirs, so the check compares
+logits with logits."""
 from __future__ import annotations
 
 import json
@@ -55,6 +60,7 @@ class LiteRtRunner(Runner):
         self.input_names = [d["name"] for d in ins]
         self.output_names = [d["name"] for d in outs]
         self._in, self._out = ins[0]["index"], [d["index"] for d in outs]
+        self._in_detail, self._out_details = ins[0], outs
         self.input_shape = tuple(int(v) for v in ins[0]["shape"])
         self.fixed_batch = self.input_shape[0]
         return self
@@ -109,9 +115,10 @@ class LiteRtRunner(Runner):
         if self.interpreter is None:
             self.load()
         (x,) = inputs.values()
-        self.interpreter.set_tensor(self._in, np.ascontiguousarray(x, dtype=np.float32))
+        self.interpreter.set_tensor(self._in, to_tensor(np.asarray(x, dtype=np.float32), self._in_detail))
         self.interpreter.invoke()
-        return {name: self.interpreter.get_tensor(i).copy() for name, i in zip(self.output_names, self._out)}
+        return {name: from_tensor(self.interpreter.get_tensor(d["index"]), d)
+                for name, d in zip(self.output_names, self._out_details)}
 
     def settings(self) -> dict:
         from ...kit import usable_cores
@@ -120,6 +127,24 @@ class LiteRtRunner(Runner):
 
     def close(self) -> None:
         self.interpreter = None
+
+
+def to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
+    """``x`` as the input tensor takes it: float as it is, integer quantised by the tensor's parameters."""
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return np.ascontiguousarray(x, dtype=dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def from_tensor(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An output tensor as floats: integer outputs dequantised by the tensor's parameters."""
+    if np.issubdtype(y.dtype, np.floating):
+        return y.copy()
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 class LiteRtBuiltinRunner(LiteRtRunner):
