@@ -222,6 +222,7 @@ def test_the_int8_tflite_has_float_io_is_smaller_and_passes_the_int8_gate(tflite
     manifest = json.loads((tflite_bundle / "manifest.json").read_text())
     rec = next(a for a in manifest["artifacts"] if a["format"] == "tflite-int8")
     assert rec["details"]["io"] == "float" and "io_quantization" not in rec["details"]
+    assert rec["details"]["float_ops"] == {}     # every operator of the shipped model runs in int8
     ratio = (tflite_bundle / "model.int8.tflite").stat().st_size / (tflite_bundle / "model.tflite").stat().st_size
     assert ratio == pytest.approx(rec["details"]["bytes_ratio_to_fp32"], abs=1e-3) and ratio <= 0.45, ratio
     checks = {(c["artifact"], c["runner"]): c for c in manifest["check"]["results"]}
@@ -271,6 +272,22 @@ def test_int8_io_is_an_option_with_its_scale_and_zero_point_recorded(tmp_path, s
     checks = [c for c in r.manifest.check.records if c.artifact == "tflite-int8"]
     assert {c.runner for c in checks} == {"litert-xnnpack", "litert-builtin"} and all(c.status.value == "ok" for c in checks)
     assert "--tflite-int8-io int8" in r.manifest.command
+
+
+def test_require_delegated_fails_an_int8_tflite_with_float_operators_and_names_them(tmp_path):
+    from types import SimpleNamespace
+    from bsconv_export.exporter.formats import FORMATS
+    from bsconv_export.exporter.kit.context import _delegated_or_failed
+    from bsconv_export.exporter.kit.records import ArtifactRecord, Status
+    (tmp_path / "model.int8.tflite").write_bytes(b"x")
+    record = ArtifactRecord(format="tflite-int8", status=Status.OK, path="model.int8.tflite",
+                            details={"float_ops": {"HARD_SWISH": 20, "DEQUANTIZE": 1}})
+    ctx = SimpleNamespace(options=SimpleNamespace(require_delegated=("tflite-int8",)), workdir=tmp_path)
+    failed = _delegated_or_failed(FORMATS["tflite-int8"], record, ctx)
+    assert failed.status is Status.FAILED and "21 operator(s)" in failed.error and "HARD_SWISH ×20" in failed.error
+    assert not (tmp_path / "model.int8.tflite").exists()
+    clean = ArtifactRecord(format="tflite-int8", status=Status.OK, path="model.int8.tflite", details={"float_ops": {}})
+    assert _delegated_or_failed(FORMATS["tflite-int8"], clean, ctx) is None
 
 
 def test_short_tensor_names_keep_the_layer_path_and_stay_unique():

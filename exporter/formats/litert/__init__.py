@@ -37,6 +37,10 @@ OPTIONS = (
 )
 
 
+def _named(ops: dict | None) -> str:
+    return ", ".join(f"{op} ×{n}" for op, n in (ops or {}).items()) or "none"
+
+
 def _validate_int8(opts, spec) -> None:
     _validate(opts, spec)
     validate_calibration(opts, spec)
@@ -85,8 +89,10 @@ PLUGIN = Plugin(
                     "LiteRT int8 (ai-edge-quantizer static int8 on model.tflite, float I/O unless "
                     "--tflite-int8-io int8; needs 'bsconv-export setup litert')", precision="int8",
                     requires=("tflite",), options=("calibration", "tflite_int8_io"), validate=_validate_int8,
-                    note=lambda r: f"{r.details.get('bytes_ratio_to_fp32')}x fp32 bytes, {r.details.get('io')} I/O; "
+                    note=lambda r: f"{r.details.get('bytes_ratio_to_fp32')}x fp32 bytes, {r.details.get('io')} I/O, "
+                                   f"float ops: {_named(r.details.get('float_ops'))}; "
                                    f"calibration: {r.details.get('calibration')}",
+                    fallback=lambda r: dict(r.details.get("float_ops", {})),
                     facts=tflite_precision, platforms=("android",))),
     runners=(LiteRtRunner, LiteRtBuiltinRunner, LiteRtArm64Runner),
 )

@@ -11,7 +11,9 @@ input's and the output's scale and zero point are then in the tensors themselves
 tooling reads them, in the file's ``bsconv_export`` metadata and in the manifest).
 
 What the file holds is read from the file (:func:`tflite_precision`): int8 tensors make it int8,
-whatever the manifest says.
+whatever the manifest says. Which operators the quantizer left computing in float is read from it
+too (:func:`float_ops`, the row's ``float_ops``): the int8 file's fallback, which
+``--require-delegated tflite-int8`` refuses.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def export_tflite_int8(ctx: ExportContext) -> ArtifactRecord:
     return ArtifactRecord(
         format="tflite-int8", status=Status.OK, path=TFLITE_INT8_NAME, seconds=time.perf_counter() - t0,
         nodes=sum(ops.values()),
-        details={"op_types": ops, "precision": "int8", "io": io, **({"io_quantization": io_params} if io_params else {}),
+        details={"op_types": ops, "float_ops": float_ops(data), "precision": "int8", "io": io, **({"io_quantization": io_params} if io_params else {}),
                  "calibration": origin, "calibration_samples": int(len(x)), "recipe": RECIPE,
                  "quantizer": f"ai-edge-quantizer {converter.pinned('ai-edge-quantizer')} "
                               f"(its own environment: {converter.env_dir().name})",
@@ -70,6 +72,28 @@ def _tensor_types(data: bytes):
     graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     return graph, names
+
+
+def float_ops(data: bytes) -> dict[str, int]:
+    """Operators of an int8 file that still compute in float, by name: those whose output is a float
+    tensor, but for the DEQUANTIZE that hands the logits to a float output."""
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.Model.GetRootAs(data, 0)
+    graph, names = _tensor_types(data)
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    outputs = {graph.Outputs(i) for i in range(graph.OutputsLength())}
+    counts: dict[str, int] = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if op.OutputsLength() == 0:
+            continue
+        out = op.Outputs(0)
+        if names.get(graph.Tensors(out).Type()) not in ("FLOAT32", "FLOAT16") or out in outputs:
+            continue
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = codes.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def io_quantization(data: bytes) -> dict[str, dict[str, float | int]]:
