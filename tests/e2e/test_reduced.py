@@ -154,3 +154,48 @@ def test_compressed_coreml_is_judged_by_its_own_precision_and_its_content(shippe
     bad = [c for c in json.loads(res.stdout)["results"] if c["artifact"] == "coreml-int8w"]
     assert bad and all(c["status"] == "failed" for c in bad)
     assert "holds palette-4bit arithmetic, but the coreml-int8w format is int8-weights" in bad[0]["reason"]
+
+
+@pytest.mark.slow
+def test_coreml_w8a8_quantises_activations_and_is_judged_as_w8a8(shipped, tmp_path):
+    """coreml-w8a8: activation ranges measured by the MIL interpreter (Core ML's own calibration needs
+    macOS), quantize/dequantize pairs inserted by coremltools' passes, int8 weights; judged at the
+    plugin's w8a8 precision. Its content decides: in the int8-weights row's place it fails."""
+    import shutil
+
+    from bsconv_export.exporter.formats.coreml.mil import program_precision
+    from helpers import rehash
+    out = tmp_path / "b"
+    r = export_bundle(shipped, out, ExportOptions(formats=("coreml-int8w", "coreml-w8a8")), check=CheckOptions(),
+                      jobs=1)
+    records = {a.format: a for a in r.manifest.artifacts}
+    w8a8 = records["coreml-w8a8"]
+    assert w8a8.ok and w8a8.deployment_target == "iOS17", w8a8.error
+    assert w8a8.details["op_types"].get("quantize", 0) > 20 and w8a8.details["quantized_activations"] > 20
+    assert program_precision(out / "model.w8a8.mlpackage") == "w8a8"
+    judged = {c.artifact: c for c in r.manifest.check.records if c.runner == "coreml-mil-reference"}
+    c = judged["coreml-w8a8"]
+    assert c.precision == "w8a8" and c.status.value == "ok", c.reason
+    assert abs(c.metrics["slope"] - 1) <= 0.05 and c.accuracy >= c.reference_accuracy - 0.005
+    # activations really run quantised: its error is well above the int8-weights package's
+    assert c.metrics["max_abs"] > 3 * judged["coreml-int8w"].metrics["max_abs"]
+    shutil.rmtree(out / "model.int8w.mlpackage")
+    shutil.copytree(out / "model.w8a8.mlpackage", out / "model.int8w.mlpackage")
+    rehash(out)
+    res = runner.invoke(app, ["check", str(out), "--json"])
+    bad = [c for c in json.loads(res.stdout)["results"] if c["artifact"] == "coreml-int8w"]
+    assert res.exit_code == 1 and "holds w8a8 arithmetic, but the coreml-int8w format is int8-weights" in bad[0]["reason"]
+
+
+def test_the_mil_interpreter_quantises_as_the_ios17_ops_define():
+    from bsconv_export.exporter.formats.coreml.mil import OPS
+    x = np.array([[-1.0, 0.26, 0.5, 3.0]], dtype=np.float32)
+    q = OPS["quantize"](input=x, scale=np.float32(0.02), output_dtype="int8")
+    assert q.dtype == np.int8 and q.tolist() == [[-50, 13, 25, 127]]
+    assert OPS["dequantize"](input=q, scale=np.float32(0.02)).ravel().tolist() == pytest.approx([-1.0, 0.26, 0.5, 2.54])
+    per_axis = OPS["quantize"](input=np.ones((1, 2, 1, 1), np.float32), scale=np.array([0.5, 0.25], np.float32),
+                               zero_point=np.array([1, -1], np.int8), output_dtype="int8", axis=1)
+    assert per_axis.ravel().tolist() == [3, 3]
+    u = OPS["quantize"](input=np.array([-1.0, 1.0], np.float32), scale=np.float32(1 / 127), output_dtype="uint8",
+                        zero_point=np.uint8(128))
+    assert u.dtype == np.uint8 and u.tolist() == [1, 255]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...kit import Option, UserInputError, pixel_normalization
+from ...kit import Option, UserInputError, pixel_normalization, validate_calibration
 from .. import Format, Plugin
 from .backend import import_coremltools
-from .compress import (INT8_WEIGHTS, INT8W_NAME, PALETTE_BITS, PALETTE_NAME, PRECISIONS as COMPRESSED,
-                       export_coreml_int8w, export_coreml_palette, palette_precision)
+from .compress import (INT8_WEIGHTS, INT8W_NAME, PALETTE_BITS, PALETTE_NAME, PRECISIONS as COMPRESSED, W8A8,
+                       W8A8_NAME, export_coreml_int8w, export_coreml_palette, export_coreml_w8a8, palette_precision)
 from .export import COREML_NAME, export_coreml
 from .fp16 import COREML_FP16_NAME, export_coreml_fp16
 from .mil import CoreMLRunner, MilReferenceRunner, program_precision
@@ -66,6 +66,12 @@ PLUGIN = Plugin(
                "CoreML, fp16 compute, weights palettised (k-means look-up tables)",
                precision=palette_precision(6), precisions=tuple(palette_precision(b) for b in PALETTE_BITS),
                options=("palettize_bits",), batch_one=True, facts=_facts, note=_note, platforms=("ios",)),
+        Format("coreml-w8a8", export_coreml_w8a8, W8A8_NAME, "mlpackage",
+               "CoreML (iOS 17), fp16 compute, int8 weights and int8 activations (quantize/dequantize pairs), "
+               "calibrated like int8", precision=W8A8, batch_one=True, options=("calibration",),
+               validate=validate_calibration, facts=_facts,
+               note=lambda r: f"{_note(r)}; {r.details.get('quantized_activations')} activations quantised; "
+                              f"calibration: {r.details.get('calibration')}", platforms=("ios",)),
     ),
     precisions=COMPRESSED,
     runners=(MilReferenceRunner, CoreMLRunner),

@@ -48,11 +48,12 @@ def _input_type(ct, ctx: ExportContext):
                         color_layout=ct.colorlayout.RGB if spec.color_order == "RGB" else ct.colorlayout.BGR)
 
 
-def convert_coreml(ctx: ExportContext, compression: tuple[str, object] | None = None,
-                   precision_name: str | None = None):
-    """The converted ``MLModel`` (not yet saved), weights optionally compressed in the same pipeline:
-    ``compression`` is (a ``compression::`` pass of coremltools, its op config), and ``precision_name``
-    the precision the metadata then tells an app (the compressed precision, not the compute's).
+def convert_coreml(ctx: ExportContext, compression: tuple[tuple[str, dict], ...] = (),
+                   precision_name: str | None = None, target: str = DEPLOYMENT_TARGET):
+    """The converted ``MLModel`` (not yet saved), optionally compressed in the same pipeline:
+    ``compression`` is coremltools passes appended to it in order, each (its name, its options), and
+    ``precision_name`` the precision the metadata then tells an app (the compressed precision, not the
+    compute's). ``target``: the minimum deployment target (``ct.target`` name).
 
     Compression runs as a pass of the conversion pipeline, not afterwards: ``palettize_weights`` or
     ``linear_quantize_weights`` on a finished model re-runs coremltools' default pipeline, which
@@ -71,18 +72,17 @@ def convert_coreml(ctx: ExportContext, compression: tuple[str, object] | None = 
     labels = ctx.spec.class_labels()
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(["common::fuse_elementwise_to_batchnorm"])
-    if compression is not None:
-        from coremltools.optimize.coreml import OptimizationConfig
-        pass_name, op_config = compression
+    for pass_name, options in compression:
         pipeline.append_pass(pass_name)
-        pipeline.set_options(pass_name, {"config": OptimizationConfig(global_config=op_config)})
+        if options:
+            pipeline.set_options(pass_name, options)
     from ...kit import quiet_logs
     with quiet_logs(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlmodel = ct.convert(
             source, inputs=[_input_type(ct, ctx)],
             classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL_OUTPUT),
-            convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
             compute_precision=precision, pass_pipeline=pipeline)
     spec = mlmodel.get_spec()
     probs_name = spec.description.predictedProbabilitiesName

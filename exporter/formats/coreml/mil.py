@@ -130,6 +130,35 @@ def _sig(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _along(v, axis, ndim: int):
+    """A quantisation parameter broadcast against the data: a scalar as it is, a vector on ``axis``."""
+    v = np.asarray(v, dtype=np.float32)
+    if v.ndim == 0 or axis is None:
+        return v
+    shape = [1] * ndim
+    shape[int(axis)] = -1
+    return v.reshape(shape)
+
+
+def _quantize(input, scale, output_dtype, zero_point=None, axis=None):
+    """iOS 17 ``quantize``: clip(round(x / scale) + zero_point) in int8 or uint8 (round half to even)."""
+    dtype = {"int8": np.int8, "uint8": np.uint8}.get(str(output_dtype))
+    if dtype is None:
+        raise UnsupportedOp(f"quantize to {output_dtype}")
+    x = np.asarray(input, dtype=np.float32)
+    zero = 0 if zero_point is None else _along(zero_point, axis, x.ndim)
+    q = np.rint(x / _along(scale, axis, x.ndim)) + zero
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(input, scale, zero_point=None, axis=None):
+    """iOS 17 ``dequantize``: scale * (q - zero_point)."""
+    q = np.asarray(input, dtype=np.float32)
+    zero = 0 if zero_point is None else _along(zero_point, axis, q.ndim)
+    return (_along(scale, axis, q.ndim) * (q - zero)).astype(np.float32)
+
+
 OPS: dict[str, Callable[..., Any]] = {
     "conv": conv,
     "add": lambda x, y: np.add(x, y),
@@ -161,6 +190,8 @@ OPS: dict[str, Callable[..., Any]] = {
     "transpose": lambda x, perm: np.transpose(x, [int(p) for p in perm]),
     "identity": lambda x: x,
     "cast": lambda x, dtype: x.astype(_DTYPES[str(dtype)]),
+    "quantize": _quantize,
+    "dequantize": _dequantize,
 }
 
 
@@ -254,8 +285,9 @@ class MilProgram:
         return [t for t in self.op_types
                 if t not in OPS and t not in ("const", "classify") and not t.startswith("constexpr_")]
 
-    def run(self, x: np.ndarray, spec=None) -> np.ndarray:
-        """Logits [N, classes] for input x [N, C, H, W] (float32) as ``spec`` (an InputSpec) says."""
+    def run(self, x: np.ndarray, spec=None, observe: Callable[[str, Any], None] | None = None) -> np.ndarray:
+        """Logits [N, classes] for input x [N, C, H, W] (float32) as ``spec`` (an InputSpec) says;
+        ``observe(name, value)`` sees every op's output on the way (activation ranges)."""
         missing = self.unsupported_ops()
         if missing:
             raise UnsupportedOp(f"op {', '.join(missing)} not supported")
@@ -296,6 +328,8 @@ class MilProgram:
             elif isinstance(result, np.ndarray) and result.dtype == np.float64:
                 result = result.astype(np.float32)
             env[out_var.name] = result
+            if observe is not None:
+                observe(out_var.name, result)
             for name in drops:
                 env.pop(name, None)
         outputs = self.function.outputs
@@ -411,7 +445,8 @@ def description_problem(desc, shape: list[int]) -> str | None:
 
 
 def program_precision(path: Path) -> str | None:
-    """What the ML Program computes in, from the spec (never its metadata): ``palette-<N>bit`` when its
+    """What the ML Program computes in, from the spec (never its metadata): ``w8a8`` when it quantises
+    activations (``quantize`` ops) and its weights are int8, ``palette-<N>bit`` when its
     weights are look-up tables of 2**N values, ``int8-weights`` when they are int8 with a scale, else
     fp16 when any op computes in fp16, else fp32; ``compressed`` for a compression this tool does not
     make (no row allows it). None when it cannot be read here (its runner then reports that)."""
@@ -423,7 +458,7 @@ def program_precision(path: Path) -> str | None:
     except Exception:  # noqa: BLE001 - an unreadable package fails when its runner loads it
         return None
     fp16, int8, uint8 = 10, 21, 25   # MILSpec.DataType: FLOAT16, INT8, UINT8
-    half, lut_bits, int8_weights, other = False, 0, False, False
+    half, lut_bits, int8_weights, other, int8_activations = False, 0, False, False, False
     for function in spec.mlProgram.functions.values():
         for block in function.block_specializations.values():
             for op in block.operations:
@@ -436,9 +471,13 @@ def program_precision(path: Path) -> str | None:
                     other |= dtype not in (int8, uint8)
                 elif op.type.startswith("constexpr_"):
                     other = True
+                elif op.type == "quantize":
+                    int8_activations = True
                 half |= any(o.type.tensorType.dataType == fp16 for o in op.outputs)
-    if other:
+    if other or (int8_activations and (lut_bits or not int8_weights)):
         return "compressed"
+    if int8_activations:
+        return "w8a8"
     if lut_bits:
         return f"palette-{lut_bits}bit"
     if int8_weights:
