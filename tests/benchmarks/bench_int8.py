@@ -31,7 +31,8 @@ from bsconv_export.exporter.check.run import CheckOptions
 from bsconv_export.exporter.export.run import export_bundle
 from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.models.checkpoint import load_checkpoint, resolve_model, save_checkpoint
-from bsconv_export.models.train import TrainConfig, train_digits
+from bsconv_export.models.data import load_holdout
+from bsconv_export.models.train import TrainConfig, accuracy, train_digits
 
 MODELS = ("mobilenetv1_w1_bsconvu", "mobilenetv2_w1_bsconvs_p1d6", "mobilenetv3_large_w1_bsconvs_p1d6")
 FORMATS = ("onnx", "int8", "pte", "pte-int8", "tflite", "tflite-int8")
@@ -45,8 +46,10 @@ def trained(arch: str, epochs: int, cache: Path) -> tuple[Path, float]:
         config = TrainConfig(arch=arch, epochs=epochs, batch_size=32, reg_alpha=0.0, max_shift=0)
         model, result = train_digits(config, progress=lambda e, row: print(f"{arch} epoch {e}: {row}", file=sys.stderr,
                                                                           flush=True))
-        save_checkpoint(model, path, extra={"train": result.to_dict()})
-    return path, float(load_checkpoint(path).header["train"]["holdout_accuracy"])
+        save_checkpoint(model, path)
+    model = load_checkpoint(path).model
+    held_out, labels = load_holdout(model.input_spec.size)
+    return path, accuracy(model, held_out, labels, batch_size=32)
 
 
 def _checks(manifest) -> dict[str, list[dict]]:
