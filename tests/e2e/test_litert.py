@@ -301,6 +301,40 @@ def test_short_tensor_names_keep_the_layer_path_and_stay_unique():
     assert len(set(names)) == 5 and all(n for n in names)
 
 
+def test_what_a_tflite_holds_is_read_without_trusting_its_lengths(tmp_path):
+    """A file that is not a model reads as unknown (its runner then says why); one whose tensor vector
+    claims 2**31 - 1 entries too, at once: never a loop over a length the file states."""
+    import time
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\x00" * 64)
+    assert tflite_precision(garbage) == (None, None)
+    model, graph, tensor = schema.ModelT(), schema.SubGraphT(), schema.TensorT()
+    tensor.shape, tensor.type, tensor.name = [1], schema.TensorType.INT8, b"x"
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = [tensor], [0], [0], []
+    model.version, model.subgraphs, model.buffers, model.operatorCodes = 3, [graph], [schema.BufferT()], []
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    data = bytearray(builder.Output())
+    honest = tmp_path / "honest.tflite"
+    honest.write_bytes(bytes(data))
+    assert tflite_precision(honest) == ("int8", None)
+    # the tensors vector moved past the model, into 32 MiB of zeros, claiming 2**31 - 1 entries: every
+    # entry a reader visits is in bounds (a zero offset), so only a bound on the length stops the loop
+    table = schema.Model.GetRootAs(data, 0).Subgraphs(0)._tab
+    field = table.Pos + table.Offset(4)
+    length_at = (len(data) + 3) // 4 * 4
+    data = data + bytes(length_at - len(data)) + bytes(32 << 20)
+    struct.pack_into("<I", data, field, length_at - field)
+    struct.pack_into("<I", data, length_at, 2 ** 31 - 1)
+    lying = tmp_path / "lying.tflite"
+    lying.write_bytes(bytes(data))
+    t0 = time.perf_counter()
+    assert tflite_precision(lying) == (None, None) and time.perf_counter() - t0 < 5
+
+
 def test_an_integer_input_is_fed_as_an_app_feeds_it():
     detail = {"dtype": np.int8, "quantization": (1 / 255, -128)}
     x = np.array([0.0, 0.25, 1.0, 2.0, -1.0], dtype=np.float32)

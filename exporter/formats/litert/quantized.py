@@ -32,6 +32,8 @@ IO_CHOICES = ("float", "int8")
 RECIPE = ("ai-edge-quantizer static_wi8_ai8: int8 symmetric per-channel weights, int8 asymmetric per-tensor "
           "activations; ranges: running min/max over the calibration batches")
 MAX_TFLITE_BYTES = 2 << 30
+#: more tensors than any model this tool makes by orders of magnitude: a file that claims more is not read
+MAX_TENSORS = 100_000
 
 
 def export_tflite_int8(ctx: ExportContext) -> ArtifactRecord:
@@ -115,7 +117,10 @@ def tflite_precision(path: Path) -> tuple[str | None, int | None]:
     try:
         data = read_regular(path, "the .tflite", max_bytes=MAX_TFLITE_BYTES)
         graph, names = _tensor_types(data)
-        types = {names.get(graph.Tensors(i).Type()) for i in range(graph.TensorsLength())}
+        count = graph.TensorsLength()
+        if count > MAX_TENSORS:     # a hostile length: never a loop over it
+            return None, None
+        types = {names.get(graph.Tensors(i).Type()) for i in range(count)}
     except Exception:     # noqa: BLE001 - not a model we can read: its runner reports why
         return None, None
     if types & {"INT8", "UINT8"}:
