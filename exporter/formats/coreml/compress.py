@@ -47,7 +47,7 @@ INT8_WEIGHTS = "int8-weights"
 W8A8_NAME = "model.w8a8.mlpackage"
 W8A8 = "w8a8"
 W8A8_TARGET = "iOS17"          # quantize / dequantize are iOS 17 ops
-#: calibration samples the interpreter runs for the activation ranges (it is NumPy: a few per second at 224)
+#: calibration samples the interpreter runs for the activation ranges (NumPy kernels: the cost grows with the input)
 W8A8_CALIBRATION = 128
 
 
