@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUILD := build
 
-.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients clients-deps train bench-export bench-pipeline bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-int8 bench-compare bench-scale-gates bench-thresholds clean
+.PHONY: run test test-all test-zoo install setup-litert setup-arm64 clients clients-deps train bench-export bench-pipeline bench-latency bench-pte bench-litert bench-sweep bench-gate bench-reduced bench-int8 bench-pte-calibration bench-compare bench-scale-gates bench-thresholds clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -108,10 +108,15 @@ bench-gate: $(STAMP)
 bench-reduced: $(STAMP)
 	$(PY) tests/benchmarks/bench_reduced.py
 
-# Every int8 file at 224 with realistic BatchNorm statistics: checked against the int8 gate and timed
-# against onnxruntime fp32 in one run (needs the LiteRT environment for the .tflite rows).
+# Every int8 file at 224 on networks trained on the digits (cached in build/bench-int8): checked against
+# the int8 gate and timed against onnxruntime fp32 in one run (needs the LiteRT environment for .tflite).
 bench-int8: $(STAMP) setup-litert
 	$(PY) tests/benchmarks/bench_int8.py
+
+# The .pte int8 calibration (activation observer, sample count) judged by the int8 gate on bench-int8's
+# trained checkpoints (docs/int8.md)
+bench-pte-calibration: $(STAMP)
+	$(PY) tests/benchmarks/bench_pte_calibration.py
 
 # The check's reduced-precision scale gates over correct exports, and the smallest faults they catch.
 bench-scale-gates: $(STAMP)
