@@ -54,7 +54,7 @@ def calibration_data(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray | None,
         return x, y, str(source)
     if is_digits_model(spec):
         images, _, _, _ = split_digits()
-        idx = _digits_order(len(images))[:CALIBRATION_SAMPLES]
+        idx = digits_order(len(images))[:CALIBRATION_SAMPLES]
         return digits_to_input(images[idx], spec.size), None, f"{len(idx)} digits from the training split"
     raise UserInputError("int8 needs real calibration samples: pass --calibration FILE.npz (an 'input' array "
                          f"[N, {', '.join(map(str, spec.shape))}]), or --calibration random for latency work only")
@@ -74,9 +74,11 @@ def gate_data(ctx: ExportContext, calibration: np.ndarray,
     if ctx.options.calibration:
         return calibration, labels, f"the {len(calibration)} calibration samples"
     images, labels, _, _ = split_digits()
-    idx = _digits_order(len(images))[CALIBRATION_SAMPLES:CALIBRATION_SAMPLES + 2 * GATE_SAMPLES]
+    idx = digits_order(len(images))[CALIBRATION_SAMPLES:CALIBRATION_SAMPLES + 2 * GATE_SAMPLES]
     return digits_to_input(images[idx], spec.size), labels[idx], f"{len(idx)} other digits from the training split"
 
 
-def _digits_order(n: int) -> np.ndarray:
+def digits_order(n: int) -> np.ndarray:
+    """The fixed order the digits' training split is drawn in: calibration takes the first samples, the
+    mixed-precision gate the next ones, so the two never overlap."""
     return np.random.default_rng(0).permutation(n)

@@ -26,9 +26,11 @@ import torch
 from bsconv_export.exporter.check.inputs import check_inputs, edge_cases
 from bsconv_export.exporter.check.reference import Reference
 from bsconv_export.exporter.check.verdict import compare, verdict
+from bsconv_export.exporter.formats import tool_versions
 from bsconv_export.exporter.formats.executorch.export import ACTIVATION_OBSERVERS, quantize_program
-from bsconv_export.exporter.kit.calibration import _digits_order
+from bsconv_export.exporter.kit.calibration import digits_order
 from bsconv_export.exporter.kit.tolerances import DEFAULT_TOLERANCES
+from bsconv_export.kernel.machine import machine_info
 from bsconv_export.models.checkpoint import load_checkpoint
 from bsconv_export.models.data import digits_to_input, split_digits
 
@@ -70,7 +72,7 @@ def study(arch: str, checkpoint: Path, observers: list[str], samples: list[int])
     ref = _run(model, inputs.x)
     n_edges = len(edge_cases(spec, (1,) + spec.shape))
     images, _, _, _ = split_digits()
-    order = _digits_order(len(images))
+    order = digits_order(len(images))
     example = torch.from_numpy(inputs.x[:1])
     program = torch.export.export(model, (example,), strict=False)
     rows = []
@@ -103,8 +105,8 @@ def main() -> None:
             sys.exit(f"no checkpoint {checkpoint}: run `python tests/benchmarks/bench_int8.py --models {arch} "
                      f"--epochs {args.epochs}` first (it trains and caches it)")
         results.append(study(arch, checkpoint, args.observers.split(","), [int(s) for s in args.samples.split(",")]))
-    print(json.dumps({"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
-                      "torch_threads": torch.get_num_threads(), "results": results}, indent=1))
+    machine = machine_info(tool_versions())
+    print(json.dumps({"machine": machine, "torch_threads": torch.get_num_threads(), "results": results}, indent=1))
 
 
 if __name__ == "__main__":
