@@ -72,6 +72,8 @@ def tool_folder(path: Path, what: str, variable: str, *, create: bool) -> Path |
     except OSError as e:
         raise UserInputError(f"{what} folder {path} cannot be read ({e.strerror}); set {variable} to a "
                              "folder you can write") from None
+    if not empty and has_marker(path, FOLDER_MARKER, text):
+        return path      # another process made and marked it between the first look and this one
     if not empty:
         raise UserInputError(f"{path} is not a {what} folder bsconv-export made (it holds other files and no "
                              f"{FOLDER_MARKER}), and the tool removes entries there: set {variable} to a new or "

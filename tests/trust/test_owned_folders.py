@@ -166,3 +166,25 @@ def test_built_aside_replaces_only_what_it_made(tmp_path):
         with built_aside(other, "a kit"):
             pass
     assert (other / "x").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["kit", "mine"]
+
+
+def test_a_folder_another_process_marks_between_two_looks_is_accepted(tmp_path, monkeypatch):
+    """The CI race (two exports, one new cache folder): the second process looked for the marker just
+    before the first wrote it, then found the folder not empty. It must accept the folder, not refuse it."""
+    from bsconv_export.kernel import owned
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    real = owned.has_marker
+    looks = []
+
+    def first_look_misses(path, name, text):
+        looks.append(path)
+        if len(looks) == 1:                     # the other process marks and fills it right after
+            owned.write_marker(path, name, text)
+            (path / ("ab" * 32)).mkdir()
+            return False
+        return real(path, name, text)
+
+    monkeypatch.setattr(owned, "has_marker", first_look_misses)
+    assert owned.tool_folder(folder, "stage cache", "BSCONV_EXPORT_STAGE_CACHE", create=True) == folder
+    assert len(looks) == 2
