@@ -11,7 +11,6 @@ checkpoint hash, the options, the tool versions) and whose files are unchanged s
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -163,81 +162,121 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
     if not todo:
         return SweepResult(rows=[rows[j.index] for j in jobs], workers=0, scheduler="none (nothing to run)",
                            seconds=time.perf_counter() - t0)
-    cluster = None
-    interrupted = False
+    cluster = client = None
+    n_workers = 0
     # a task whose worker dies is retried once on another worker, then reported (KilledWorker)
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
                           "distributed.admin.system-monitor.gil.enabled": False}):
-        if scheduler is None:
-            n = max(1, min(workers or usable_cores(), usable_cores(), max(1, len(todo))))
-            memory = _memory_per_worker(n)
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, memory_limit=memory, silence_logs=50,
-                                   env={"OMP_NUM_THREADS": "1", "ORT_DISABLE_TELEMETRY": "1"})
-            address = cluster.scheduler_address
-        else:
-            address = scheduler
-            probe_scheduler(address)    # a silent or garbling peer: one line, not a hang or a huge read
         try:
-            with Client(address, timeout="30s") as client:
-                n_workers = len(client.scheduler_info().get("workers", {})) if cluster is None else len(cluster.workers)
-                if not n_workers:
-                    client.wait_for_workers(1, timeout=60)
-                    n_workers = len(client.scheduler_info().get("workers", {}))
-                futures = {client.submit(run_job, job, 1, pure=False, key=f"bsconv-export-job-{job.index}-"
-                                         f"{time.time_ns()}"): job for job in todo}
-                for future in as_completed(futures):
-                    job = futures[future]
-                    try:
-                        row = future.result()
-                    except FutureCancelledError:
-                        row = _lost(job, "the job was cancelled")
-                    except Exception as e:  # noqa: BLE001 - KilledWorker and its kin: the job's row
-                        row = _lost(job, f"{type(e).__name__}: the worker running it died twice "
-                                         f"({str(e).splitlines()[0][:200] if str(e) else 'no message'})")
-                    rows[job.index] = row
-                    if progress:
-                        progress(row, len(rows), len(jobs))
-        except OSError as e:
-            raise UserInputError(f"cannot reach the Dask scheduler at {address} ({e}); start it, or drop "
-                                 "--scheduler to run on this machine") from None
-        except BaseException:
-            interrupted = True   # Ctrl-C or SIGTERM: the jobs are ended, not waited for
+            if scheduler is None:
+                n = max(1, min(workers or usable_cores(), usable_cores(), max(1, len(todo))))
+                memory = _memory_per_worker(n)
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, memory_limit=memory, silence_logs=50,
+                                       env={"OMP_NUM_THREADS": "1", "ORT_DISABLE_TELEMETRY": "1"})
+                address = cluster.scheduler_address
+            else:
+                address = scheduler
+                probe_scheduler(address)    # a silent or garbling peer: one line, not a hang or a huge read
+            try:
+                client = Client(address, timeout="30s")
+            except OSError as e:
+                raise UserInputError(f"cannot reach the Dask scheduler at {address} ({e}); start it, or drop "
+                                     "--scheduler to run on this machine") from None
+            n_workers = len(client.scheduler_info().get("workers", {})) if cluster is None else len(cluster.workers)
+            if not n_workers:
+                client.wait_for_workers(1, timeout=60)
+                n_workers = len(client.scheduler_info().get("workers", {}))
+            futures = {client.submit(run_job, job, 1, pure=False, key=f"bsconv-export-job-{job.index}-"
+                                     f"{time.time_ns()}"): job for job in todo}
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    row = future.result()
+                except FutureCancelledError:
+                    row = _lost(job, "the job was cancelled")
+                except Exception as e:  # noqa: BLE001 - KilledWorker and its kin: the job's row
+                    row = _lost(job, f"{type(e).__name__}: the worker running it died twice "
+                                     f"({str(e).splitlines()[0][:200] if str(e) else 'no message'})")
+                rows[job.index] = row
+                if progress:
+                    progress(row, len(rows), len(jobs))
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C or SIGTERM: the jobs are ended, not waited for
+            _end_now(cluster, client, [job for job in todo if job.index not in rows])
             raise
-        finally:
-            if cluster is not None:
-                _close(cluster, now=interrupted)
-            if interrupted:
-                from ..bundle.claim import OutClaim
-                for job in todo:     # the killed jobs' build folders (marked, under their locks) go now
-                    if job.index not in rows:
-                        OutClaim(Path(job.out), force=False).remove_killed_run()
+        except BaseException:
+            _close(cluster, client)
+            raise
+        _close(cluster, client)
     return SweepResult(rows=[rows[j.index] for j in jobs], workers=n_workers,
                        scheduler="local" if scheduler is None else scheduler, seconds=time.perf_counter() - t0)
 
 
-def _close(cluster, *, now: bool) -> None:
-    """Close the local cluster; ``now`` (interrupted): its worker processes are killed first, so a job in
-    the middle of an export does not hold the sweep for minutes (each export builds aside: a killed one
-    leaves only a marked build folder, which the next export to that place removes)."""
-    if now:
-        import logging
-        for name in ("distributed", "tornado"):     # the closing comms' tracebacks say nothing to the user
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        for worker in list(getattr(cluster, "workers", {}).values()):
-            process = getattr(getattr(worker, "process", None), "process", None)   # the nanny's child
-            pid = getattr(process, "pid", None)
-            for target in (pid, getattr(getattr(worker, "process", None), "pid", None)):
-                if target:
-                    try:
-                        os.kill(target, signal.SIGKILL)
-                    except OSError:
-                        pass
+def _close(cluster, client) -> None:
+    """The polite end: the client, then the local cluster (its workers finish what they hold)."""
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _end_now(cluster, client, unfinished: list[Job]) -> None:
+    """The sweep was interrupted: end it within seconds, leaving nothing running and nothing half-built.
+
+    In this order, so that what matters is done before anything that can wait: the local cluster's
+    nannies are marked closing (a nanny restarts a worker whose process died unless it is closing);
+    every process this one started is killed (the workers, and what a stage started); the killed jobs'
+    build folders go (marked, under their locks, which the dead no longer hold; each export builds
+    aside, so nothing else of a killed job exists); then the client and the cluster are closed in a
+    thread given 10 s, and whatever of ours is still running after that is killed too. CI once saw an
+    interrupted sweep outlive its 30 s in the polite close; that close now cannot hold the exit."""
+    import logging
+    import threading
+    from ..bundle.claim import OutClaim
+    for name in ("distributed", "tornado"):     # the closing comms' tracebacks say nothing to the user
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if cluster is not None:
+        from distributed.core import Status
+        for nanny in list(getattr(cluster, "workers", {}).values()):
+            if getattr(nanny, "status", None) not in (Status.closing, Status.closed):
+                nanny.status = Status.closing_gracefully   # a worker that dies now is closed, not restarted
+    _kill_descendants()
+    for job in unfinished:
+        OutClaim(Path(job.out), force=False).remove_killed_run()
+
+    def polite() -> None:
+        try:
+            if client is not None:
+                client.close(timeout=5)
+            if cluster is not None:
+                cluster.close(timeout=5)
+        except Exception:  # noqa: BLE001 - an interrupted close: the processes are gone already
+            pass
+
+    closing = threading.Thread(target=polite, name="bsconv-export-sweep-close", daemon=True)
+    closing.start()
+    closing.join(timeout=10)
+    _kill_descendants()
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process this one started, and theirs, but multiprocessing's resource trackers (each
+    ends by itself when the processes it watches are gone, and removes what they leaked)."""
+    import psutil
     try:
-        cluster.close(timeout=10 if now else None)
-    except Exception:  # noqa: BLE001 - an interrupted close: the processes are gone already
-        if not now:
-            raise
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    killed = []
+    for child in children:
+        try:
+            if not any("resource_tracker" in part for part in child.cmdline()):
+                child.kill()
+                killed.append(child)
+        except psutil.Error:
+            pass     # gone already
+    psutil.wait_procs(killed, timeout=5)
 
 
 def _lost(job: Job, why: str) -> dict:
