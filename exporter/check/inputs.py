@@ -25,6 +25,7 @@ class CheckInputs:
     labels: np.ndarray | None     # for the first len(labels) rows
     source: str
     fp32_rows: np.ndarray | None = None   # rows fp32 artifacts run on (None: all)
+    edge_rows: int = 0                    # the last rows (of x, and of x[fp32_rows]) are the edge cases
 
     def digest(self) -> str:
         """What the check ran on, as a hash: the inputs, the labels and which rows fp32 files take."""
@@ -92,4 +93,4 @@ def check_inputs(spec: InputSpec, data: str | Path | None = None, samples: int =
     n_tinted = len(x) - n_given
     return CheckInputs(x=np.concatenate([x, edges]), labels=y,
                        source=f"{source}{f' + {n_tinted} coloured copies' if n_tinted else ''} + {len(edges)} edge cases",
-                       fp32_rows=fp32_rows)
+                       fp32_rows=fp32_rows, edge_rows=len(edges))

@@ -32,7 +32,7 @@ from .declared import contract_problem, declared_problem
 from .files import BundleFile, bundle_files
 from .inputs import CheckInputs, check_inputs
 from .reference import Reference, torch_reference
-from .verdict import compare, verdict
+from .verdict import measure, verdict
 
 
 @dataclass
@@ -187,7 +187,8 @@ class _CheckRun:
             rec.status, rec.reason = Status.SKIPPED, reason
             return rec
         x, ref = self.inputs.x[rows], self.ref.rows(rows)
-        out = _run_one(rec, runner, x, ref, self.inputs.labels, tol, self.manifest.model.labels, self.manifest, target)
+        out = _run_one(rec, runner, x, ref, self.inputs.labels, tol, self.manifest.model.labels, self.manifest, target,
+                       edge_rows=self.inputs.edge_rows)
         rec.seconds = getattr(runner, "replayed_seconds", rec.seconds)   # a replay: the worker's time
         if out is not None and not precision_rule(target.precision).reduced and (
                 self.localize or rec.status is Status.FAILED) and out.shape == ref.r64.shape:
@@ -214,8 +215,10 @@ def _runners(kind: str, path: Path, threads: int | None, targets: tuple[str, ...
 
 
 def _run_one(rec: CheckRecord, runner: Runner, x: np.ndarray, ref: Reference, labels: np.ndarray | None,
-             tol: Tolerance, class_labels: list[str], manifest, target: BundleFile) -> np.ndarray | None:
-    """Run one runner over the inputs, fill ``rec``; return its output (None when it did not run)."""
+             tol: Tolerance, class_labels: list[str], manifest, target: BundleFile,
+             edge_rows: int = 0) -> np.ndarray | None:
+    """Run one runner over the inputs, fill ``rec``; return its output (None when it did not run).
+    ``edge_rows``: how many of the last inputs are the edge cases."""
     t0 = time.perf_counter()
     try:
         with runner:
@@ -241,7 +244,7 @@ def _run_one(rec: CheckRecord, runner: Runner, x: np.ndarray, ref: Reference, la
         rec.status, rec.reason = Status.FAILED, (f"'{OUTPUT_NAME}' has shape {list(out.shape)}, PyTorch's "
                                                  f"has {list(ref.r64.shape)}")
         return None
-    rec.metrics = compare(out, ref.r64)
+    rec.metrics = measure(out, ref.r64, tol, edge_rows)
     rec.metrics["torch_fp32_error_max"] = float(ref.e32.max())
     if labels is not None:
         rec.accuracy = float(np.mean(out[:len(labels)].argmax(1) == labels))

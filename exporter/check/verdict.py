@@ -43,6 +43,18 @@ def compare(out: np.ndarray, ref: np.ndarray, k: int = 5) -> dict[str, float]:
     }
 
 
+def measure(out: np.ndarray, ref: np.ndarray, tol: Tolerance, edge_rows: int = 0) -> dict[str, float]:
+    """:func:`compare`, with the scale metrics (slope, class bias) taken without the last ``edge_rows``
+    inputs (the edge cases) where the gate says so (``Tolerance.scale_without_edge_cases``); then the
+    values over every input are kept beside them, as ``…_with_edge_cases``."""
+    m = compare(out, ref)
+    if tol.scale_without_edge_cases and 0 < edge_rows < len(out) and not m["nonfinite"]:
+        m["slope_with_edge_cases"], m["class_bias_max_with_edge_cases"] = m["slope"], m["class_bias_max"]
+        m["slope"], m["class_bias_max"] = scale_metrics(np.asarray(out[:-edge_rows], np.float64),
+                                                        np.asarray(ref[:-edge_rows], np.float64))
+    return m
+
+
 def scale_metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """What probabilities see and cosine and top-1 do not: the least-squares slope of the artifact's
     logits on the reference's (1 when the scale is right; 1.5 when every logit is 1.5x), and the

@@ -4,7 +4,8 @@ For each trained network at 224 (the checkpoints ``make bench-int8`` trains and 
 program is quantised with ExecuTorch's XNNPACK recipe under each calibration in the grid — the
 activation observer (the recipe's histogram, which clips the tails to minimise the L2 quantisation
 error, or the plain min/max seen) and the number of calibration samples from the digits' training
-split — and the quantised program is judged by the int8 gate on the check's own inputs (the 360
+split, and whether BSConv-U's pointwise → depthwise intermediates are equalised first
+(:mod:`exporter.kit.equalise`) — and the quantised program is judged by the int8 gate on the check's own inputs (the 360
 held-out digits with their labels, their coloured copies and the edge cases) against PyTorch fp32:
 top-1 agreement (with its 95 % upper bound), logit slope, class bias, accuracy.
 
@@ -25,7 +26,7 @@ import torch
 
 from bsconv_export.exporter.check.inputs import check_inputs, edge_cases
 from bsconv_export.exporter.check.reference import Reference
-from bsconv_export.exporter.check.verdict import compare, verdict
+from bsconv_export.exporter.check.verdict import compare, measure, verdict
 from bsconv_export.exporter.formats import tool_versions
 from bsconv_export.exporter.formats.executorch.export import ACTIVATION_OBSERVERS, quantize_program
 from bsconv_export.exporter.kit.calibration import digits_order
@@ -46,7 +47,7 @@ def _run(module, x: np.ndarray, batch: int = 16) -> np.ndarray:
 def judge(out: np.ndarray, ref: np.ndarray, labels: np.ndarray, n_edges: int) -> dict:
     """The int8 gate's metrics and verdict on ``out`` against PyTorch fp32 ``ref`` (labels: first rows;
     the edge cases: the last ``n_edges``), and the agreement and slope of each kind of input apart."""
-    m = compare(out, ref)
+    m = measure(out, ref, DEFAULT_TOLERANCES["int8"], n_edges)     # the check's own rule, edge cases apart
     n = len(labels)
     acc = float(np.mean(out[:n].argmax(1) == labels))
     ref_acc = float(np.mean(ref[:n].argmax(1) == labels))
@@ -64,7 +65,8 @@ def judge(out: np.ndarray, ref: np.ndarray, labels: np.ndarray, n_edges: int) ->
             "by_part": by_part}
 
 
-def study(arch: str, checkpoint: Path, observers: list[str], samples: list[int]) -> dict:
+def study(arch: str, checkpoint: Path, observers: list[str], samples: list[int],
+          equalising: tuple[bool, ...] = (False, True)) -> dict:
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
     spec = model.input_spec
@@ -78,11 +80,13 @@ def study(arch: str, checkpoint: Path, observers: list[str], samples: list[int])
     rows = []
     for n in samples:
         calibration = digits_to_input(images[order[:n]], spec.size)
-        for observer in observers:
+        for observer, equalised in [(o, e) for o in observers for e in equalising]:
             t0 = time.perf_counter()
-            quantized = quantize_program(program, calibration, 1, observer=observer)
+            quantized, done = quantize_program(program, calibration, 1, observer=observer, equalised=equalised)
             seconds = time.perf_counter() - t0
-            row = {"observer": observer, "calibration_samples": int(len(calibration)),
+            if equalised and not done["pairs"]:
+                continue     # nothing to equalise: the same file as without
+            row = {"observer": observer, "equalised": done, "calibration_samples": int(len(calibration)),
                    "calibration_seconds": round(seconds, 1), **judge(_run(quantized, inputs.x), ref, inputs.labels, n_edges)}
             print(json.dumps({"arch": arch, **row}), file=sys.stderr, flush=True)
             rows.append(row)
@@ -95,6 +99,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="which cached bench-int8 checkpoints (trained this many epochs)")
     ap.add_argument("--cache", type=Path, default=Path("build/bench-int8"))
     ap.add_argument("--observers", default=",".join(ACTIVATION_OBSERVERS))
+    ap.add_argument("--equalise", choices=("both", "yes", "no"), default="both",
+                    help="equalise pointwise -> depthwise intermediates first (exporter.kit.equalise)")
     ap.add_argument("--samples", default=",".join(map(str, SAMPLES)), help="calibration sample counts (training split: 1,437)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -104,7 +110,9 @@ def main() -> None:
         if not checkpoint.exists():
             sys.exit(f"no checkpoint {checkpoint}: run `python tests/benchmarks/bench_int8.py --models {arch} "
                      f"--epochs {args.epochs}` first (it trains and caches it)")
-        results.append(study(arch, checkpoint, args.observers.split(","), [int(s) for s in args.samples.split(",")]))
+        equalising = {"both": (False, True), "yes": (True,), "no": (False,)}[args.equalise]
+        results.append(study(arch, checkpoint, args.observers.split(","), [int(s) for s in args.samples.split(",")],
+                             equalising))
     machine = machine_info(tool_versions())
     print(json.dumps({"machine": machine, "torch_threads": torch.get_num_threads(), "results": results}, indent=1))
 

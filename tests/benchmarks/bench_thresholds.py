@@ -20,7 +20,8 @@ import torch  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
 from bsconv_export.exporter.export.run import export_bundle  # noqa: E402
-from bsconv_export.exporter.check.run import check_inputs, compare, torch_reference, verdict  # noqa: E402
+from bsconv_export.exporter.check.run import check_inputs, torch_reference, verdict  # noqa: E402
+from bsconv_export.exporter.check.verdict import measure  # noqa: E402
 from bsconv_export.exporter.kit.options import ExportOptions  # noqa: E402
 from bsconv_export.exporter.runners import infer_batched  # noqa: E402
 from bsconv_export.exporter.runners.onnx_runner import OnnxRunner  # noqa: E402
@@ -91,7 +92,7 @@ def main() -> None:
                         if model is None:
                             break
                     out = run(model, inputs.x, tmp)
-                    m = compare(out, ref.r64)
+                    m = measure(out, ref.r64, tol, inputs.edge_rows)
                     acc = float(np.mean(out[:len(labels)].argmax(1) == labels))
                     reason = verdict(out, ref, m, tol, acc, ref_acc)
                     if reason:

@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bsconv_export.exporter.check.run import compare, torch_reference, verdict
+from bsconv_export.exporter.check.run import torch_reference
+from bsconv_export.exporter.check.verdict import compare, verdict
 from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from bsconv_export.exporter.report.predict import read_png
 from bsconv_export.kernel.pixels import resize_bilinear, to_input

@@ -9,7 +9,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from bsconv_export.exporter.export.run import export_bundle
-from bsconv_export.exporter.check.run import CheckOptions, Reference, check_inputs, compare, run_check, verdict
+from bsconv_export.exporter.check.run import CheckOptions, Reference, check_inputs, run_check
+from bsconv_export.exporter.check.verdict import compare, verdict
 from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from helpers import rehash
 from bsconv_export.exporter.kit.tolerances import Tolerance

@@ -17,7 +17,8 @@ import torch
 from onnx import numpy_helper
 
 from bsconv_export.exporter.export.run import export_bundle
-from bsconv_export.exporter.check.run import CheckOptions, Reference, compare, run_check, verdict
+from bsconv_export.exporter.check.run import CheckOptions, Reference, run_check
+from bsconv_export.exporter.check.verdict import compare, verdict
 from bsconv_export.exporter.kit.options import ExportOptions
 from bsconv_export.exporter.bundle.manifest_io import read_manifest
 from bsconv_export.exporter.kit.records import Status

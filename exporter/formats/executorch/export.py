@@ -115,10 +115,12 @@ def xnnpack_quantization_config(observer: str = "histogram"):
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
-def quantize_program(program, x, batch: int, observer: str = "histogram"):
+def quantize_program(program, x, batch: int, observer: str = "histogram", equalised: bool = True):
     """The program's module quantised for XNNPACK (:func:`xnnpack_quantization_config`), calibrated
-    by running ``x`` through the observed module ``batch`` samples at a time."""
-    from ...kit import quiet_logs
+    by running ``x`` through the observed module ``batch`` samples at a time, and what equalisation
+    did. ``equalised``: every pointwise → depthwise intermediate is equalised on ``x`` first
+    (:mod:`exporter.kit.equalise`: exact in float; BSConv-U's blocks)."""
+    from ...kit import equalise, quiet_logs
     try:
         with quiet_logs():
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
@@ -127,12 +129,16 @@ def quantize_program(program, x, batch: int, observer: str = "histogram"):
     except ImportError as e:
         raise ExecuTorchUnavailable(abi_hint(e)) from e
     quantizer = XNNPACKQuantizer().set_global(config)
+    module = program.module()
+    equalising = {"pairs": 0}
+    if equalised:
+        module, equalising = equalise(module, x, batch)
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
-        observed = prepare_pt2e(program.module(), quantizer)
+        observed = prepare_pt2e(module, quantizer)
         with torch.no_grad():
             for i in range(0, len(x) - batch + 1, batch):
                 observed(torch.from_numpy(x[i:i + batch]))
-        return convert_pt2e(observed)
+        return convert_pt2e(observed), equalising
 
 
 def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
@@ -143,7 +149,7 @@ def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
     if len(x) < batch:
         x = np.repeat(x, batch, axis=0)[:batch]
     program = ctx.program()
-    quantized = quantize_program(program, x, batch)
+    quantized, equalising = quantize_program(program, x, batch)
     example = ctx.example if not ctx.options.dynamic_batch else torch.cat([ctx.example, ctx.example])[:max(2, len(ctx.example))]
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if ctx.options.dynamic_batch else None
     with torch.no_grad():
@@ -157,6 +163,10 @@ def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
                                    "calibration_samples": int(len(x)),
                                    "recipe": "XNNPACKQuantizer: int8 symmetric per-channel weights, int8 "
                                              "per-tensor activations (torchao pt2e; activation ranges by a histogram "
-                                             "observer, weight ranges by per-channel min/max)",
+                                             "observer, weight ranges by per-channel min/max)"
+                                             + (f"; {equalising['pairs']} pointwise → depthwise intermediates "
+                                                "equalised on the calibration samples first" if equalising["pairs"]
+                                                else ""),
+                                   "equalised": equalising,
                                    **({"bytes_ratio_to_fp32": round(len(buffer) / (ctx.workdir / fp32.path).stat().st_size, 3)}
                                       if fp32 is not None and fp32.ok and fp32.path else {})})
