@@ -19,6 +19,7 @@ from typing import Callable
 
 from ...kernel.errors import UserInputError
 from .dask_peer import probe_scheduler
+from .deadline import deadline_after_interrupt
 from .plan import SCHEMA, Job
 
 
@@ -164,9 +165,16 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
                            seconds=time.perf_counter() - t0)
     cluster = client = None
     n_workers = 0
+    _adopt_orphans()
+
+    def unfinished() -> list[Job]:
+        return [job for job in todo if job.index not in rows]
+
     # a task whose worker dies is retried once on another worker, then reported (KilledWorker)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
-                          "distributed.admin.system-monitor.gil.enabled": False}):
+    settings = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False,
+                "distributed.admin.system-monitor.gil.enabled": False}
+    # however the main thread is held when Ctrl-C comes, the process is over within seconds (.deadline)
+    with deadline_after_interrupt(lambda: _kill_and_clear(unfinished())), dask.config.set(settings):
         try:
             if scheduler is None:
                 n = max(1, min(workers or usable_cores(), usable_cores(), max(1, len(todo))))
@@ -203,7 +211,7 @@ def run_sweep(jobs: list[Job], *, scheduler: str | None = None, workers: int | N
                     progress(row, len(rows), len(jobs))
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C or SIGTERM: the jobs are ended, not waited for
-            _end_now(cluster, client, [job for job in todo if job.index not in rows])
+            _end_now(cluster, client, unfinished())
             raise
         except BaseException:
             _close(cluster, client)
@@ -229,11 +237,10 @@ def _end_now(cluster, client, unfinished: list[Job]) -> None:
     every process this one started is killed (the workers, and what a stage started); the killed jobs'
     build folders go (marked, under their locks, which the dead no longer hold; each export builds
     aside, so nothing else of a killed job exists); then the client and the cluster are closed in a
-    thread given 10 s, and whatever of ours is still running after that is killed too. CI once saw an
-    interrupted sweep outlive its 30 s in the polite close; that close now cannot hold the exit."""
+    thread given 10 s, and whatever of ours is still running after that is killed too, so the polite
+    close cannot hold the exit (and :mod:`.deadline` bounds the whole unwinding)."""
     import logging
     import threading
-    from ..bundle.claim import OutClaim
     for name in ("distributed", "tornado"):     # the closing comms' tracebacks say nothing to the user
         logging.getLogger(name).setLevel(logging.CRITICAL)
     if cluster is not None:
@@ -241,9 +248,7 @@ def _end_now(cluster, client, unfinished: list[Job]) -> None:
         for nanny in list(getattr(cluster, "workers", {}).values()):
             if getattr(nanny, "status", None) not in (Status.closing, Status.closed):
                 nanny.status = Status.closing_gracefully   # a worker that dies now is closed, not restarted
-    _kill_descendants()
-    for job in unfinished:
-        OutClaim(Path(job.out), force=False).remove_killed_run()
+    _kill_and_clear(unfinished)
 
     def polite() -> None:
         try:
@@ -258,6 +263,28 @@ def _end_now(cluster, client, unfinished: list[Job]) -> None:
     closing.start()
     closing.join(timeout=10)
     _kill_descendants()
+
+
+def _kill_and_clear(unfinished: list[Job]) -> None:
+    """Every process this one started is killed, then the killed jobs' build folders go."""
+    from ..bundle.claim import OutClaim
+    _kill_descendants()
+    for job in unfinished:
+        OutClaim(Path(job.out), force=False).remove_killed_run()
+
+
+def _adopt_orphans() -> None:
+    """Make this process its descendants' reaper (Linux ``PR_SET_CHILD_SUBREAPER``): a process whose
+    parent dies (a worker killed under one of its stages) is then re-parented here, not to init, so
+    :func:`_kill_descendants` still finds it. Elsewhere nothing changes."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)     # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_descendants() -> None:

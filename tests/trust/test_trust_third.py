@@ -192,6 +192,11 @@ def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
     os.kill(p.pid, signal.SIGINT)
     try:
         _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:      # say what was still running, and where each process waited
+        tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,wchan:24,args", "-g", str(p.pid)],
+                              capture_output=True, text=True).stdout
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"the sweep did not end within 30 s of Ctrl-C (exit code {p.poll()}); its processes:\n{tree}")
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
@@ -240,6 +245,43 @@ def test_an_interrupted_sweep_ends_in_seconds_even_when_the_polite_close_hangs(t
             close(timeout=5)
         except Exception:  # noqa: BLE001 - its workers are gone
             pass
+
+
+_DEADLINE_SCRIPT = """
+import signal, sys, time
+from pathlib import Path
+from bsconv_export.exporter.sweep.deadline import deadline_after_interrupt
+marker, held = Path(sys.argv[1]), sys.argv[2] == "held"
+try:
+    with deadline_after_interrupt(lambda: marker.write_text("cleaned"), seconds=1.0):
+        if held:      # a main thread that never unwinds: the signal's Python handler does nothing
+            signal.signal(signal.SIGINT, lambda *_: None)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+except KeyboardInterrupt:
+    time.sleep(2.5)          # unwound: the watcher, past its deadline, must not end the process now
+    print("unwound", flush=True)
+"""
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_an_interrupt_ends_the_sweep_by_its_deadline_however_the_main_thread_is_held(tmp_path, held):
+    """CI saw a Ctrl-C'd sweep still running 30 s later. The signal also wakes a watcher at the C
+    level: a main thread that has not unwound by the deadline is ended, after the cleanup; one that
+    unwinds is left to finish on its own."""
+    marker = tmp_path / "marker"
+    p = subprocess.Popen([sys.executable, "-c", _DEADLINE_SCRIPT, str(marker), "held" if held else "free"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    if held:
+        assert p.returncode == 130 and marker.read_text() == "cleaned", err
+        assert time.monotonic() - t0 < 10
+    else:
+        assert p.returncode == 0 and "unwound" in out and not marker.exists(), err
 
 # --- Medium 7: a kit runs only as it was made ----------------------------------------------------
 
