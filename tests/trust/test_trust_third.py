@@ -177,12 +177,19 @@ def test_a_deeply_nested_plan_is_one_line(tmp_path):
     refused(invoke("sweep", plan), "nests its values too deeply")
 
 
+_SIGINT_AS_FROM_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                              "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text("[defaults]\nformats = ['onnx', 'coreml', 'pte']\n\n[[job]]\nout = 'a'\n\n[[job]]\nout = 'b'\n"
                     "opset = 18\n")
-    p = subprocess.Popen([CLI, "sweep", str(plan)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # as from a terminal: SIGINT at its default (a shell starts a background job with it ignored, and
+    # Python then keeps ignoring it: CI launched that way saw a sweep never end)
+    p = subprocess.Popen([sys.executable, "-c", _SIGINT_AS_FROM_A_TERMINAL, CLI, "sweep", str(plan)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(".*.building-*")):
@@ -251,6 +258,7 @@ _DEADLINE_SCRIPT = """
 import signal, sys, time
 from pathlib import Path
 from bsconv_export.exporter.sweep.deadline import deadline_after_interrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)    # as from a terminal, even if started ignoring it
 marker, held = Path(sys.argv[1]), sys.argv[2] == "held"
 try:
     with deadline_after_interrupt(lambda: marker.write_text("cleaned"), seconds=1.0):
