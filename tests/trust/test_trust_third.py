@@ -218,7 +218,7 @@ def test_ctrl_c_ends_a_sweep_within_seconds_leaving_nothing_behind(tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_ends_in_seconds_even_when_the_polite_close_hangs(tmp_path):
-    """CI saw a Ctrl-C'd sweep outlive its 30 s. The interrupted end kills the workers and removes the
+    """A Ctrl-C'd sweep must not wait on a close. The interrupted end kills the workers and removes the
     killed jobs' build folders first; the client's and cluster's close get 10 s, and cannot hold the
     exit (here the cluster's close hangs, as it might on a loaded machine)."""
     import psutil
@@ -275,7 +275,7 @@ except KeyboardInterrupt:
 
 @pytest.mark.parametrize("held", [True, False])
 def test_an_interrupt_ends_the_sweep_by_its_deadline_however_the_main_thread_is_held(tmp_path, held):
-    """CI saw a Ctrl-C'd sweep still running 30 s later. The signal also wakes a watcher at the C
+    """A main thread that does not unwind cannot hold the exit. The signal also wakes a watcher at the C
     level: a main thread that has not unwound by the deadline is ended, after the cleanup; one that
     unwinds is left to finish on its own."""
     marker = tmp_path / "marker"
