@@ -4,9 +4,8 @@ Ctrl-C (SIGINT) or SIGTERM normally unwinds the sweep in its main thread (:func:
 the workers are killed, the killed jobs' build folders removed, the cluster closed. Python runs a
 signal's handler only when the main thread next runs Python code; a main thread held in a library's
 native call, or a close that waits on a peer, would hold the exit too. So the signal also wakes a
-watcher thread, at the C
-level (``signal.set_wakeup_fd``: the signal's number is written to a socket the moment it arrives):
-if the sweep has not finished unwinding ``seconds`` later, the watcher runs the same cleanup itself
+watcher thread, at the C level (``signal.set_wakeup_fd``: the signal's number is written to a socket
+the moment it arrives): if the sweep has not finished unwinding ``seconds`` later, the watcher runs the same cleanup itself
 and ends the process (exit 130 for SIGINT, 143 for SIGTERM, as a shell reports them).
 
 A SIGINT the process was started ignoring (a shell starts background jobs so) stays ignored: that is
