@@ -60,3 +60,21 @@ def test_a_network_without_the_pattern_is_returned_as_is():
     gm = torch.export.export(model, (x,), strict=False).module()
     same, info = equalise(gm, np.asarray(x), 2)
     assert same is gm and info == {"pairs": 0}
+
+
+def test_the_pte_int8_observer_is_min_max_on_an_equalised_program_and_histogram_otherwise():
+    """The stage's measured choice (docs/int8.md): an equalised program keeps the plain range seen,
+    one with nothing to equalise keeps the recipe's histogram; an explicit observer is honoured."""
+    import pytest
+    pytest.importorskip("executorch")
+    from bsconv_export.exporter.formats.executorch.export import quantize_program
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 12, 12)
+    blocks = torch.export.export(Blocks().eval(), (x[:4],), strict=False)
+    plain = torch.export.export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), (x[:4],), strict=False)
+    _, done = quantize_program(blocks, x.numpy(), 4)
+    assert done["pairs"] == 1 and done["observer"] == "minmax"
+    _, done = quantize_program(plain, x.numpy(), 4)
+    assert done == {"pairs": 0, "observer": "histogram"}
+    _, done = quantize_program(blocks, x.numpy(), 4, observer="histogram")
+    assert done["observer"] == "histogram"

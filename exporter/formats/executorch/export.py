@@ -99,6 +99,15 @@ PTE_INT8_NAME = "model.int8.pte"
 ACTIVATION_OBSERVERS = ("histogram", "minmax")
 
 
+def chosen_observer(equalised_pairs: int) -> str:
+    """The observer the stage calibrates with, chosen by measurement (``make bench-pte-calibration``,
+    docs/int8.md): on an equalised program (BSConv-U's pointwise → depthwise pairs) the intermediates'
+    channels no longer differ by up to 7x, and the plain range seen keeps the logits' scale (trained
+    V1 at 224: slope 0.965, passing, against the histogram's 0.950, failing); a program with nothing
+    to equalise keeps the recipe's histogram."""
+    return "minmax" if equalised_pairs else "histogram"
+
+
 def xnnpack_quantization_config(observer: str = "histogram"):
     """ExecuTorch's XNNPACK int8 recipe (symmetric per-channel weights, per-tensor activations), its
     activations observed by ``observer`` (:data:`ACTIVATION_OBSERVERS`)."""
@@ -115,24 +124,28 @@ def xnnpack_quantization_config(observer: str = "histogram"):
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
-def quantize_program(program, x, batch: int, observer: str = "histogram", equalised: bool = True):
+def quantize_program(program, x, batch: int, observer: str | None = None, equalised: bool = True):
     """The program's module quantised for XNNPACK (:func:`xnnpack_quantization_config`), calibrated
     by running ``x`` through the observed module ``batch`` samples at a time, and what equalisation
-    did. ``equalised``: every pointwise → depthwise intermediate is equalised on ``x`` first
-    (:mod:`exporter.kit.equalise`: exact in float; BSConv-U's blocks)."""
+    did (with the observer used, ``equalising["observer"]``). ``equalised``: every pointwise →
+    depthwise intermediate is equalised on ``x`` first (:mod:`exporter.kit.equalise`: exact in float;
+    BSConv-U's blocks). ``observer``: one of :data:`ACTIVATION_OBSERVERS`; None chooses it
+    (:func:`chosen_observer`)."""
     from ...kit import equalise, quiet_logs
     try:
         with quiet_logs():
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-            config = xnnpack_quantization_config(observer)
     except ImportError as e:
         raise ExecuTorchUnavailable(abi_hint(e)) from e
-    quantizer = XNNPACKQuantizer().set_global(config)
     module = program.module()
     equalising = {"pairs": 0}
     if equalised:
         module, equalising = equalise(module, x, batch)
+    observer = observer or chosen_observer(equalising["pairs"])
+    equalising = {**equalising, "observer": observer}
+    with quiet_logs():
+        quantizer = XNNPACKQuantizer().set_global(xnnpack_quantization_config(observer))
     with quiet_logs(), contextlib.redirect_stdout(sys.stderr):
         observed = prepare_pt2e(module, quantizer)
         with torch.no_grad():
@@ -162,8 +175,9 @@ def export_pte_int8(ctx: ExportContext) -> ArtifactRecord:
                           details={**summary, "precision": "int8", "calibration": origin,
                                    "calibration_samples": int(len(x)),
                                    "recipe": "XNNPACKQuantizer: int8 symmetric per-channel weights, int8 "
-                                             "per-tensor activations (torchao pt2e; activation ranges by a histogram "
-                                             "observer, weight ranges by per-channel min/max)"
+                                             "per-tensor activations (torchao pt2e; activation ranges by a "
+                                             + ("min/max" if equalising["observer"] == "minmax" else "histogram")
+                                             + " observer, weight ranges by per-channel min/max)"
                                              + (f"; {equalising['pairs']} pointwise → depthwise intermediates "
                                                 "equalised on the calibration samples first" if equalising["pairs"]
                                                 else ""),
