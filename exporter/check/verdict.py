@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kit.tolerances import FP32_TYPICAL_FLOOR, Tolerance, agreement_interval
+from ..kit.tolerances import FP32_TYPICAL_FLOOR, Tolerance, agreement_interval, scale_metrics
 from .reference import Reference
 
 REL_EPS = 1e-6
@@ -53,21 +53,6 @@ def measure(out: np.ndarray, ref: np.ndarray, tol: Tolerance, edge_rows: int = 0
         m["slope"], m["class_bias_max"] = scale_metrics(np.asarray(out[:-edge_rows], np.float64),
                                                         np.asarray(ref[:-edge_rows], np.float64))
     return m
-
-
-def scale_metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """What probabilities see and cosine and top-1 do not: the least-squares slope of the artifact's
-    logits on the reference's (1 when the scale is right; 1.5 when every logit is 1.5x), and the
-    largest per-class mean error in RMS units of the reference logits (a class made more or less
-    likely everywhere). Each sample's logits are centred first: softmax ignores a shift of a row."""
-    o = out - out.mean(axis=1, keepdims=True)
-    r = ref - ref.mean(axis=1, keepdims=True)
-    energy = float((r * r).sum())
-    if energy == 0.0:
-        return 1.0, 0.0
-    slope = float((o * r).sum() / energy)
-    rms = (energy / r.size) ** 0.5
-    return slope, float(np.abs((o - r).mean(axis=0)).max() / rms)
 
 
 def fp32_bounds(ref: Reference, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:

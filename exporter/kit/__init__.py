@@ -26,7 +26,7 @@ from .equalise import equalise
 # records: what a stage returns
 from .records import ArtifactRecord, Status
 # tolerances: a precision and its gate (a plugin may declare its own)
-from .tolerances import DEFAULT_TOLERANCES, FP32_ATOL, FP32_RTOL_MAX, Precision, Tolerance
+from .tolerances import DEFAULT_TOLERANCES, FP32_ATOL, FP32_RTOL_MAX, Precision, Tolerance, scale_metrics
 # stats: confidence intervals for a plugin that measures
 from .stats import bootstrap_ci
 # runners: the base a plugin's runner subclasses, and the two ways it says it cannot run
@@ -57,7 +57,7 @@ __all__ = [
     "calibration_data", "gate_data", "validate_calibration",
     "equalise",
     "ArtifactRecord", "Status",
-    "DEFAULT_TOLERANCES", "FP32_ATOL", "FP32_RTOL_MAX", "Precision", "Tolerance",
+    "DEFAULT_TOLERANCES", "FP32_ATOL", "FP32_RTOL_MAX", "Precision", "Tolerance", "scale_metrics",
     "bootstrap_ci",
     "Runner", "RunnerUnavailable", "UnsupportedOp",
     "EmulatedRunner", "WHEEL_PLATFORMS", "find_kit", "missing_reason",

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 FP32_ATOL = 5e-5
 FP32_RTOL = 5e-6
 FP32_FACTOR = 64.0         # every sample: within 64x the network's own fp32 noise
@@ -199,3 +201,18 @@ def _solve(f, lo: float = 0.0, hi: float = 1.0) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def scale_metrics(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """What probabilities see and cosine and top-1 do not: the least-squares slope of the artifact's
+    logits on the reference's (1 when the scale is right; 1.5 when every logit is 1.5x), and the
+    largest per-class mean error in RMS units of the reference logits (a class made more or less
+    likely everywhere). Each sample's logits are centred first: softmax ignores a shift of a row."""
+    o = out - out.mean(axis=1, keepdims=True)
+    r = ref - ref.mean(axis=1, keepdims=True)
+    energy = float((r * r).sum())
+    if energy == 0.0:
+        return 1.0, 0.0
+    slope = float((o * r).sum() / energy)
+    rms = (energy / r.size) ** 0.5
+    return slope, float(np.abs((o - r).mean(axis=0)).max() / rms)

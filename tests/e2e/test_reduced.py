@@ -156,6 +156,34 @@ def test_compressed_coreml_is_judged_by_its_own_precision_and_its_content(shippe
     assert "holds palette-4bit arithmetic, but the coreml-int8w format is int8-weights" in bad[0]["reason"]
 
 
+def test_mixed_palettes_keep_the_sensitive_weights_wider_and_pass_the_gate(shipped, tmp_path):
+    """--palettize-bits 4 --palettize-mixed: the weights measured most sensitive to 4-bit tables are
+    kept at 6 bits (the fewest that hold the gate on the calibration samples); the package is judged
+    at its own precision, palette-mixed, which its content says too; one table per kept weight is
+    6-bit. Without real calibration samples on a model that has none, one line, exit 2."""
+    import collections
+
+    from bsconv_export.exporter.formats.coreml.mil import MilProgram, program_precision
+    out = tmp_path / "b"
+    r = export_bundle(shipped, out, ExportOptions(formats=("coreml-palette",), palettize_bits=4, palettize_mixed=True),
+                      check=CheckOptions(), jobs=1)
+    record = {a.format: a for a in r.manifest.artifacts}["coreml-palette"]
+    assert record.ok, record.error
+    mixing = record.details["mixed_widths"]
+    assert mixing["held_on_calibration"] and 0 < len(mixing["kept"]) < mixing["weights"]
+    assert [t["holds"] for t in mixing["tries"]][-1] and not mixing["tries"][0]["holds"]   # plain 4 bits does not
+    assert program_precision(out / "model.palette.mlpackage") == "palette-mixed"
+    tables = collections.Counter(len(np.asarray(op.inputs["lut"].val).reshape(-1))
+                                 for op in MilProgram(out / "model.palette.mlpackage").ops
+                                 if op.op_type == "constexpr_lut_to_dense")
+    assert tables == {64: len(mixing["kept"]), 16: mixing["weights"] - len(mixing["kept"])}
+    judged = [c for c in r.manifest.check.records if c.artifact == "coreml-palette" and c.runner == "coreml-mil-reference"]
+    assert judged and judged[0].precision == "palette-mixed" and judged[0].status.value == "ok", judged[0].reason
+    bad = runner.invoke(app, ["export", "cifar_mobilenetv1_w1d4_bsconvu", "--formats", "coreml-palette",
+                              "--palettize-bits", "4", "--palettize-mixed", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--calibration" in bad.stderr and not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_coreml_w8a8_quantises_activations_and_is_judged_as_w8a8(shipped, tmp_path):
     """coreml-w8a8: activation ranges measured by the MIL interpreter (Core ML's own calibration needs

@@ -8,7 +8,7 @@ from pathlib import Path
 from ...kit import Option, UserInputError, pixel_normalization, validate_calibration
 from .. import Format, Plugin
 from .backend import import_coremltools
-from .compress import (INT8_WEIGHTS, INT8W_NAME, PALETTE_BITS, PALETTE_NAME, PRECISIONS as COMPRESSED, W8A8,
+from .compress import (INT8_WEIGHTS, INT8W_NAME, PALETTE_BITS, PALETTE_MIXED, PALETTE_NAME, PRECISIONS as COMPRESSED, W8A8,
                        W8A8_NAME, export_coreml_int8w, export_coreml_palette, export_coreml_w8a8, palette_precision)
 from .export import COREML_NAME, export_coreml
 from .fp16 import COREML_FP16_NAME, export_coreml_fp16
@@ -24,6 +24,9 @@ OPTIONS = (
            "coreml: tensor (float array, like ONNX) or image (ImageType, 8-bit RGB).", choices=INPUTS),
     Option("palettize_bits", "--palettize-bits", int, 6,
            "coreml-palette: bits per weight (a k-means look-up table of 2**N values).", choices=PALETTE_BITS),
+    Option("palettize_mixed", "--palettize-mixed", bool, False,
+           "coreml-palette: keep the weights most sensitive to --palettize-bits at 8 bits, the fewest that hold "
+           "the gate on the calibration samples (measured); precision palette-mixed."),
 )
 
 
@@ -35,6 +38,12 @@ def _validate(opts, spec) -> None:
         raise UserInputError(f"--coreml-input image: CoreML's ImageType scales every channel alike, and this "
                              f"input spec's std differs per channel ({', '.join(f'{v:g}' for v in spec.std)}); "
                              "use --coreml-input tensor and normalise in the app")
+
+
+def _validate_palette(opts, spec) -> None:
+    """Mixed widths are measured on the calibration samples: they must be real (as for int8)."""
+    if opts.palettize_mixed:
+        validate_calibration(opts, spec)
 
 
 def _facts(path: Path) -> tuple[str | None, int | None]:
@@ -64,8 +73,10 @@ PLUGIN = Plugin(
                facts=_facts, note=_note, platforms=("ios",)),
         Format("coreml-palette", export_coreml_palette, PALETTE_NAME, "mlpackage",
                "CoreML, fp16 compute, weights palettised (k-means look-up tables)",
-               precision=palette_precision(6), precisions=tuple(palette_precision(b) for b in PALETTE_BITS),
-               options=("palettize_bits",), batch_one=True, facts=_facts, note=_note, platforms=("ios",)),
+               precision=palette_precision(6),
+               precisions=(*(palette_precision(b) for b in PALETTE_BITS), PALETTE_MIXED),
+               options=("palettize_bits", "palettize_mixed", "calibration"), validate=_validate_palette,
+               batch_one=True, facts=_facts, note=_note, platforms=("ios",)),
         Format("coreml-w8a8", export_coreml_w8a8, W8A8_NAME, "mlpackage",
                "CoreML (iOS 17), fp16 compute, int8 weights and int8 activations (quantize/dequantize pairs), "
                "calibrated like int8", precision=W8A8, batch_one=True, options=("calibration",),

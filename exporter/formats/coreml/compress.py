@@ -4,7 +4,9 @@
   scale per output channel (``constexpr_affine_dequantize``); precision ``int8-weights``.
 - ``coreml-palette`` (``model.palette.mlpackage``): every weight tensor palettised by k-means to a
   look-up table of 2**``--palettize-bits`` values (``constexpr_lut_to_dense``); precision
-  ``palette-<N>bit``.
+  ``palette-<N>bit``. With ``--palettize-mixed``, the weights measured most sensitive to N bits are
+  kept at 8 bits, the fewest that hold the gate on the calibration samples (:mod:`.mixed`);
+  precision ``palette-mixed``.
 
 Both compress inside the conversion pipeline (``compression::linear_quantize_weights`` /
 ``palettize_weights``, coremltools.optimize), so the rest of the pipeline stays this tool's; both run in
@@ -51,6 +53,16 @@ W8A8_TARGET = "iOS17"          # quantize / dequantize are iOS 17 ops
 W8A8_CALIBRATION = 128
 
 
+#: a package whose look-up tables differ in width (``--palettize-mixed``: the sensitive weights kept at
+#: :func:`kept_bits`)
+PALETTE_MIXED = "palette-mixed"
+
+
+def kept_bits(bits: int) -> int:
+    """The width a sensitive weight is kept at: 6 bits under a 4-bit (or narrower) palette, else 8."""
+    return 6 if bits < 6 else 8
+
+
 def palette_precision(bits: int) -> str:
     return f"palette-{bits}bit"
 
@@ -59,6 +71,7 @@ def palette_precision(bits: int) -> str:
 COMPRESSED_GATE = DEFAULT_TOLERANCES["int8"]
 PRECISIONS = (Precision(INT8_WEIGHTS, COMPRESSED_GATE, strictness=0),
               Precision(W8A8, COMPRESSED_GATE, strictness=0),
+              Precision(PALETTE_MIXED, COMPRESSED_GATE, strictness=0),
               *(Precision(palette_precision(b), COMPRESSED_GATE, strictness=0) for b in PALETTE_BITS))
 
 
@@ -96,13 +109,33 @@ def export_coreml_int8w(ctx: ExportContext) -> ArtifactRecord:
     return _compressed(ctx, INT8W_NAME, "coreml-int8w", INT8_WEIGHTS, (_int8_weights(),))
 
 
+def _convert_to(ctx: ExportContext, compression: tuple, path: Path) -> None:
+    """The fp16 package the pipeline makes with ``compression``, written to ``path`` (measuring)."""
+    save_reproducibly(convert_coreml(_fp16(ctx), compression=compression), path)
+
+
 def export_coreml_palette(ctx: ExportContext) -> ArtifactRecord:
     from coremltools.optimize.coreml import OpPalettizerConfig
+    from .mixed import Widths, choose_widths
     bits = ctx.options.palettize_bits
-    config = OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD)
-    record = _compressed(ctx, PALETTE_NAME, "coreml-palette", palette_precision(bits),
-                         (_pass("compression::palettize_weights", config),))
+    t0 = time.perf_counter()
+    if ctx.options.palettize_mixed and bits < 8:
+        kept, mixing = choose_widths(ctx, _convert_to, bits, kept_bits(bits), WEIGHT_THRESHOLD, COMPRESSED_GATE)
+        compression = ("compression::palettize_weights",
+                       {"config": Widths(bits, kept_bits(bits), kept).config(WEIGHT_THRESHOLD)})
+    else:
+        kept, mixing = [], None
+        compression = _pass("compression::palettize_weights",
+                            OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=WEIGHT_THRESHOLD))
+    widths = {bits} | ({kept_bits(bits)} if kept else set())
+    if mixing is not None and len(kept) == mixing["weights"]:
+        widths = {kept_bits(bits)}          # every weight kept wider: one width after all
+    record = _compressed(ctx, PALETTE_NAME, "coreml-palette",
+                         PALETTE_MIXED if len(widths) > 1 else palette_precision(widths.pop()), (compression,))
+    record.seconds = time.perf_counter() - t0     # with the measuring
     record.details["palettize_bits"] = bits
+    if mixing is not None:
+        record.details["mixed_widths"] = mixing
     return record
 
 

@@ -285,9 +285,11 @@ class MilProgram:
         return [t for t in self.op_types
                 if t not in OPS and t not in ("const", "classify") and not t.startswith("constexpr_")]
 
-    def run(self, x: np.ndarray, spec=None, observe: Callable[[str, Any], None] | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, spec=None, observe: Callable[[str, Any], None] | None = None,
+            weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Logits [N, classes] for input x [N, C, H, W] (float32) as ``spec`` (an InputSpec) says;
-        ``observe(name, value)`` sees every op's output on the way (activation ranges)."""
+        ``observe(name, value)`` sees every op's output on the way (activation ranges); ``weights``
+        replaces constants by name (what a compression would make of them: measuring sensitivity)."""
         missing = self.unsupported_ops()
         if missing:
             raise UnsupportedOp(f"op {', '.join(missing)} not supported")
@@ -298,7 +300,7 @@ class MilProgram:
         in_var = self.function.inputs[self.input_names[0]]
         if "fp16" in str(in_var.dtype):  # an fp16 program input (iOS16+ fp16 models)
             x = x.astype(np.float16)
-        env: dict[str, Any] = {self.input_names[0]: x}
+        env: dict[str, Any] = {**(weights or {}), self.input_names[0]: x}
 
         def value(var):
             if isinstance(var, (list, tuple)):
@@ -447,7 +449,8 @@ def description_problem(desc, shape: list[int]) -> str | None:
 def program_precision(path: Path) -> str | None:
     """What the ML Program computes in, from the spec (never its metadata): ``w8a8`` when it quantises
     activations (``quantize`` ops) and its weights are int8, ``palette-<N>bit`` when its
-    weights are look-up tables of 2**N values, ``int8-weights`` when they are int8 with a scale, else
+    weights are look-up tables of 2**N values (``palette-mixed`` when the tables differ in width),
+    ``int8-weights`` when they are int8 with a scale, else
     fp16 when any op computes in fp16, else fp32; ``compressed`` for a compression this tool does not
     make (no row allows it). None when it cannot be read here (its runner then reports that)."""
     from importlib.util import find_spec
@@ -458,13 +461,13 @@ def program_precision(path: Path) -> str | None:
     except Exception:  # noqa: BLE001 - an unreadable package fails when its runner loads it
         return None
     fp16, int8, uint8 = 10, 21, 25   # MILSpec.DataType: FLOAT16, INT8, UINT8
-    half, lut_bits, int8_weights, other, int8_activations = False, 0, False, False, False
+    half, lut_widths, int8_weights, other, int8_activations = False, set(), False, False, False
     for function in spec.mlProgram.functions.values():
         for block in function.block_specializations.values():
             for op in block.operations:
                 if op.type == "constexpr_lut_to_dense" and "lut" in op.attributes:
                     size = [d.constant.size for d in op.attributes["lut"].type.tensorType.dimensions]
-                    lut_bits = max(lut_bits, max(1, (int(size[-1]) - 1).bit_length()) if size else 8)
+                    lut_widths.add(max(1, (int(size[-1]) - 1).bit_length()) if size else 8)
                 elif op.type == "constexpr_affine_dequantize" and "quantized_data" in op.attributes:
                     dtype = op.attributes["quantized_data"].type.tensorType.dataType
                     int8_weights |= dtype in (int8, uint8)
@@ -474,12 +477,14 @@ def program_precision(path: Path) -> str | None:
                 elif op.type == "quantize":
                     int8_activations = True
                 half |= any(o.type.tensorType.dataType == fp16 for o in op.outputs)
-    if other or (int8_activations and (lut_bits or not int8_weights)):
+    if other or (int8_activations and (lut_widths or not int8_weights)):
         return "compressed"
     if int8_activations:
         return "w8a8"
-    if lut_bits:
-        return f"palette-{lut_bits}bit"
+    if len(lut_widths) > 1:
+        return "palette-mixed"
+    if lut_widths:
+        return f"palette-{lut_widths.pop()}bit"
     if int8_weights:
         return "int8-weights"
     return "fp16" if half else "fp32"
