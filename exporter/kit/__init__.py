@@ -22,7 +22,7 @@ from .prepare import prepare_for_export
 # calibration: the data every int8 format calibrates on, and the gate's own samples
 from .calibration import calibration_data, gate_data, validate_calibration
 # equalise: a pointwise → depthwise intermediate given one range per channel before int8 (exact in float)
-from .equalise import equalise
+from .equalise import channel_factors, equalise, range_spread
 # records: what a stage returns
 from .records import ArtifactRecord, Status
 # tolerances: a precision and its gate (a plugin may declare its own)
@@ -55,7 +55,7 @@ __all__ = [
     "op_counts",
     "prepare_for_export",
     "calibration_data", "gate_data", "validate_calibration",
-    "equalise",
+    "equalise", "channel_factors", "range_spread",
     "ArtifactRecord", "Status",
     "DEFAULT_TOLERANCES", "FP32_ATOL", "FP32_RTOL_MAX", "Precision", "Tolerance", "scale_metrics",
     "bootstrap_ci",

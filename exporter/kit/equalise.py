@@ -95,6 +95,26 @@ def _replace(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
     setattr(owner, name, torch.nn.Parameter(value, requires_grad=False))
 
 
+def channel_factors(ranges: np.ndarray) -> np.ndarray | None:
+    """The factor each channel of an intermediate is scaled by, from its largest magnitudes ``ranges``
+    (one per channel): ``R / r_c``, at most :data:`MAX_FACTOR`, 1 for a channel never active; None
+    when no channel is. The one rule every format's equalisation uses."""
+    r = np.asarray(ranges, np.float64)
+    live = r > 0
+    if not live.any():
+        return None
+    factor = np.ones_like(r)
+    factor[live] = np.minimum(r.max() / r[live], MAX_FACTOR)
+    return factor
+
+
+def range_spread(ranges: np.ndarray) -> float:
+    """The widest channel's range over the narrowest live one's (1 when none is live)."""
+    r = np.asarray(ranges, np.float64)
+    live = r[r > 0]
+    return float(live.max() / live.min()) if live.size else 1.0
+
+
 def equalise(gm: fx.GraphModule, x: np.ndarray, batch: int) -> tuple[fx.GraphModule, dict]:
     """A copy of ``gm`` with every pointwise → depthwise pair equalised on the ranges ``x`` gives
     (run ``batch`` samples at a time), and what was done: pairs, the largest factor moved, and the
@@ -108,17 +128,16 @@ def equalise(gm: fx.GraphModule, x: np.ndarray, batch: int) -> tuple[fx.GraphMod
     with torch.no_grad():
         for i in range(0, max(1, len(x) - batch + 1), batch):
             ranges.run(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
-    largest, spread = 1.0, 1.0
+    largest, widest = 1.0, 1.0
     with torch.no_grad():
         for p in pairs:
-            r = ranges.ranges[p.pointwise].to(torch.float64)
-            live = r > 0
-            if not live.any():
+            r = ranges.ranges[p.pointwise].to(torch.float64).numpy()
+            found = channel_factors(r)
+            if found is None:
                 continue
-            factor = torch.ones_like(r)
-            factor[live] = (r.max() / r[live]).clamp(max=MAX_FACTOR)
-            spread = max(spread, float(r.max() / r[live].min()))
-            largest = max(largest, float(factor.max()))
+            factor = torch.from_numpy(found)
+            widest = max(widest, range_spread(r))
+            largest = max(largest, float(found.max()))
             pw, dw = nodes[p.pointwise], nodes[p.depthwise]
             w = _param(gm, pw.args[1])
             _replace(gm, pw.args[1].target, (w.double() * factor.view(-1, 1, 1, 1)).to(w.dtype))
@@ -129,4 +148,4 @@ def equalise(gm: fx.GraphModule, x: np.ndarray, batch: int) -> tuple[fx.GraphMod
             _replace(gm, dw.args[1].target, (w.double() / factor.view(-1, 1, 1, 1)).to(w.dtype))
     gm.recompile()
     return gm, {"pairs": len(pairs), "largest_factor": round(largest, 2),
-                "widest_spread_before": round(spread, 2)}
+                "widest_spread_before": round(widest, 2)}

@@ -1,4 +1,5 @@
-"""Equalising pointwise → depthwise intermediates before int8 (exporter.kit.equalise)."""
+"""Equalising pointwise → depthwise intermediates before int8: the captured program's
+(exporter.kit.equalise, for .pte int8) and the ONNX graph's (exporter.formats.onnx.equalise, for int8)."""
 import numpy as np
 import torch
 from torch import nn
@@ -78,3 +79,41 @@ def test_the_pte_int8_observer_is_min_max_on_an_equalised_program_and_histogram_
     assert done == {"pairs": 0, "observer": "histogram"}
     _, done = quantize_program(blocks, x.numpy(), 4, observer="histogram")
     assert done["observer"] == "histogram"
+
+
+def _logits(path, x):
+    from bsconv_export.kernel.backends import onnxruntime
+    session = onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_the_onnx_pairs_are_found_equalised_and_the_function_is_unchanged(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from bsconv_export.exporter.formats.onnx.equalise import equalise_onnx, pointwise_depthwise_pairs
+    torch.manual_seed(0)
+    model = Blocks().eval()
+    x = torch.randn(16, 3, 12, 12)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (x[:4],), str(path), input_names=["input"], dynamo=False)
+    graph = onnx.load(path).graph
+    assert len(pointwise_depthwise_pairs(graph)) == 1          # pw2 → dw2 has a second user: left alone
+    before = _logits(path, x[:4].numpy())
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    info = equalise_onnx(path, x.numpy(), 4)
+    assert info["pairs"] == 1 and 1 < info["largest_factor"] <= 64 and info["widest_spread_before"] > 64
+    np.testing.assert_allclose(_logits(path, x[:4].numpy()), before, atol=2e-5, rtol=1e-5)
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+    changed = [n for n in weights if not np.array_equal(weights[n], after[n])]
+    assert len(changed) == 3      # the pointwise weight and bias, the depthwise weight; nothing else
+
+
+def test_a_graph_without_the_pattern_is_left_as_it_was(tmp_path):
+    from bsconv_export.exporter.formats.onnx.equalise import equalise_onnx
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, groups=4)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 10, 10),), str(path), input_names=["input"], dynamo=False)
+    raw = path.read_bytes()
+    assert equalise_onnx(path, np.random.default_rng(0).normal(size=(4, 3, 10, 10)).astype(np.float32), 2) == {"pairs": 0}
+    assert path.read_bytes() == raw

@@ -1,7 +1,9 @@
 """INT8 stage: onnxruntime static quantization, QDQ format, per-channel weights.
 
 Recipe: onnxruntime's pre-processing (``quant_pre_process``: symbolic shape
-inference and graph optimisation), then ``quantize_static`` with QDQ nodes,
+inference and graph optimisation), BSConv-U's pointwise → depthwise
+intermediates equalised on the calibration samples (:mod:`.equalise`, exact in
+float), then ``quantize_static`` with QDQ nodes,
 per-channel int8 weights, uint8 activations ("U8S8") and MinMax calibration on
 *real* samples. U8S8, not onnxruntime's default S8S8: on x86 (AVX2/AVX-512/VNNI)
 onnxruntime's int8 kernels want unsigned activations; measured here S8S8 ran
@@ -39,6 +41,7 @@ from ...kit import (ArtifactRecord, DEFAULT_TOLERANCES, ExportContext, INPUT_NAM
                    calibration_data, gate_data)
 
 from .export import keep_contract_metadata, onnx_source, op_histogram, opset_of
+from .equalise import equalise_onnx
 
 INT8_NAME = "model.int8.onnx"
 
@@ -271,6 +274,7 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
         pre, cache = tmp / "pre.onnx", tmp / "calibration.json"
         preprocess(src, pre)
         _check_node_names(pre, user_kept)
+        details["equalised"] = equalise_onnx(pre, x, batch, ctx.threads)
         groups = mp.GraphGroups.of(onnx.load(pre, load_external_data=False))
         built: dict[tuple[str, ...], Path] = {}
 
@@ -318,7 +322,10 @@ def export_int8(ctx: ExportContext) -> ArtifactRecord:
         nodes=len(model.graph.node), opset=opset_of(ctx),
         details={"precision": "int8", "source": source_name, "calibration": origin,
                  "calibration_samples": int(len(x)), "recipe": "QDQ, per-channel int8 weights (symmetric, 7-bit reduced range), "
-                 "uint8 activations (asymmetric), MinMax", "kept_fp32": list(user_kept),
+                 "uint8 activations (asymmetric), MinMax" + (
+                     f"; {details['equalised']['pairs']} pointwise → depthwise intermediates equalised on the "
+                     "calibration samples first" if details["equalised"]["pairs"] else ""),
+                 "kept_fp32": list(user_kept),
                  **details, "weakest_layers": sensitivity[:5], "op_types": op_histogram(model),
                  "bytes_saved_by_compaction": saved,
                  "bytes_ratio_to_fp32": round((dst.stat().st_size) / src.stat().st_size, 3)})
