@@ -45,7 +45,7 @@ def test_evaluate_and_check_on_a_folder_of_images(tmp_path, shared_bundle):
     assert got["samples"] == 360 and got["top1"] > 0.97, got   # JPEG's loss costs a digit or two at most
     bundle = tmp_path / "b"
     import shutil
-    shutil.copytree(shared_bundle("every-format"), bundle)
+    shutil.copytree(shared_bundle("onnx-ort-coreml"), bundle)   # the folder is under test, not every runner
     r = runner.invoke(app, ["check", str(bundle), "--data", str(tmp_path / "d"), "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
