@@ -115,7 +115,8 @@ def check_view(report) -> View:
                      f"{_metric(ref, 'logit_scale_max', '.3g')}")
     used: dict[tuple[str, str], set[str]] = {}
     for r in report.records:
-        used.setdefault((r.precision, r.tolerance), set()).add(r.target)
+        if r.tolerance:     # a record never judged (no file to check) names no gate
+            used.setdefault((r.precision, r.tolerance), set()).add(r.target)
     notes.append("tolerances: " + "; ".join(
         f"{p}{'' if 'host' in where else ' on ' + ', '.join(sorted(where))} {t}" for (p, t), where in sorted(used.items())))
     return View(title=f"check on {report.samples} inputs ({report.inputs}): "

@@ -122,3 +122,16 @@ def test_check_cli_passes_a_good_bundle_and_fails_a_broken_one(tmp_path):
 def test_check_cli_bad_input(tmp_path):
     r = invoke("check", str(tmp_path))
     assert r.exit_code == 2 and "is not a bundle" in r.stderr
+
+
+def test_the_check_table_names_only_the_gates_it_applied():
+    """A record never judged (its stage failed, no file) has no gate: the tolerances line names none
+    for it (it once printed the row's default precision with nothing after it)."""
+    from bsconv_export.exporter.kit.records import CheckRecord, CheckReport, Status
+    from bsconv_export.exporter.report.views import check_view
+    report = CheckReport(inputs="x", samples=2, records=[
+        CheckRecord(artifact="coreml-palette", runner="-", status=Status.FAILED, reason="no file",
+                    precision="palette-6bit"),
+        CheckRecord(artifact="onnx", runner="onnxruntime-cpu", status=Status.OK, tolerance="|a-r64| <= 1e-5")])
+    line = next(n for n in check_view(report).notes if n.startswith("tolerances: "))
+    assert line == "tolerances: fp32 |a-r64| <= 1e-5"
