@@ -25,8 +25,8 @@ OPTIONS = (
     Option("palettize_bits", "--palettize-bits", int, 6,
            "coreml-palette: bits per weight (a k-means look-up table of 2**N values).", choices=PALETTE_BITS),
     Option("palettize_mixed", "--palettize-mixed", bool, False,
-           "coreml-palette: keep the weights most sensitive to --palettize-bits at 8 bits, the fewest that hold "
-           "the gate on the calibration samples (measured); precision palette-mixed."),
+           "coreml-palette: keep the weights most sensitive to --palettize-bits wider (6 bits under 4, else 8), "
+           "the fewest that hold the gate on the calibration samples (measured); precision palette-mixed."),
 )
 
 

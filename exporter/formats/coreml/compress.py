@@ -5,7 +5,7 @@
 - ``coreml-palette`` (``model.palette.mlpackage``): every weight tensor palettised by k-means to a
   look-up table of 2**``--palettize-bits`` values (``constexpr_lut_to_dense``); precision
   ``palette-<N>bit``. With ``--palettize-mixed``, the weights measured most sensitive to N bits are
-  kept at 8 bits, the fewest that hold the gate on the calibration samples (:mod:`.mixed`);
+  kept wider (:func:`kept_bits`), the fewest that hold the gate on the calibration samples (:mod:`.mixed`);
   precision ``palette-mixed``.
 
 Both compress inside the conversion pipeline (``compression::linear_quantize_weights`` /

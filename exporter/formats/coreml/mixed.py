@@ -56,9 +56,12 @@ class Widths:
 
     def __call__(self, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = digest(value)
-        if self.seen is not None:
-            self.seen[key] = {n: _decompressed(value, *kmeans_table(value, n)) for n in (self.bits, self.keep_bits)}
-        return kmeans_table(value, self.keep_bits if key in self.kept else self.bits)
+        width = self.keep_bits if key in self.kept else self.bits
+        if self.seen is None:
+            return kmeans_table(value, width)
+        tables = {n: kmeans_table(value, n) for n in (self.bits, self.keep_bits)}   # each k-means once
+        self.seen[key] = {n: _decompressed(value, *table) for n, table in tables.items()}
+        return tables[width]
 
     def config(self, threshold: int):
         from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig
