@@ -71,6 +71,7 @@ def serve(conn, threads: int, preload: tuple[str, ...]) -> None:
     import importlib
     import torch
     torch.set_num_threads(threads)
+    _progress_bars_lock_in_process()
     from ..formats import plugins
     for name in preload:
         try:
@@ -97,6 +98,21 @@ def serve(conn, threads: int, preload: tuple[str, ...]) -> None:
             conn.send(result)
         except (OSError, ValueError):
             return
+
+
+def _progress_bars_lock_in_process() -> None:
+    """tqdm (torch.fx's interpreter opens one in every capture) guards its bars with a multiprocessing
+    lock: a named semaphore, registered with the resource tracker this worker shares with its parent.
+    A worker ends by SIGTERM (StagePool.close), so the semaphore was never unregistered and the parent
+    printed "leaked semaphore objects" at the end of every export. A worker's bars are its own: a
+    thread lock is enough."""
+    try:
+        import threading
+
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.set_lock(threading.RLock())
 
 
 def run_job(job: StageJob) -> StageResult:

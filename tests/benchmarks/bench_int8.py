@@ -114,16 +114,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--formats", default=",".join(FORMATS))
-    ap.add_argument("--epochs", type=int, default=2, help="training epochs per model (checkpoints are cached)")
+    ap.add_argument("--epochs", default="2", help="training epochs per model (checkpoints are cached): one number "
+                    "for every model, or one per model in --models' order (5,5,2)")
     ap.add_argument("--cache", type=Path, default=Path("build/bench-int8"), help="where trained checkpoints are kept")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of paired timing per file and runner")
     args = ap.parse_args()
+    models = args.models.split(",")
+    epochs = [int(e) for e in args.epochs.split(",")]
+    if len(epochs) == 1:
+        epochs *= len(models)
+    if len(epochs) != len(models):
+        ap.error(f"--epochs: {len(epochs)} numbers for {len(models)} models (give one, or one per model)")
     rows, machine = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.models.split(","):
-            checkpoint, accuracy = trained(arch, args.epochs, args.cache)
+        for arch, n in zip(models, epochs):
+            checkpoint, accuracy = trained(arch, n, args.cache)
             files, machine = measure(arch, checkpoint, tuple(args.formats.split(",")), args.duration, Path(tmp))
-            row = {"arch": arch, "weights": f"trained {args.epochs} epochs on the digits at 224 (seed 0)",
+            row = {"arch": arch, "weights": f"trained {n} epochs on the digits at 224 (seed 0)",
                    "holdout_accuracy": accuracy,
                    "fastest_verified_int8": fastest_verified(files), "files": files}
             rows.append(row)

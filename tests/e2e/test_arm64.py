@@ -86,10 +86,13 @@ def test_the_kit_builds_from_its_pins_and_refuses_a_changed_file(tmp_path, monke
 
 @pytest.fixture(scope="module")
 def arm_bundle(tmp_path_factory):
-    """The shipped model with every format that has an aarch64 runtime, exported and checked on both CPUs."""
+    """The shipped model with every format that has an aarch64 runtime, exported and checked on the
+    Cortex-A76. Its fp32 kernels are the A53's too (plain NEON); where the two CPUs' kernels differ —
+    fp16 arithmetic, int8 dot products — both run in test_a_fault_only_arm_kernels_expose_is_caught,
+    on a 16-pixel model: 402 inputs through the shipped model cost ~25 s per file and CPU under QEMU."""
     out = tmp_path_factory.mktemp("arm") / "bundle"
     formats = "onnx,ort,int8,fp16,pte" + (",tflite,tflite-int8" if _litert_ready() else "")
-    p = subprocess.run([CLI, "export", "--out", str(out), "--formats", formats, "--on", "arm64"],
+    p = subprocess.run([CLI, "export", "--out", str(out), "--formats", formats, "--on", "arm64:cortex-a76"],
                        capture_output=True, text=True, timeout=3000, env=ENV)
     return out, p, formats
 
@@ -101,24 +104,22 @@ def _litert_ready() -> bool:
 
 @pytest.mark.slow
 @needs_kit
-def test_the_shipped_bundle_passes_on_a53_and_a76(arm_bundle):
+def test_the_shipped_bundle_passes_on_the_a76(arm_bundle):
     out, p, formats = arm_bundle
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["verdict"] == "passed"
     records = {(r["artifact"], r["target"]): r for r in m["check"]["results"]}
     expected = ["onnx", "onnx-simplified", "ort", "int8", "fp16", "pte"] + (["tflite", "tflite-int8"] if "tflite" in formats else [])
+    assert not [t for (_, t) in records if t not in ("host", "arm64:cortex-a76")]   # the CPU named, no other
     for artifact in expected:
-        for cpu in ("cortex-a53", "cortex-a76"):
-            r = records[(artifact, f"arm64:{cpu}")]
-            assert r["status"] == "ok" and cpu in r["runner"] and "arm64" in r["runner"], r
-            host_agreement = records[(artifact, "host")]["metrics"]["top1_agreement"]
-            assert r["metrics"]["top1_agreement"] == (1.0 if r["precision"] == "fp32" else host_agreement)
-            assert r["accuracy"] >= r["reference_accuracy"] - 0.005   # real held-out digits, on ARM
-    # native fp16 kernels really ran on the A76: its error is not x86's; the A53 (no fp16 arithmetic)
-    # runs the same fp32-accumulating path as x86
+        r = records[(artifact, "arm64:cortex-a76")]
+        assert r["status"] == "ok" and "cortex-a76" in r["runner"] and "arm64" in r["runner"], r
+        host_agreement = records[(artifact, "host")]["metrics"]["top1_agreement"]
+        assert r["metrics"]["top1_agreement"] == (1.0 if r["precision"] == "fp32" else host_agreement)
+        assert r["accuracy"] >= r["reference_accuracy"] - 0.005   # real held-out digits, on ARM
+    # native fp16 kernels really ran on the A76: its error is not x86's fp32-accumulating path's
     host = records[("fp16", "host")]["metrics"]["max_abs"]
-    assert records[("fp16", "arm64:cortex-a53")]["metrics"]["max_abs"] == pytest.approx(host, rel=0.05)
     assert records[("fp16", "arm64:cortex-a76")]["metrics"]["max_abs"] > 1.5 * host
 
 
@@ -126,16 +127,22 @@ def test_the_shipped_bundle_passes_on_a53_and_a76(arm_bundle):
 @needs_kit
 def test_a_fault_only_arm_kernels_expose_is_caught(tmp_path):
     """An fp16 network whose cancelling sums overflow only where fp16 arithmetic accumulates in fp16:
-    the host and the Cortex-A53 pass it, the Cortex-A76 fails it, so the check fails."""
+    the host and the Cortex-A53 pass it, the Cortex-A76 fails it, so the check fails. ``--on arm64``
+    alone means both CPUs; every other file runs on both and passes (int8 on the A53's kernels without
+    dot products and the A76's with them)."""
     out = tmp_path / "b"
     p = subprocess.run([CLI, "export", "--model", "custom_models:fp16_overflow", "--input-size", "16",
-                        "--formats", "onnx,fp16", "--out", str(out), "--on", "arm64"],
+                        "--formats", "onnx,fp16,int8", "--calibration", "random", "--out", str(out), "--on", "arm64"],
                        capture_output=True, text=True, timeout=1200, env=ENV, cwd=TESTS)
     assert p.returncode == 1, p.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     by = {(r["artifact"], r["target"]): r for r in m["check"]["results"]}
     assert by[("fp16", "host")]["status"] == "ok" and by[("fp16", "arm64:cortex-a53")]["status"] == "ok"
     assert by[("fp16", "arm64:cortex-a76")]["status"] == "failed"
+    for artifact in ("onnx", "onnx-simplified", "int8"):
+        for cpu in ("cortex-a53", "cortex-a76"):
+            r = by[(artifact, f"arm64:{cpu}")]
+            assert r["status"] == "ok" and cpu in r["runner"], r
     assert m["verdict"] == "failed"
     # a plain re-check on the host alone passes it again: only the ARM kernels see the fault
     p = subprocess.run([CLI, "check", str(out), "--model", "custom_models:fp16_overflow"], capture_output=True,

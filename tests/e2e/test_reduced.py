@@ -129,7 +129,17 @@ def test_random_calibration_never_draws_the_checks_own_inputs():
     assert not {r.tobytes() for r in calib} & {r.tobytes() for r in gate}
 
 
-def test_compressed_coreml_is_judged_by_its_own_precision_and_its_content(shipped, tmp_path):
+@pytest.fixture(scope="module")
+def compressed_coreml(tmp_path_factory, shipped):
+    """The shipped model's three compressed CoreML packages (int8 weights, a 4-bit palette, W8A8), checked:
+    read by the two tests below, each of which tampers with its own copy."""
+    out = tmp_path_factory.mktemp("compressed") / "b"
+    r = export_bundle(shipped, out, ExportOptions(formats=("coreml-int8w", "coreml-palette", "coreml-w8a8"),
+                                                  palettize_bits=4), check=CheckOptions(), jobs=1)
+    return out, r
+
+
+def test_compressed_coreml_is_judged_by_its_own_precision_and_its_content(compressed_coreml, tmp_path):
     """coreml-int8w and coreml-palette are gated as what they are (int8 weights, a 4-bit palette: the
     CoreML plugin's own precisions), never as fp16; a package whose content is another compression
     than its row's fails, whatever the manifest says."""
@@ -137,8 +147,8 @@ def test_compressed_coreml_is_judged_by_its_own_precision_and_its_content(shippe
 
     from helpers import rehash
     out = tmp_path / "b"
-    r = export_bundle(shipped, out, ExportOptions(formats=("coreml-int8w", "coreml-palette"), palettize_bits=4),
-                      check=CheckOptions(), jobs=1)
+    shutil.copytree(compressed_coreml[0], out)
+    r = compressed_coreml[1]
     judged = {c.artifact: c for c in r.manifest.check.records if c.runner == "coreml-mil-reference"}
     assert judged["coreml-int8w"].precision == "int8-weights" and judged["coreml-int8w"].status.value == "ok"
     assert judged["coreml-palette"].precision == "palette-4bit"
@@ -184,8 +194,7 @@ def test_mixed_palettes_keep_the_sensitive_weights_wider_and_pass_the_gate(shipp
     assert bad.exit_code == 2 and "--calibration" in bad.stderr and not (tmp_path / "x").exists()
 
 
-@pytest.mark.slow
-def test_coreml_w8a8_quantises_activations_and_is_judged_as_w8a8(shipped, tmp_path):
+def test_coreml_w8a8_quantises_activations_and_is_judged_as_w8a8(compressed_coreml, tmp_path):
     """coreml-w8a8: activation ranges measured by the MIL interpreter (Core ML's own calibration needs
     macOS), quantize/dequantize pairs inserted by coremltools' passes, int8 weights; judged at the
     plugin's w8a8 precision. Its content decides: in the int8-weights row's place it fails."""
@@ -194,8 +203,8 @@ def test_coreml_w8a8_quantises_activations_and_is_judged_as_w8a8(shipped, tmp_pa
     from bsconv_export.exporter.formats.coreml.mil import program_precision
     from helpers import rehash
     out = tmp_path / "b"
-    r = export_bundle(shipped, out, ExportOptions(formats=("coreml-int8w", "coreml-w8a8")), check=CheckOptions(),
-                      jobs=1)
+    shutil.copytree(compressed_coreml[0], out)
+    r = compressed_coreml[1]
     records = {a.format: a for a in r.manifest.artifacts}
     w8a8 = records["coreml-w8a8"]
     assert w8a8.ok and w8a8.deployment_target == "iOS17", w8a8.error
