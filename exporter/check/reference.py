@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .replay import array_digest
+
 
 @dataclass
 class Reference:
@@ -74,9 +76,7 @@ def _reference_key(model: nn.Module, x: np.ndarray, batch: int, seed: int, half:
     for name, t in tensors.items():
         h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    a = np.ascontiguousarray(x)
-    h.update(f"{a.dtype.str} {a.shape}".encode())
-    h.update(a.tobytes())
+    h.update(array_digest(x).encode())
     return h.hexdigest()
 
 
