@@ -5,4 +5,8 @@ The package is this folder: ``models/`` (the BSConv layers, the zoo, checkpoints
 bounded I/O, limits, the app contract's names) and ``cli.py`` (the ``bsconv-export`` command).
 See README.md, *Layout*.
 """
-from .kernel import __version__  # noqa: F401 - the package version, defined in the kernel
+if __package__:   # imported as bsconv_export
+    from .kernel import __version__  # noqa: F401 - the package version, defined in the kernel
+# else: pytest running from a checkout whose folder name is no Python identifier (``git clone`` makes
+# ``bsconv-export/``, ``mktemp -d`` makes ``tmp.XXXX``) imports this file alone, as ``__init__``, to set
+# up the folder's package: there is no parent to import from, and nothing here is needed then.
